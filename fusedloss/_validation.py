@@ -1,0 +1,151 @@
+"""Argument checks for the Triton path, reproducing torch's exception types and messages.
+
+The eager path lets torch check its own arguments. The Triton path must fail the same way, before any
+kernel runs, so the checks below follow ATen's (LossNLL.cpp, LossNLL2d.cpp, Loss.cpp) in order, with
+the same messages. Only shapes, dtypes and devices are checked here: values (a target out of range) are
+checked on the device (NaN) or, with ``FUSEDLOSS_DEBUG=1``, on the host by ``check_class_targets``.
+"""
+import os
+import warnings
+
+import torch
+from torch.nn import _reduction
+
+_C10_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+    torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+}
+
+
+def c10_name(dtype):
+    """The dtype's name as ATen prints it ("Float", "Long", ...)."""
+    return _C10_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _shape(t):
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def debug_enabled():
+    """``FUSEDLOSS_DEBUG=1``: check tensor values on the host (a sync) and raise torch's exceptions."""
+    return os.environ.get("FUSEDLOSS_DEBUG", "0") not in ("", "0")
+
+
+def reduction_from_args(size_average, reduce, reduction):
+    """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check."""
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+    return reduction
+
+
+def check_tensor(name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, not {type(value).__name__}")
+
+
+def check_same_device(*tensors):
+    devices = [t.device for t in tensors if t is not None]
+    if any(d != devices[0] for d in devices):
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            + " and ".join(sorted({str(d) for d in devices})) + "!")
+
+
+def check_floating_input(input, op):
+    if not input.is_floating_point():
+        raise NotImplementedError(f'"{op}" not implemented for \'{c10_name(input.dtype)}\'')
+
+
+def check_class_weight(input, weight, n_classes, prefix=""):
+    if weight is None:
+        return
+    if weight.dim() != 1 or weight.numel() != n_classes:
+        raise RuntimeError(
+            f"{prefix}weight tensor should be defined either for all {n_classes} classes or no classes "
+            f"but got weight tensor of shape: {_shape(weight)}")
+    if weight.dtype != input.dtype:
+        raise RuntimeError(f"expected scalar type {c10_name(input.dtype)} but found {c10_name(weight.dtype)}")
+
+
+def check_nll_nd(input, target, weight):
+    """torch's nll_loss_nd / nll_loss / nll_loss2d checks for class-index targets."""
+    if input.dim() < 1:
+        raise ValueError(f"Expected 1 or more dimensions (got {input.dim()})")
+    if input.dim() != 1 and (target.dim() == 0 or input.shape[0] != target.shape[0]):
+        target_batch = target.shape[0] if target.dim() else 0
+        raise ValueError(
+            f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target_batch}).")
+    if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
+        raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+    if target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
+    if input.dim() <= 2:
+        if target.dim() > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        no_batch_dim = input.dim() == 1  # target () or (1,), checked above
+        if not no_batch_dim and input.shape[0] != target.shape[0]:
+            raise RuntimeError(f"size mismatch (got input: {_shape(input)}, target: {_shape(target)})")
+    elif input.dim() == 4:
+        if target.dim() != 3:
+            raise RuntimeError("only batches of spatial targets supported (3D tensors) but got targets of "
+                               f"dimension: {target.dim()}")
+        if (input.shape[0], input.shape[2], input.shape[3]) != tuple(target.shape):
+            raise RuntimeError("input and target batch or spatial sizes don't match: target "
+                               f"{_shape(target)}, input {_shape(input)}")
+    elif tuple(target.shape[1:]) != tuple(input.shape[2:]):
+        expected = [input.shape[0], *input.shape[2:]]
+        raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
+    n_classes = input.shape[-1] if input.dim() <= 2 else input.shape[1]
+    check_class_weight(input, weight, n_classes)
+    check_floating_input(input, "nll_loss_out_frame")
+
+
+def check_cross_entropy(input, target, weight, ignore_index, label_smoothing):
+    """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices."""
+    check_tensor("input", input)
+    check_tensor("target", target)
+    check_same_device(input, target, weight)
+    if input.shape == target.shape:
+        if not target.is_floating_point():
+            raise RuntimeError("Expected floating point type for target with class probabilities, got "
+                               f"{c10_name(target.dtype)}")
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        if input.dim() == 0:
+            raise IndexError("Dimension specified as 1 but tensor has no dimensions")
+        n_classes = input.shape[0 if input.dim() == 1 else 1]
+        check_class_weight(input, weight, n_classes, prefix="cross_entropy: ")
+        check_label_smoothing(label_smoothing)
+        check_floating_input(input, "log_softmax_lastdim_kernel_impl")
+        return True
+    check_label_smoothing(label_smoothing)
+    if input.dim() == 0:
+        raise IndexError("Dimension specified as 0 but tensor has no dimensions")
+    check_floating_input(input, "log_softmax_lastdim_kernel_impl")
+    check_nll_nd(input, target, weight)
+    return False
+
+
+def check_label_smoothing(label_smoothing):
+    if label_smoothing > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+
+
+def check_class_targets(target, n_classes, ignore_index):
+    """Host-side check of class-index values (debug mode only: it synchronises)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise IndexError(f"Target {value} is out of bounds.")
+
+
+def warn_size_mismatch(input, target, op):
+    """torch's UserWarning for a target whose size differs from the input's (it then broadcasts)."""
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.", stacklevel=3)

@@ -1,0 +1,1 @@
+"""Benchmark suite (issue 3)."""

@@ -1,0 +1,33 @@
+"""Test set-up: run the Triton kernels on CUDA when a GPU is present, else through Triton's interpreter.
+
+TRITON_INTERPRET must be set before Triton compiles a kernel (decorators read it when kernels are
+defined), so it is set here, before any test imports ``fusedloss.kernels``.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,118 @@
+"""The dispatcher: backend per call, the controls, the reasons it gives, and its errors."""
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusedloss
+import fusedloss.functional as FL
+from fusedloss import dispatch
+from helpers import DEVICE
+
+
+def sample():
+    return torch.randn(4, 6, device=DEVICE), torch.tensor([0, 5, 2, 1], device=DEVICE)
+
+
+def test_auto_picks_by_device():
+    decision = fusedloss.explain(FL.cross_entropy, *sample())
+    assert decision.op == "cross_entropy"
+    if DEVICE == "cuda":
+        assert decision.backend == "triton" and "CUDA" in decision.reason
+    else:
+        assert decision.backend == "torch" and "cpu" in decision.reason
+
+
+def test_cpu_tensors_go_to_torch_in_auto_mode_even_with_interpreter():
+    x, y = torch.randn(4, 6), torch.tensor([0, 5, 2, 1])
+    assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
+
+
+def test_context_manager_forces_and_nests():
+    x, y = sample()
+    with fusedloss.backend("torch"):
+        assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
+        with fusedloss.backend("triton"):
+            assert fusedloss.explain(FL.cross_entropy, x, y).backend == "triton"
+        assert fusedloss.explain(FL.nll_loss, x.log_softmax(1), y).backend == "torch"
+
+
+def test_environment_variable(monkeypatch):
+    x, y = sample()
+    monkeypatch.setenv("FUSEDLOSS_BACKEND", "triton")
+    assert fusedloss.explain(FL.cross_entropy, x, y).backend == "triton"
+    monkeypatch.setenv("FUSEDLOSS_BACKEND", "torch")
+    assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
+    with fusedloss.backend("triton"):  # the context wins over the environment
+        assert fusedloss.explain(FL.cross_entropy, x, y).backend == "triton"
+    monkeypatch.setenv("FUSEDLOSS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        FL.cross_entropy(x, y)
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend"):
+        with fusedloss.backend("tpu"):
+            pass
+
+
+def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        FL.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_forced_triton_with_unsupported_option_says_why():
+    x = torch.randn(3, 4, device=DEVICE)
+    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1).requires_grad_()
+    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="probability target"):
+        FL.cross_entropy(x, soft)
+    decision = fusedloss.explain(FL.cross_entropy, x, soft)  # auto: eager torch, with the reason
+    if DEVICE == "cuda":
+        assert decision.backend == "torch" and "probability target" in decision.reason
+
+
+def test_unsupported_option_falls_back_to_torch_with_correct_result():
+    x = torch.randn(3, 4, device=DEVICE, requires_grad=True)
+    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1).requires_grad_()
+    loss = FL.cross_entropy(x, soft)
+    torch.testing.assert_close(loss, F.cross_entropy(x, soft))
+    loss.backward()
+    assert soft.grad is not None
+
+
+@pytest.mark.gpu
+def test_mixed_devices_forced_triton_raises():
+    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="different devices"):
+        FL.cross_entropy(torch.randn(3, 4, device="cuda"), torch.tensor([0, 1, 2]))
+
+
+def test_debug_log_records_each_decision(caplog):
+    x, y = sample()
+    with caplog.at_level(logging.DEBUG, logger="fusedloss"), fusedloss.backend("torch"):
+        FL.cross_entropy(x, y)
+        FL.nll_loss(x.log_softmax(1), y)
+    messages = [r.getMessage() for r in caplog.records if r.name == "fusedloss"]
+    assert messages == ["cross_entropy: torch (backend 'torch' requested)",
+                        "nll_loss: torch (backend 'torch' requested)"]
+
+
+def test_decisions_lists_every_call():
+    x, y = sample()
+
+    def two_losses():
+        return FL.cross_entropy(x, y) + FL.nll_loss(x.log_softmax(1), y)
+
+    assert [d.op for d in fusedloss.decisions(two_losses)] == ["cross_entropy", "nll_loss"]
+    with pytest.raises(ValueError, match="no fusedloss backend decision"):
+        fusedloss.explain(lambda: None)
+
+
+def test_triton_missing_is_reported(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: "triton is not importable (test)")
+    x, y = sample()
+    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="not importable"):
+        FL.cross_entropy(x, y)
+    if DEVICE == "cuda":
+        assert "not importable" in fusedloss.explain(FL.cross_entropy, x, y).reason
