@@ -17,9 +17,9 @@ def tanh(x):
     and below 0.1 in float64 (truncation 1e-20; the cancellation above it costs < 1e-15).
     """
     if x.dtype == tl.float64:
-        near_zero: tl.constexpr = 0.1
+        near_zero = 0.1
     else:
-        near_zero: tl.constexpr = 0.55
+        near_zero = 0.55
     ax = tl.abs(x)
     e = tl.exp(-2.0 * ax)
     far = (1.0 - e) / (1.0 + e)

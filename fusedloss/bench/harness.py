@@ -1,0 +1,223 @@
+"""Timing, memory and roofline measurement for the registry's entries.
+
+GPU: median of CUDA-event times per iteration after a warm-up, with the input sets rotated so that
+small problems are not served from L2; peak extra memory from ``torch.cuda.max_memory_allocated`` above
+what the inputs hold; the roofline is a device-to-device copy measured in the same run.
+CPU: the same loop timed with ``time.perf_counter`` (the fused kernels need CUDA, so fusedloss runs its
+eager fallback there); no memory figures.
+"""
+import dataclasses
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from . import registry
+
+MODES = ("forward", "forward+backward")
+
+
+@dataclasses.dataclass
+class Result:
+    loss: str
+    dtype: str
+    shape: tuple
+    mode: str
+    impl: str
+    median_ms: Optional[float] = None
+    peak_extra_mb: Optional[float] = None
+    minimal_bytes: int = 0
+    gbps: Optional[float] = None
+    roofline_fraction: Optional[float] = None
+    status: str = "ok"
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth_gbps(device, nbytes=1 << 30):
+    """Bytes read + written per second by a large device-to-device copy (the memory roofline)."""
+    if device != "cuda":
+        nbytes = 1 << 26
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_fn(lambda: dst.copy_(src), device, min_reps=20)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def time_fn(step, device, min_reps=10, target_ms=300.0, warmup=3):
+    """Median milliseconds of ``step()``."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    estimate = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    reps = int(min(max(min_reps, target_ms / estimate), 200))
+    times = []
+    if device == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _l2_bytes(device):
+    if device != "cuda":
+        return 32 << 20
+    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+
+
+def make_step(impl, input_sets, mode):
+    """One iteration over the next input set: the loss, and for forward+backward its input gradients."""
+    counter = [0]
+
+    def step():
+        inputs = input_sets[counter[0] % len(input_sets)]
+        counter[0] += 1
+        loss = impl(*inputs.args, **inputs.kwargs)
+        if mode == "forward+backward":
+            torch.autograd.grad(loss, inputs.grad_tensors)
+        return loss
+
+    return step
+
+
+def peak_extra_mb(step, device):
+    """Memory allocated above the inputs during one step, in MB (GPU only)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth):
+    probe = bench.make_inputs(shape, dtype, device)
+    n_sets = max(1, min(8, math.ceil(2 * _l2_bytes(device) / max(probe.nbytes(), 1))))
+    input_sets = [probe] + [bench.make_inputs(shape, dtype, device) for _ in range(n_sets - 1)]
+    result = Result(bench.label, str(dtype).replace("torch.", ""), tuple(shape), mode, impl_name,
+                    minimal_bytes=bench.minimal_bytes(probe, mode == "forward+backward"))
+    step = make_step(impl, input_sets, mode)
+    try:
+        result.median_ms = time_fn(step, device)
+        result.peak_extra_mb = peak_extra_mb(make_step(impl, input_sets[:1], mode), device)
+    except torch.cuda.OutOfMemoryError:
+        result.status = "out of memory"
+    except Exception as exc:  # a peer that rejects these inputs: record it, keep going
+        result.status = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+    finally:
+        del input_sets, probe, step
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if result.median_ms:
+        result.gbps = result.minimal_bytes / (result.median_ms * 1e-3) / 1e9
+        result.roofline_fraction = result.gbps / bandwidth
+    return result
+
+
+def fits(bench, shape, dtype, device):
+    """Skip shapes whose logits and gradient would not fit in a third of the device's memory."""
+    if device != "cuda":
+        return True
+    elements = math.prod(shape)
+    need = 3 * elements * torch.empty((), dtype=dtype).element_size()
+    return need < torch.cuda.get_device_properties(0).total_memory / 1.5
+
+
+def shapes_for(bench, device, quick):
+    if device != "cuda":
+        return bench.cpu_shapes
+    return bench.quick_shapes if quick else bench.gpu_shapes
+
+
+def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, progress=True):
+    """Run the selected entries; returns the results document (a dict, JSON-ready)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    benches = registry.select(losses)
+    bandwidth = copy_bandwidth_gbps(device)
+    plan = []
+    notes = {}
+    for bench in benches:
+        impls, skipped = registry.implementations(bench, device)
+        for peer, why in skipped.items():
+            notes[f"{bench.label}: {peer}"] = why
+        if impl_filter:
+            impls = {k: v for k, v in impls.items() if k in impl_filter}
+        for dtype in bench.dtypes:
+            if dtypes and str(dtype).replace("torch.", "") not in dtypes:
+                continue
+            for shape in shapes_for(bench, device, quick):
+                if not fits(bench, shape, dtype, device):
+                    notes[f"{bench.label} {dtype} {shape}"] = "skipped: too large for this device"
+                    continue
+                for mode in MODES:
+                    for impl_name, impl in impls.items():
+                        if impl_name.endswith("(inplace)") and mode == "forward":
+                            continue
+                        plan.append((bench, shape, dtype, impl_name, impl, mode))
+    results = []
+    for i, (bench, shape, dtype, impl_name, impl, mode) in enumerate(plan, 1):
+        if progress:
+            label = f"{bench.label} {str(dtype).replace('torch.', '')} {'x'.join(map(str, shape))} {mode} {impl_name}"
+            bar = "#" * int(30 * i / len(plan))
+            print(f"\r[{bar:<30}] {i}/{len(plan)} {label[:70]:<70}", end="", file=sys.stderr, flush=True)
+        results.append(measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth))
+    if progress and plan:
+        print(file=sys.stderr)
+    return {
+        "device": device_name(device),
+        "device_type": device,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "copy_bandwidth_gbps": bandwidth,
+        "quick": quick,
+        "notes": notes,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return None
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None

@@ -1,0 +1,184 @@
+"""Memory traffic, measured without a GPU: the fusion quality of each loss as a ratio to the minimal.
+
+Triton kernels run through Triton's interpreter with its load and store hooks counting the bytes of the
+masked-in lanes, each address once per launch (what a launch must move to or from DRAM when nothing it
+reuses is evicted: a weight vector read by every row counts once). Eager aten ops (torch's own path,
+and the small reductions fusedloss leaves to torch) are metered by a TorchDispatchMode: tensor
+arguments read in full, outputs written in full, views free, and the few ops that touch less than their
+arguments (gathers, fills, copies) counted as they really do. The minimal is each input read once and
+each gradient written once.
+"""
+import collections
+import contextlib
+import os
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fusedloss
+
+from . import registry
+
+_aten = torch.ops.aten
+# ops whose first argument is only written (its old values are not read)
+_WRITE_ONLY_FIRST = {_aten.copy_.default, _aten.fill_.Scalar, _aten.fill_.Tensor, _aten.zero_.default}
+# gathers: read as many input elements as they write
+_GATHERS = {_aten.nll_loss_forward.default, _aten.nll_loss2d_forward.default}
+# backward ops that take their second argument (the forward's input) only for its shape
+_SHAPE_ONLY_SELF = {_aten.nll_loss_backward.default, _aten.nll_loss2d_backward.default}
+# allocations: no traffic until something writes them
+_ALLOCATIONS = {_aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default,
+                _aten.new_empty.default, _aten.new_empty_strided.default}
+
+
+def _tensors(tree):
+    out = []
+    for leaf in torch.utils._pytree.tree_leaves(tree):
+        if isinstance(leaf, torch.Tensor):
+            out.append(leaf)
+    return out
+
+
+def _nbytes(t):
+    return t.numel() * t.element_size()
+
+
+class Meter(TorchDispatchMode):
+    """Counts bytes read and written by aten ops, and (with ``hook_triton``) by interpreted Triton kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.torch_read = self.torch_written = 0
+        self.kernel_read = self.kernel_written = 0
+        self.by_op = collections.Counter()
+        self._in_kernel = False
+        self._loads = []
+        self._stores = []
+
+    @property
+    def total(self):
+        return self.torch_read + self.torch_written + self.kernel_read + self.kernel_written
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._in_kernel or func in _ALLOCATIONS:
+            return out
+        inputs = _tensors((args, kwargs))
+        outputs = _tensors(out)
+        input_storages = {t.untyped_storage().data_ptr() for t in inputs}
+        if all(o.untyped_storage().data_ptr() in input_storages for o in outputs) and not \
+                func._schema.is_mutable:
+            return out  # a view: no traffic
+        if func in _WRITE_ONLY_FIRST:
+            inputs = inputs[1:]
+        if func in _SHAPE_ONLY_SELF:
+            inputs = [t for t in inputs if t is not args[1]]
+        read = sum(_nbytes(t) for t in inputs)
+        if func in _GATHERS:
+            target = args[1]
+            read = sum(_nbytes(t) for t in inputs[1:]) + target.numel() * args[0].element_size()
+        written = sum(_nbytes(t) for t in outputs)
+        self.torch_read += read
+        self.torch_written += written
+        self.by_op[str(func.overloadpacket.__name__)] += read + written
+        return out
+
+    # -- Triton interpreter hooks
+    def _record(self, bucket, ptrs, mask):
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        addresses = np.asarray(ptrs.data)[np.asarray(mask.data, dtype=bool)]
+        bucket.append((addresses.ravel(), size))
+
+    @staticmethod
+    def _unique_bytes(bucket):
+        if not bucket:
+            return 0
+        sizes = {}
+        for addresses, size in bucket:
+            for a in np.unique(addresses):
+                sizes[int(a)] = size
+        return sum(sizes.values())
+
+    @contextlib.contextmanager
+    def hook_triton(self):
+        from triton.runtime import interpreter
+
+        builder_cls, executor_cls = interpreter.InterpreterBuilder, interpreter.GridExecutor
+        orig_load, orig_store = builder_cls.create_masked_load, builder_cls.create_masked_store
+        orig_call = executor_cls.__call__
+        meter = self
+
+        def masked_load(builder, ptrs, mask, other, *rest):
+            meter._record(meter._loads, ptrs, mask)
+            return orig_load(builder, ptrs, mask, other, *rest)
+
+        def masked_store(builder, ptrs, value, mask, *rest):
+            meter._record(meter._stores, ptrs, mask)
+            return orig_store(builder, ptrs, value, mask, *rest)
+
+        def launch(executor, *args, **kwargs):
+            meter._in_kernel, meter._loads, meter._stores = True, [], []
+            try:
+                return orig_call(executor, *args, **kwargs)
+            finally:
+                meter._in_kernel = False
+                meter.kernel_read += self._unique_bytes(meter._loads)
+                meter.kernel_written += self._unique_bytes(meter._stores)
+                meter.by_op[f"triton:{executor.fn.__name__}"] += (self._unique_bytes(meter._loads)
+                                                                  + self._unique_bytes(meter._stores))
+
+        builder_cls.create_masked_load, builder_cls.create_masked_store = masked_load, masked_store
+        executor_cls.__call__ = launch
+        try:
+            yield self
+        finally:
+            builder_cls.create_masked_load, builder_cls.create_masked_store = orig_load, orig_store
+            executor_cls.__call__ = orig_call
+
+
+def measure_traffic(impl, inputs, grad_scale=None):
+    """Bytes moved by loss = impl(...) and the gradients of (loss * grad_scale) w.r.t. the inputs."""
+    meter = Meter()
+    with meter.hook_triton(), meter:
+        loss = impl(*inputs.args, **inputs.kwargs)
+        if grad_scale is not None:
+            loss = loss * grad_scale
+        torch.autograd.grad(loss, inputs.grad_tensors)
+    return meter
+
+
+def run_traffic(losses=None):
+    """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    rows = []
+    for bench in registry.select(losses):
+        for shape in bench.traffic_shapes:
+            dtype = bench.dtypes[0]
+            torch.manual_seed(0)
+            inputs = bench.make_inputs(shape, dtype, "cpu")
+            minimal = bench.minimal_bytes(inputs, backward=True)
+            ours = registry.fusedloss_impl(bench)
+            with fusedloss.backend("triton"):
+                unit = measure_traffic(ours, inputs)
+                scaled = measure_traffic(ours, inputs, grad_scale=2.0**16)
+            eager = measure_traffic(registry.torch_impl(bench), inputs)
+            rows.append({
+                "loss": bench.label, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+                "minimal_bytes": minimal,
+                "fusedloss_ratio": unit.total / minimal,
+                "fusedloss_scaled_grad_ratio": scaled.total / minimal,
+                "torch_ratio": eager.total / minimal,
+                "fusedloss_by_op": dict(unit.by_op), "torch_by_op": dict(eager.by_op),
+            })
+    return rows
+
+
+def traffic_table(rows):
+    lines = ["| loss | dtype | shape | minimal bytes | fusedloss (grad_output 1) | fusedloss (grad_output 2**16) "
+             "| torch eager |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['minimal_bytes']} | "
+                     f"{r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | {r['torch_ratio']:.2f}x |")
+    return "\n".join(lines)
