@@ -81,6 +81,9 @@ def check_nll_nd(input, target, weight):
     if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
         raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
     if target.dtype not in (torch.int64, torch.uint8):
+        if input.is_cuda:  # torch's CUDA kernels dispatch on the target type first
+            raise NotImplementedError(
+                f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
         raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
     if input.dim() <= 2:
         if target.dim() > 1:

@@ -47,6 +47,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
     inplace_backward: bool = False,
+    grad_in_forward: bool = False,
 ) -> Tensor:
     """``torch.nn.functional.cross_entropy``, fused (softmax + NLL in one pass over the logits).
 
@@ -57,6 +58,11 @@ def cross_entropy(
       inplace_backward: on the Triton path, write the gradient into the logits' own buffer instead of a
         new one (saves N*C memory). The logits then hold their gradient after backward: only use it when
         nothing else reads them afterwards. No effect on the eager path.
+      grad_in_forward: on the Triton path, compute the gradient in the forward pass, assuming
+        grad_output == 1, and only rescale it in the backward (on the device) when grad_output is not 1.
+        Forward+backward traffic: 1.0x the minimal when the loss is back-propagated as is, 2.0x when it is
+        scaled first (loss scaling, loss / accumulation_steps); the default moves 1.5x either way. With
+        ``inplace_backward`` too, the logits are overwritten by their gradient during the forward.
     """
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     _check_extras(z_loss, softcap)
@@ -73,7 +79,7 @@ def cross_entropy(
     options = SoftmaxRowsOptions(
         reduction=reduction, ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
         z_loss=float(z_loss), softcap=None if softcap is None else float(softcap),
-        prob_target=prob_target, inplace_backward=bool(inplace_backward))
+        prob_target=prob_target, inplace_backward=bool(inplace_backward), grad_in_forward=bool(grad_in_forward))
     return softmax_rows_loss(input, target, weight, options)
 
 

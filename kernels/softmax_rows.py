@@ -24,13 +24,17 @@ Math, per row r with logits x (after the optional softcap x <- cap * tanh(x / ca
 A target outside [0, C) that is not ``ignore_index`` makes the row's loss, weight and gradient NaN:
 no host sync, no out-of-bounds access.
 
-Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per row):
-  forward             reads C*B                     (+ C*Bt of probability targets)
-  backward            reads C*B, writes C*B         (+ C*Bt of probability targets)
-  forward+backward    3*C*B against the minimal 2*C*B (read once, write the gradient once): 1.5x,
-                      whatever grad_output is, because the gradient is only written once g is known.
-  NLL                 forward reads 1 element per row; backward writes C*B (no logits read).
-The forward saves lse and p_coef (8 bytes per row) so the backward needs one pass over the row.
+Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per row), two modes:
+  two-pass (default)  forward reads C*B and saves lse and p_coef (8 bytes per row); backward reads C*B
+                      and writes C*B. Forward+backward 3*C*B against the minimal 2*C*B (read once, write
+                      the gradient once): 1.5x whatever grad_output is, since the gradient is written once
+                      g is known.
+  grad in forward     the forward also writes the gradient for g = 1 (a second sweep of each row, which
+                      a program re-reads from L2 right after the first); the backward checks g on the
+                      device and rescales only rows whose g is not 1 (read and write C*B). 1.0x when
+                      grad_output is 1, 2.0x otherwise.
+  Probability targets add C*Bt per pass that reads the row. NLL: the forward reads one element per
+  row; the backward writes C*B without reading the input.
 """
 from contextlib import nullcontext
 
@@ -57,6 +61,69 @@ def _join(hi, lo, ACC: tl.constexpr):
 
 
 @triton.jit
+def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_classes, HAS_WEIGHT: tl.constexpr,
+                   ACC: tl.constexpr):
+    """Per row: the target class y, whether it counts (not ignore_index), whether it is a class, and w_y
+    (0 when it does not count or is out of range)."""
+    y = tl.load(target_ptr + t_row, mask=row_mask, other=0).to(tl.int64)
+    counted = y != ignore_index
+    in_range = (y >= 0) & (y < n_classes)
+    gather = row_mask & counted & in_range
+    if HAS_WEIGHT:
+        w_y = tl.load(weight_ptr + y, mask=gather, other=0.0).to(ACC)
+    else:
+        w_y = tl.where(gather, 1.0, 0.0).to(ACC)
+    return y, counted, in_range, w_y
+
+
+@triton.jit
+def _write_row_gradients(
+    logits_ptr, target_ptr, weight_ptr, grad_ptr,
+    x_row, t_row, d_row, row_mask, stride_xc, stride_tc, stride_dc, n_classes,
+    lse, p_coef, y, y_coef, g, smoothing, softcap,
+    BLOCK_C: tl.constexpr, PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr,
+):
+    """(3) One sweep over the rows' columns: grad_c = g * (p_coef * p_c - target_part_c) * softcap'.
+
+    p = exp(x - lse) is recomputed from the logits; y_coef is the coefficient of [c == y] (class-index
+    targets); g is the row's grad_output over the 'mean' denominator (0 for ignored rows, NaN for
+    invalid targets). Reads C*B (nothing for NLL), writes C*B.
+    """
+    for c0 in range(0, n_classes, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_mask = cols < n_classes
+        mask = row_mask[:, None] & col_mask[None, :]
+        cols64 = cols[None, :].to(tl.int64)
+        if INPUT_IS_LOGPROB:
+            grad = tl.where(cols64 == y[:, None], -y_coef[:, None], 0.0)
+        else:
+            x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
+            if HAS_SOFTCAP:
+                x = softcap * tanh(x / softcap)
+            grad = p_coef[:, None] * tl.exp(x - lse[:, None])
+            if PROB_TARGET or HAS_SMOOTHING:
+                if HAS_WEIGHT:
+                    w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                else:
+                    w = tl.full([BLOCK_C], 1.0, ACC)
+            if PROB_TARGET:
+                t = tl.load(target_ptr + t_row[:, None] + cols64 * stride_tc, mask=mask, other=0.0).to(ACC)
+                if HAS_SMOOTHING:
+                    t = t * (1.0 - smoothing) + smoothing / n_classes
+                grad -= w[None, :] * t
+            else:
+                grad -= tl.where(cols64 == y[:, None], y_coef[:, None], 0.0)
+                if HAS_SMOOTHING:
+                    grad -= (smoothing / n_classes) * w[None, :]
+            if HAS_SOFTCAP:
+                capped = x / softcap
+                grad = grad * (1.0 - capped * capped)
+        grad = grad * g[:, None]
+        tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _row_offsets(pid, n_rows, n_spatial, stride_n, stride_s, BLOCK_R: tl.constexpr):
     """Rows handled by program ``pid``, their mask, and their 64-bit element offsets (n*stride_n + s*stride_s)."""
     rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -77,9 +144,12 @@ def _softmax_rows_fwd_kernel(
     row_weight_ptr,  # (N*S,) float: per-row share of the 'mean' denominator (out)
     lse_ptr,  # (N*S,) float: per-row log-sum-exp (out, when SAVE_FOR_BACKWARD)
     p_coef_ptr,  # (N*S,) float: per-row coefficient of softmax in the gradient (out, when SAVE_FOR_BACKWARD)
+    grad_ptr,  # (N, C, S) gradient for grad_output = 1 (out, when WRITE_GRAD); may alias logits_ptr
+    denom_ptr,  # () float: the 'mean' denominator, read when WRITE_GRAD and MEAN
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
     stride_tn, stride_tc, stride_ts,  # target (stride_tc unused for class indices)
+    stride_dn, stride_dc, stride_ds,  # gradient
     # sizes
     n_rows, n_classes, n_spatial,  # N*S, C, S
     # per-call scalars; each float as an fp32 (hi, lo) pair so float64 inputs keep full precision
@@ -88,7 +158,7 @@ def _softmax_rows_fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr, HAS_ZLOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SAVE_FOR_BACKWARD: tl.constexpr, ACC: tl.constexpr,
+    SAVE_FOR_BACKWARD: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
 ):
     smoothing = _join(smoothing_hi, smoothing_lo, ACC)
     z_loss = _join(z_loss_hi, z_loss_lo, ACC)
@@ -138,7 +208,10 @@ def _softmax_rows_fwd_kernel(
         log_d = d  # unused: NLL needs no log-sum-exp
         lse = d
 
-    # (2) the row's loss and its share of the 'mean' denominator
+    # (2) the row's loss, its share of the 'mean' denominator, and the gradient's row coefficients
+    g = tl.full([BLOCK_R], 1.0, ACC)  # the row's gradient scale for grad_output = 1 (WRITE_GRAD)
+    if MEAN:
+        g = g / tl.load(denom_ptr).to(ACC)
     if PROB_TARGET:
         loss = log_d * sum_a - sum_ad
         row_weight = tl.full([BLOCK_R], 1.0, ACC)
@@ -146,20 +219,18 @@ def _softmax_rows_fwd_kernel(
         if HAS_ZLOSS:
             loss += z_loss * lse * lse
             p_coef += 2.0 * z_loss * lse
+        y = rows  # unused for probability targets
+        y_coef = p_coef
     else:
-        y = tl.load(target_ptr + t_row, mask=row_mask, other=0).to(tl.int64)
-        counted = y != ignore_index
-        in_range = (y >= 0) & (y < n_classes)
+        y, counted, in_range, w_y = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index,
+                                                   n_classes, HAS_WEIGHT, ACC)
         gather = row_mask & counted & in_range
         x_y = tl.load(logits_ptr + x_row + y * stride_xc, mask=gather, other=0.0).to(ACC)
         x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
-        if HAS_WEIGHT:
-            w_y = tl.load(weight_ptr + y, mask=gather, other=0.0).to(ACC)
-        else:
-            w_y = tl.where(gather, 1.0, 0.0).to(ACC)
+        y_coef = w_y  # coefficient of [c == y] in the gradient
         if INPUT_IS_LOGPROB:
             loss = -w_y * x_y
-            p_coef = w_y  # unused: the NLL backward needs no softmax
+            p_coef = w_y  # unused: the NLL gradient needs no softmax
         else:
             loss = w_y * (lse - x_y)
             p_coef = w_y
@@ -167,6 +238,7 @@ def _softmax_rows_fwd_kernel(
                 smooth = (log_d * sum_a - sum_ad) * (smoothing / n_classes)
                 loss = (1.0 - smoothing) * loss + smooth
                 p_coef = (1.0 - smoothing) * w_y + (smoothing / n_classes) * sum_a
+                y_coef = (1.0 - smoothing) * w_y
             if HAS_ZLOSS:
                 loss += z_loss * w_y * lse * lse
                 p_coef += 2.0 * z_loss * w_y * lse
@@ -177,11 +249,21 @@ def _softmax_rows_fwd_kernel(
         invalid = counted & ~in_range
         loss = tl.where(invalid, float("nan"), loss)
         row_weight = tl.where(invalid, float("nan"), row_weight)
+        g = tl.where(counted, g, 0.0)
+        g = tl.where(invalid, float("nan"), g)
     tl.store(loss_ptr + rows, loss, mask=row_mask)
     tl.store(row_weight_ptr + rows, row_weight, mask=row_mask)
     if SAVE_FOR_BACKWARD:
         tl.store(lse_ptr + rows, lse, mask=row_mask)
         tl.store(p_coef_ptr + rows, p_coef, mask=row_mask)
+
+    # (3) gradient for grad_output = 1, while the row is still in L2
+    if WRITE_GRAD:
+        d_row = n * stride_dn + s * stride_ds
+        _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, x_row, t_row, d_row, row_mask,
+                             stride_xc, stride_tc, stride_dc, n_classes, lse, p_coef, y, y_coef, g,
+                             smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
+                             HAS_SMOOTHING, HAS_SOFTCAP, ACC)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo"])
@@ -216,59 +298,55 @@ def _softmax_rows_bwd_kernel(
     t_row = n * stride_tn + s * stride_ts
     d_row = n * stride_dn + s * stride_ds
 
-    # the row's grad_output g (over the denominator for 'mean')
+    # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if MEAN:
         g = g / tl.load(denom_ptr).to(ACC)
-    if not INPUT_IS_LOGPROB:
+    if INPUT_IS_LOGPROB:
+        lse = tl.zeros([BLOCK_R], ACC)  # unused: the NLL gradient needs no softmax
+        p_coef = lse
+    else:
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         p_coef = tl.load(p_coef_ptr + rows, mask=row_mask, other=0.0).to(ACC)
-    if not PROB_TARGET:
-        y = tl.load(target_ptr + t_row, mask=row_mask, other=0).to(tl.int64)
-        counted = y != ignore_index
-        in_range = (y >= 0) & (y < n_classes)
-        if HAS_WEIGHT:
-            w_y = tl.load(weight_ptr + y, mask=row_mask & counted & in_range, other=0.0).to(ACC)
-        else:
-            w_y = tl.where(counted & in_range, 1.0, 0.0).to(ACC)
+    if PROB_TARGET:
+        y = rows  # unused for probability targets
+        y_coef = p_coef
+    else:
+        y, counted, in_range, w_y = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index,
+                                                   n_classes, HAS_WEIGHT, ACC)
         g = tl.where(counted, g, 0.0)
         g = tl.where(counted & ~in_range, float("nan"), g)
-        y_coef = w_y  # coefficient of [c == y]
+        y_coef = w_y
         if HAS_SMOOTHING:
             y_coef = (1.0 - smoothing) * w_y
+    _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, x_row, t_row, d_row, row_mask,
+                         stride_xc, stride_tc, stride_dc, n_classes, lse, p_coef, y, y_coef, g,
+                         smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
+                         HAS_SMOOTHING, HAS_SOFTCAP, ACC)
 
-    # (3) one pass over the row: recompute softmax from lse, write the gradient once
+
+@triton.jit
+def _softmax_rows_rescale_kernel(
+    grad_ptr,  # (N, C, S) gradient written by the forward for grad_output = 1; scaled in place
+    grad_out_ptr,  # grad_output: (N, S) for reduction 'none', one element otherwise (strides 0)
+    stride_dn, stride_dc, stride_ds,  # gradient
+    stride_gn, stride_gs,  # grad_output
+    n_rows, n_classes, n_spatial,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """grad[r, :] *= g[r], only for rows whose g is not 1: rows with g == 1 are masked out, so a
+    grad_output of 1 costs one 4-byte load per row and moves nothing else. Otherwise reads and writes
+    C*B per row."""
+    pid = tl.program_id(0)
+    rows, row_mask, n, s, d_row = _row_offsets(pid, n_rows, n_spatial, stride_dn, stride_ds, BLOCK_R)
+    g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=1.0).to(ACC)
+    rescale = row_mask & (g != 1.0)
     for c0 in range(0, n_classes, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        col_mask = cols < n_classes
-        mask = row_mask[:, None] & col_mask[None, :]
-        cols64 = cols[None, :].to(tl.int64)
-        if INPUT_IS_LOGPROB:
-            grad = tl.where(cols64 == y[:, None], -y_coef[:, None], 0.0)
-        else:
-            x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
-            if HAS_SOFTCAP:
-                x = softcap * tanh(x / softcap)
-            grad = p_coef[:, None] * tl.exp(x - lse[:, None])
-            if PROB_TARGET or HAS_SMOOTHING:
-                if HAS_WEIGHT:
-                    w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(ACC)
-                else:
-                    w = tl.full([BLOCK_C], 1.0, ACC)
-            if PROB_TARGET:
-                t = tl.load(target_ptr + t_row[:, None] + cols64 * stride_tc, mask=mask, other=0.0).to(ACC)
-                if HAS_SMOOTHING:
-                    t = t * (1.0 - smoothing) + smoothing / n_classes
-                grad -= w[None, :] * t
-            else:
-                grad -= tl.where(cols64 == y[:, None], y_coef[:, None], 0.0)
-                if HAS_SMOOTHING:
-                    grad -= (smoothing / n_classes) * w[None, :]
-            if HAS_SOFTCAP:
-                capped = x / softcap
-                grad = grad * (1.0 - capped * capped)
-        grad = grad * g[:, None]
-        tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        cols64 = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask = rescale[:, None] & (cols64 < n_classes)[None, :]
+        ptrs = grad_ptr + d_row[:, None] + cols64[None, :] * stride_dc
+        grad = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+        tl.store(ptrs, (grad * g[:, None]).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,13 +361,23 @@ def _grid(n_rows, block_r):
     return (triton.cdiv(n_rows, block_r),)
 
 
+def _device_of(tensor):
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else nullcontext()
+
+
+def _target_strides(target, prob_target):
+    return target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
+
+
 def softmax_rows_fwd(logits, target, weight, *, ignore_index, smoothing, z_loss, softcap,
-                     prob_target, input_is_logprob, save_for_backward):
+                     prob_target, input_is_logprob, save_for_backward, grad=None, denom=None):
     """Per-row loss of cross entropy (or NLL when ``input_is_logprob``) over logits viewed as (N, C, S).
 
     ``target`` is (N, S) class indices or, with ``prob_target``, (N, C, S) probabilities.
     Returns float32 (float64 for float64 logits) tensors of N*S elements: loss, row_weight, and when
-    ``save_for_backward`` also lse and p_coef (else None).
+    ``save_for_backward`` also lse and p_coef (else None). With ``grad`` (an (N, C, S) buffer, possibly
+    the logits themselves) the kernel also writes the gradient for grad_output = 1, divided by ``denom``
+    (the 'mean' denominator, a one-element device tensor) when given.
     """
     n_batch, n_classes, n_spatial = logits.shape
     n_rows = n_batch * n_spatial
@@ -298,22 +386,23 @@ def softmax_rows_fwd(logits, target, weight, *, ignore_index, smoothing, z_loss,
     row_weight = torch.empty_like(loss)
     lse = torch.empty_like(loss) if save_for_backward else loss
     p_coef = torch.empty_like(loss) if save_for_backward else loss
-    if n_rows == 0:
-        return loss, row_weight, (lse if save_for_backward else None), (p_coef if save_for_backward else None)
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size())
-    target_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
-    with torch.cuda.device(logits.device) if logits.is_cuda else nullcontext():
-        _softmax_rows_fwd_kernel[_grid(n_rows, block_r)](
-            logits, target, weight if weight is not None else logits, loss, row_weight, lse, p_coef,
-            *logits.stride(), *target_strides,
-            n_rows, n_classes, n_spatial,
-            ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
-            BLOCK_R=block_r, BLOCK_C=block_c,
-            PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=weight is not None,
-            HAS_SMOOTHING=smoothing > 0, HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None,
-            SAVE_FOR_BACKWARD=save_for_backward, ACC=_acc_dtype(logits.dtype),
-            num_warps=num_warps,
-        )
+    if n_rows > 0:
+        block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size(),
+                                                        gather_only=input_is_logprob and grad is None)
+        grad_strides = grad.stride() if grad is not None else (0, 0, 0)
+        with _device_of(logits):
+            _softmax_rows_fwd_kernel[_grid(n_rows, block_r)](
+                logits, target, weight if weight is not None else logits, loss, row_weight, lse, p_coef,
+                grad if grad is not None else logits, denom if denom is not None else loss,
+                *logits.stride(), *_target_strides(target, prob_target), *grad_strides,
+                n_rows, n_classes, n_spatial,
+                ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
+                BLOCK_R=block_r, BLOCK_C=block_c,
+                PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=weight is not None,
+                HAS_SMOOTHING=smoothing > 0, HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None,
+                SAVE_FOR_BACKWARD=save_for_backward, WRITE_GRAD=grad is not None, MEAN=denom is not None,
+                ACC=_acc_dtype(logits.dtype), num_warps=num_warps,
+            )
     if not save_for_backward:
         lse = p_coef = None
     return loss, row_weight, lse, p_coef
@@ -331,19 +420,32 @@ def softmax_rows_bwd(logits, target, weight, lse, p_coef, grad_output, denom, gr
     if n_rows == 0 or n_classes == 0:
         return grad
     block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size())
-    target_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
-    with torch.cuda.device(logits.device) if logits.is_cuda else nullcontext():
+    with _device_of(logits):
         _softmax_rows_bwd_kernel[_grid(n_rows, block_r)](
             logits, target, weight if weight is not None else logits,
             lse if lse is not None else grad_output, p_coef if p_coef is not None else grad_output,
             grad_output, denom if denom is not None else grad_output, grad,
-            *logits.stride(), *target_strides, *grad_output.stride(), *grad.stride(),
+            *logits.stride(), *_target_strides(target, prob_target), *grad_output.stride(), *grad.stride(),
             n_rows, n_classes, n_spatial,
             ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
             BLOCK_R=block_r, BLOCK_C=block_c,
             PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=weight is not None,
             HAS_SMOOTHING=smoothing > 0, HAS_SOFTCAP=softcap is not None, MEAN=denom is not None,
-            ACC=_acc_dtype(logits.dtype),
-            num_warps=num_warps,
+            ACC=_acc_dtype(grad.dtype), num_warps=num_warps,
+        )
+    return grad
+
+
+def softmax_rows_rescale(grad, grad_output):
+    """grad (N, C, S) *= grad_output per row, in place, skipping rows whose grad_output is 1."""
+    n_batch, n_classes, n_spatial = grad.shape
+    n_rows = n_batch * n_spatial
+    if n_rows == 0 or n_classes == 0:
+        return grad
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, grad.element_size())
+    with _device_of(grad):
+        _softmax_rows_rescale_kernel[_grid(n_rows, block_r)](
+            grad, grad_output, *grad.stride(), *grad_output.stride(), n_rows, n_classes, n_spatial,
+            BLOCK_R=block_r, BLOCK_C=block_c, ACC=_acc_dtype(grad.dtype), num_warps=num_warps,
         )
     return grad

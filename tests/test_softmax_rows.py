@@ -443,11 +443,12 @@ BAD_CASES = [("cross_entropy", case) for case in bad_cross_entropy_calls()] + [
 def test_bad_input_raises_torch_exception_type(fn, case, backend):
     calls = {**bad_calls(), **bad_cross_entropy_calls()} if fn == "cross_entropy" else bad_calls()
     x, target, kwargs = calls[case]
-    with pytest.raises(Exception) as torch_error:
-        getattr(F, fn)(x, target, **kwargs)
+    x, target = x.to(DEVICE), target.to(DEVICE)
     kwargs = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+    with pytest.raises(Exception) as torch_error:  # torch on the same device: CUDA raises some types differently
+        getattr(F, fn)(x, target, **kwargs)
     with fusedloss.backend(backend), pytest.raises(Exception) as our_error:
-        getattr(FL, fn)(x.to(DEVICE), target.to(DEVICE), **kwargs)
+        getattr(FL, fn)(x, target, **kwargs)
     assert type(our_error.value) is type(torch_error.value), (our_error.value, torch_error.value)
 
 
@@ -585,3 +586,66 @@ def test_option_grid_covers_every_combination():
         grad, = torch.autograd.grad(loss.sum(), x)
         assert_matches(loss, ref, torch.float32, str(kwargs))
         assert_matches(grad, ref_grad, torch.float32, str(kwargs))
+
+
+# ------------------------------------------------------------------ grad_in_forward (single-pass mode)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("grad_scale", [1.0, 2.0**16, 1 / 3])
+@pytest.mark.parametrize("options", ["plain", "weight+smoothing+ignore", "z+cap", "probability+weight"])
+def test_grad_in_forward(options, grad_scale, reduction, inplace):
+    """Gradient written in the forward for grad_output 1, rescaled on the device otherwise."""
+    shape = (23, 1031)
+    kwargs = dict(reduction=reduction)
+    if "weight" in options:
+        kwargs["weight"] = torch.rand(shape[1], device=DEVICE) + 0.1
+    if "smoothing" in options:
+        kwargs["label_smoothing"] = 0.1
+    if "z" in options:
+        kwargs.update(z_loss=1e-3, softcap=3.0)
+    target = prob_target(shape) if "probability" in options else class_target(shape)
+    x = logits_of(shape, torch.float32)
+    x64 = x.detach().double().requires_grad_()
+    k64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+    ref = eager_extras(x64, target.double() if target.is_floating_point() else target, **k64)
+    upstream = torch.full(ref.shape, grad_scale, dtype=torch.float64, device=DEVICE)
+    if reduction == "none":
+        upstream[::2] = 0.5  # a per-row grad_output: some rows 1 would be skipped, these are not
+    ref_grad, = torch.autograd.grad(ref, x64, upstream)
+    logits = x.detach().clone().requires_grad_()
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(logits, target, grad_in_forward=True, inplace_backward=inplace, **kwargs)
+    assert_matches(loss, ref, torch.float32, "loss")
+    loss.backward(upstream.float())
+    assert_matches(logits.grad, ref_grad, torch.float32, "grad")
+    if inplace:
+        assert logits.grad.data_ptr() == logits.data_ptr()
+
+
+def test_grad_in_forward_retain_graph_backward_twice():
+    x = logits_of((9, 77), torch.float32)
+    target = class_target(x.shape)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(x, target, label_smoothing=0.1, grad_in_forward=True)
+    first, = torch.autograd.grad(loss * 3.0, x, retain_graph=True)
+    second, = torch.autograd.grad(loss * 0.5, x)  # recomputed: the first backward consumed the buffer
+    expected, = torch.autograd.grad(F.cross_entropy(x, target, label_smoothing=0.1), x)
+    torch.testing.assert_close(first, 3.0 * expected, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(second, 0.5 * expected, rtol=2e-5, atol=1e-7)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(x.detach().clone().requires_grad_(), target, grad_in_forward=True,
+                                inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+
+
+def test_grad_in_forward_no_grad_is_plain_forward():
+    x = torch.randn(5, 40, device=DEVICE)
+    target = class_target(x.shape)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(x, target, grad_in_forward=True, inplace_backward=True)
+    torch.testing.assert_close(loss, F.cross_entropy(x, target))
+    assert torch.isfinite(x).all() and x.abs().max() > 0.5, "no gradient written without autograd"

@@ -44,6 +44,8 @@ class LossBench:
     peers: Dict[str, Callable[[], Optional[Callable]]] = dataclasses.field(default_factory=dict)
     peer_notes: Dict[str, str] = dataclasses.field(default_factory=dict)  # peers never run, and why
     minimal: Optional[Callable[[Inputs, bool], int]] = None  # when less than every input in full is needed
+    # fusedloss option sets also measured, as "fusedloss (<label>)"
+    variants: Dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self):
@@ -85,8 +87,8 @@ def implementations(bench, device):
     impls = {"fusedloss": fusedloss_impl(bench), "torch": torch_impl(bench)}
     skipped = dict(bench.peer_notes)
     if device == "cuda":
-        if bench.family == "softmax rows":
-            impls["fusedloss (inplace)"] = fusedloss_impl(bench, inplace_backward=True)
+        for label, extra in bench.variants.items():
+            impls[f"fusedloss ({label})"] = fusedloss_impl(bench, **extra)
         impls["torch.compile"] = compile_impl(bench)
         for peer, factory in bench.peers.items():
             try:
@@ -146,6 +148,11 @@ def liger_cross_entropy(bench):
 
 
 _CE_GPU_SHAPES = [(tokens, vocab) for vocab in (32000, 128256, 262144) for tokens in (4096, 16384, 65536)]
+_CE_VARIANTS = {
+    "inplace": {"inplace_backward": True},
+    "grad in forward": {"grad_in_forward": True},
+    "grad in forward, inplace": {"grad_in_forward": True, "inplace_backward": True},
+}
 _CE_NOTES = {"cut-cross-entropy": "fuses the classifier matmul (embeddings x weights -> loss), so it is not "
                                   "comparable on precomputed logits; it belongs with linear_cross_entropy"}
 
@@ -154,13 +161,13 @@ REGISTRY = [
         name="cross_entropy", family="softmax rows", make_inputs=cross_entropy_inputs,
         gpu_shapes=_CE_GPU_SHAPES, quick_shapes=[(16384, 32000), (8192, 128256)],
         cpu_shapes=[(512, 32000)], traffic_shapes=[(64, 3001)],
-        peers={"liger": liger_cross_entropy}, peer_notes=_CE_NOTES),
+        peers={"liger": liger_cross_entropy}, peer_notes=_CE_NOTES, variants=_CE_VARIANTS),
     LossBench(
         name="cross_entropy", family="softmax rows", variant="smoothing+weight",
         make_inputs=weighted_cross_entropy_inputs, kwargs={"label_smoothing": 0.1},
         gpu_shapes=[(16384, 32000), (16384, 128256)], quick_shapes=[(16384, 32000)],
         cpu_shapes=[(512, 32000)], traffic_shapes=[(64, 3001)], dtypes=(torch.bfloat16,),
-        peers={"liger": liger_cross_entropy}, peer_notes=_CE_NOTES),
+        peers={"liger": liger_cross_entropy}, peer_notes=_CE_NOTES, variants=_CE_VARIANTS),
     LossBench(
         name="nll_loss", family="softmax rows", make_inputs=nll_inputs, minimal=nll_minimal_bytes,
         gpu_shapes=[(16384, 32000), (16384, 128256)], quick_shapes=[(16384, 32000)],

@@ -159,26 +159,29 @@ def run_traffic(losses=None):
             torch.manual_seed(0)
             inputs = bench.make_inputs(shape, dtype, "cpu")
             minimal = bench.minimal_bytes(inputs, backward=True)
-            ours = registry.fusedloss_impl(bench)
-            with fusedloss.backend("triton"):
-                unit = measure_traffic(ours, inputs)
-                scaled = measure_traffic(ours, inputs, grad_scale=2.0**16)
             eager = measure_traffic(registry.torch_impl(bench), inputs)
-            rows.append({
-                "loss": bench.label, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
-                "minimal_bytes": minimal,
-                "fusedloss_ratio": unit.total / minimal,
-                "fusedloss_scaled_grad_ratio": scaled.total / minimal,
-                "torch_ratio": eager.total / minimal,
-                "fusedloss_by_op": dict(unit.by_op), "torch_by_op": dict(eager.by_op),
-            })
+            variants = {"": {}, **{f" ({label})": extra for label, extra in bench.variants.items()
+                                   if "inplace" not in label}}
+            for suffix, extra in variants.items():
+                ours = registry.fusedloss_impl(bench, **extra)
+                with fusedloss.backend("triton"):
+                    unit = measure_traffic(ours, inputs)
+                    scaled = measure_traffic(ours, inputs, grad_scale=2.0**16)
+                rows.append({
+                    "loss": bench.label, "impl": "fusedloss" + suffix, "shape": list(shape),
+                    "dtype": str(dtype).replace("torch.", ""), "minimal_bytes": minimal,
+                    "fusedloss_ratio": unit.total / minimal,
+                    "fusedloss_scaled_grad_ratio": scaled.total / minimal,
+                    "torch_ratio": eager.total / minimal,
+                    "fusedloss_by_op": dict(unit.by_op), "torch_by_op": dict(eager.by_op),
+                })
     return rows
 
 
 def traffic_table(rows):
-    lines = ["| loss | dtype | shape | minimal bytes | fusedloss (grad_output 1) | fusedloss (grad_output 2**16) "
-             "| torch eager |", "|---|---|---|---|---|---|---|"]
+    lines = ["| loss | implementation | dtype | shape | minimal bytes | grad_output 1 | grad_output 2**16 "
+             "| torch eager |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['minimal_bytes']} | "
+        lines.append(f"| {r['loss']} | {r['impl']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['minimal_bytes']} | "
                      f"{r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | {r['torch_ratio']:.2f}x |")
     return "\n".join(lines)
