@@ -80,11 +80,6 @@ def check_nll_nd(input, target, weight):
             f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target_batch}).")
     if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
         raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
-    if target.dtype not in (torch.int64, torch.uint8):
-        if input.is_cuda:  # torch's CUDA kernels dispatch on the target type first
-            raise NotImplementedError(
-                f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
-        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
     if input.dim() <= 2:
         if target.dim() > 1:
             raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
@@ -103,6 +98,12 @@ def check_nll_nd(input, target, weight):
         raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
     n_classes = input.shape[-1] if input.dim() <= 2 else input.shape[1]
     check_class_weight(input, weight, n_classes)
+    # shapes first (ATen's meta checks), then the kernels' dtype dispatch
+    if target.dtype not in (torch.int64, torch.uint8):
+        if input.is_cuda:  # torch's CUDA kernels dispatch on the target type
+            raise NotImplementedError(
+                f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
     check_floating_input(input, "nll_loss_out_frame")
 
 

@@ -3,9 +3,11 @@
 Sizes are powers of two chosen from the problem size; ``num_warps`` follows the tile size. No autotuning:
 the figures behind these choices are in bench/NOTES.md.
 """
+import functools
+import math
 import os
+import struct
 
-import torch
 import triton
 
 _POINTWISE_BLOCK = 4096
@@ -27,19 +29,21 @@ def num_warps_for(tile_elements):
     return 2
 
 
-def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False):
+def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per_class_sums=False):
     """(BLOCK_R, BLOCK_C, num_warps) for a [rows x classes] tile of the softmax-rows kernels.
 
-    Classes contiguous (n_spatial == 1): one row per program with a wide class block (16384 elements:
-    the H100 sweep in bench/NOTES.md puts it 1-3% ahead of 4096-8192), several rows per program when C
-    is small. Classes strided by n_spatial (inputs (N, C, d1..dk)): consecutive spatial positions are
-    contiguous, so the tile is tall (many rows) and narrow (few classes). ``gather_only`` (the NLL
-    forward reads one element per row): many rows per program. Under the interpreter tiles stop at 4096
-    elements so that the tests' small odd shapes still cross column blocks.
+    Classes contiguous (n_spatial == 1): one row per program with a wide class block, several rows per
+    program when C is small. The H100 sweep (bench/NOTES.md): plain cross entropy is 1-3% faster with
+    16384-element blocks than 4096-8192; with label smoothing or soft targets (``per_class_sums``: two more
+    running sums and a weight load per element) 4096 elements and 4 warps are 10-25% faster in the forward.
+    Classes strided by n_spatial (inputs (N, C, d1..dk)): consecutive spatial positions are contiguous,
+    so the tile is tall (many rows) and narrow (few classes). ``gather_only`` (the NLL forward reads one
+    element per row): many rows per program. Under the interpreter tiles stop at 4096 elements so that
+    the tests' small odd shapes still cross column blocks.
     """
     if gather_only:
         return 256, 1, 4
-    max_tile = 4096 if interpreting() else 16384
+    max_tile = 4096 if interpreting() or per_class_sums else 16384
     classes_pow2 = triton.next_power_of_2(max(n_classes, 1))
     if n_spatial == 1:
         block_c = min(classes_pow2, max_tile)
@@ -48,6 +52,8 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False):
         block_c = min(classes_pow2, 16)
         block_r = max(1, min(128, max_tile // (4 * block_c)))
     tile_bytes = block_r * block_c * element_size
+    if per_class_sums:
+        return block_r, block_c, max(2, min(4, tile_bytes // 2048))
     return block_r, block_c, max(2, min(16, tile_bytes // 4096))
 
 
@@ -58,7 +64,20 @@ def pointwise_block(n_elements):
     return block, num_warps_for(block)
 
 
+_FLOAT32 = struct.Struct("f")
+
+
+def _round_to_float32(value):
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:  # beyond float32's range
+        return math.copysign(math.inf, value)
+
+
+@functools.lru_cache(maxsize=1024)
 def split_float(value):
-    """(hi, lo) float32 halves of a Python float: hi + lo carries ~48 bits, enough for float64 kernels."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    return hi, float(torch.tensor(value - hi, dtype=torch.float32))
+    """(hi, lo) float32 halves of a Python float: hi + lo carries ~48 bits, enough for float64 kernels.
+    Pure Python and cached: it runs on every launch (torch.tensor-based rounding cost 12 us a call)."""
+    hi = _round_to_float32(value)
+    lo = _round_to_float32(value - hi) if math.isfinite(hi) else 0.0
+    return hi, lo

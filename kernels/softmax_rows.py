@@ -388,7 +388,8 @@ def softmax_rows_fwd(logits, target, weight, *, ignore_index, smoothing, z_loss,
     p_coef = torch.empty_like(loss) if save_for_backward else loss
     if n_rows > 0:
         block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size(),
-                                                        gather_only=input_is_logprob and grad is None)
+                                                        gather_only=input_is_logprob and grad is None,
+                                                        per_class_sums=prob_target or smoothing > 0)
         grad_strides = grad.stride() if grad is not None else (0, 0, 0)
         with _device_of(logits):
             _softmax_rows_fwd_kernel[_grid(n_rows, block_r)](
@@ -419,7 +420,8 @@ def softmax_rows_bwd(logits, target, weight, lse, p_coef, grad_output, denom, gr
     n_rows = n_batch * n_spatial
     if n_rows == 0 or n_classes == 0:
         return grad
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size())
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size(),
+                                                    per_class_sums=prob_target or smoothing > 0)
     with _device_of(logits):
         _softmax_rows_bwd_kernel[_grid(n_rows, block_r)](
             logits, target, weight if weight is not None else logits,

@@ -1,21 +1,33 @@
 """The benchmark suite: traffic figures (deterministic, no GPU needed), the CLI, reports."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from fusedloss.__main__ import main
 from fusedloss.bench import harness, registry, report
-from fusedloss.bench.traffic import run_traffic
+
+
+def traffic(tmp_path, *losses):
+    """``fusedloss bench --traffic`` in a fresh process: the interpreter must be on before Triton compiles
+    anything, which a GPU test session has already done."""
+    out = tmp_path / "traffic.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    subprocess.run([sys.executable, "-m", "fusedloss", "bench", "--traffic", "--loss", *losses, "--out", str(out)],
+                   check=True, env=env, capture_output=True)
+    return json.loads(out.read_text())
 
 
 def by_impl(rows, loss):
     return {r["impl"]: r for r in rows if r["loss"] == loss}
 
 
-def test_cross_entropy_traffic_figures():
+def test_cross_entropy_traffic_figures(tmp_path):
     """Two-pass: 1.5x the minimal for any grad_output; grad in forward: 1.0x at grad_output 1, 2.0x
     otherwise; torch eager 3.0x (log_softmax out, nll backward, log_softmax backward)."""
-    rows = by_impl(run_traffic(["cross_entropy"]), "cross_entropy")
+    rows = by_impl(traffic(tmp_path, "cross_entropy"), "cross_entropy")
     two_pass, single = rows["fusedloss"], rows["fusedloss (grad in forward)"]
     assert two_pass["fusedloss_ratio"] == pytest.approx(1.5, abs=0.01)
     assert two_pass["fusedloss_scaled_grad_ratio"] == pytest.approx(1.5, abs=0.01)
@@ -24,8 +36,8 @@ def test_cross_entropy_traffic_figures():
     assert two_pass["torch_ratio"] == pytest.approx(3.0, abs=0.01)
 
 
-def test_nll_traffic_is_minimal():
-    rows = by_impl(run_traffic(["nll_loss"]), "nll_loss")
+def test_nll_traffic_is_minimal(tmp_path):
+    rows = by_impl(traffic(tmp_path, "nll_loss"), "nll_loss")
     assert rows["fusedloss"]["fusedloss_ratio"] == pytest.approx(1.0, abs=0.02)
 
 
@@ -39,7 +51,7 @@ def tiny_registry(monkeypatch):
 
 def test_cli_bench_on_cpu_writes_results(tmp_path, tiny_registry, capsys):
     out = tmp_path / "results.json"
-    assert main(["bench", "--loss", "cross_entropy", "nll_loss", "--dtype", "float32", "bfloat16", "--out", str(out),
+    assert main(["bench", "--loss", "cross_entropy", "nll_loss", "--dtype", "float32", "bfloat16", "--device", "cpu", "--out", str(out),
                  "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     assert doc["device_type"] == "cpu" and doc["torch"] and doc["copy_bandwidth_gbps"] == 10.0

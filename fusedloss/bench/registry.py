@@ -74,7 +74,10 @@ def fusedloss_impl(bench, **extra):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(name):
-    return torch.compile(getattr(F, name), dynamic=False)
+    # default dynamic=None: the first shape compiles static, later shapes share one dynamic graph; the
+    # raised cache limit keeps dynamo from silently falling back to eager after many shapes/dtypes
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(getattr(F, name))
 
 
 def compile_impl(bench):

@@ -11,6 +11,7 @@ each gradient written once.
 import collections
 import contextlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -151,6 +152,9 @@ def measure_traffic(impl, inputs, grad_scale=None):
 
 def run_traffic(losses=None):
     """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU."""
+    if "fusedloss.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the traffic meter needs Triton's interpreter from the start of the process: "
+                           "run `TRITON_INTERPRET=1 python -m fusedloss bench --traffic`")
     os.environ["TRITON_INTERPRET"] = "1"
     rows = []
     for bench in registry.select(losses):
