@@ -8,6 +8,7 @@ eager fallback there); no memory figures.
 """
 import dataclasses
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -216,6 +217,8 @@ def _triton_version():
 
 
 def _git_commit():
+    if os.environ.get("FUSEDLOSS_GIT_COMMIT"):  # machines that get a copy of the tree without .git
+        return os.environ["FUSEDLOSS_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None

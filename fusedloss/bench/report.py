@@ -53,6 +53,29 @@ def markdown_table(doc, modes=("forward+backward", "forward")):
     return "\n".join(lines)
 
 
+def summary_table(doc):
+    """The README's table: forward+backward only, fusedloss against each baseline."""
+    baselines = [name for name in ("torch", "torch.compile", "liger")
+                 if any(r["impl"] == name for r in doc["results"])]
+    head = ["loss", "dtype", "shape", "fusedloss ms", "% of floor"] + [f"vs {b}" for b in baselines]
+    head += ["peak MB: fusedloss / inplace / torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (loss, dtype, shape, mode), by_impl in grouped(doc).items():
+        ours = by_impl.get("fusedloss", {})
+        if mode != "forward+backward" or not ours.get("median_ms"):
+            continue
+        row = [loss, dtype, _shape(shape), f"{ours['median_ms']:.3f}", f"{100 * ours['roofline_fraction']:.0f}%"]
+        for name in baselines:
+            other = by_impl.get(name, {})
+            row.append(f"{other['median_ms'] / ours['median_ms']:.2f}x" if other.get("median_ms")
+                       else other.get("status", "-"))
+        inplace = by_impl.get("fusedloss (inplace)", {}).get("peak_extra_mb")
+        row.append(" / ".join(_fmt(v, ".0f") for v in (ours.get("peak_extra_mb"), inplace,
+                                                       by_impl.get("torch", {}).get("peak_extra_mb"))))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def header(doc):
     return (f"Device: **{doc['device']}** · torch {doc['torch']} · triton {doc['triton']} · commit "
             f"{doc.get('git_commit')} · {doc['date']} · measured copy bandwidth "
@@ -62,7 +85,8 @@ def header(doc):
 
 
 def text_report(doc):
-    parts = [header(doc), "", markdown_table(doc)]
+    parts = [header(doc), "", "Forward+backward summary (x: speedup of fusedloss):", "", summary_table(doc), "",
+             "All measurements:", "", markdown_table(doc)]
     if doc.get("notes"):
         parts += ["", "Notes:"] + [f"- {k}: {v}" for k, v in doc["notes"].items()]
     return "\n".join(parts)
