@@ -153,3 +153,112 @@ def warn_size_mismatch(input, target, op):
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
             "This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# pointwise family (torch.nn.functional's Python checks and ATen's, in torch's order and words)
+# ----------------------------------------------------------------------------------------------------
+
+def check_same_size(input, target, op):
+    """binary_cross_entropy(_with_logits): a target of another size is a ValueError (no broadcasting)."""
+    if target.size() == input.size():
+        return
+    if op == "binary_cross_entropy":
+        raise ValueError(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}) is "
+            "deprecated. Please ensure they have the same size.")
+    raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+
+
+def check_broadcasts_to_input(input, *tensors):
+    """Tensors that torch combines into an output of the input's shape: broadcastable, and not larger."""
+    shape = torch.broadcast_shapes(input.shape, *(t.shape for t in tensors if t is not None))  # RuntimeError
+    if shape != input.shape:
+        raise RuntimeError(f"output with shape {_shape(input)} doesn't match the broadcast shape "
+                           f"[{', '.join(str(s) for s in shape)}]")
+
+
+def check_bce_weight(input, target, weight):
+    """F.binary_cross_entropy expands the weight to broadcast(target, weight), then ATen needs the input's shape."""
+    if weight is not None:
+        check_broadcasts_to_input(input, weight.expand(torch.broadcast_shapes(target.size(), weight.size())))
+
+
+def check_not_differentiable(op, name, tensor):
+    """ATen's error for a gradient asked of an argument its derivative formula does not cover."""
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"The function '{op}' is not differentiable with respect to argument '{name}'. "
+                           "This input cannot have requires_grad True.")
+
+
+def check_weight_size(input, weight):
+    """l1_loss, mse_loss, huber_loss: the weight must have the input's size."""
+    if weight is not None and weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+
+
+def check_beta(beta):
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+
+
+def check_delta(delta):
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
+
+
+def check_same_dim(input1, input2, target):
+    if input1.dim() != input2.dim() or input1.dim() != target.dim():
+        raise RuntimeError(
+            "margin_ranking_loss : All input tensors should have same dimension but got sizes: "
+            f"input1: {input1.size()}, input2: {input2.size()}, target: {target.size()} ")
+
+
+def kl_div_reduction(size_average, reduce, reduction):
+    """F.kl_div's reduction: legacy arguments mapped, 'batchmean' allowed, and its warning for 'mean'."""
+    if size_average is not None or reduce is not None:
+        return _reduction.legacy_get_string(size_average, reduce)
+    if reduction == "mean":
+        warnings.warn(
+            "reduction: 'mean' divides the total loss by both the batch size and the support size."
+            "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+            "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
+            stacklevel=3)
+    if reduction != "batchmean":
+        _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+    return reduction
+
+
+def gaussian_nll_var(input, var):
+    """F.gaussian_nll_loss's checks of var. Returns var (unsqueezed when one dimension short), or the float.
+
+    A negative entry of a var tensor is a host value check in torch: on the Triton path it gives NaN
+    (the kernel), and raises here only in debug mode.
+    """
+    if isinstance(var, float):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        return var
+    if not isinstance(var, torch.Tensor):
+        raise TypeError(f"var must be a Tensor or a float, not {type(var).__name__}")
+    if debug_enabled() and bool((var < 0).any()):
+        raise ValueError("var has negative entry/entries")
+    if var.size() != input.size():
+        if input.size()[:-1] == var.size():
+            var = torch.unsqueeze(var, -1)
+        elif not (input.ndim == var.ndim
+                  and sum(v for i, v in zip(input.size(), var.size()) if i != v) == 1):
+            raise ValueError("var is of incorrect size")
+    return var
+
+
+def check_three_reductions(reduction, message):
+    """gaussian_nll_loss and sigmoid_focal_loss accept only 'none', 'mean' and 'sum', checked in Python."""
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(message)
+
+
+def check_unit_interval(tensor, name):
+    """Host-side check of BCE values (debug mode only: it synchronises), torch's CPU error."""
+    if not bool(((tensor >= 0) & (tensor <= 1)).all()):
+        raise RuntimeError(f"all elements of {name} should be between 0 and 1")

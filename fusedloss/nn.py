@@ -3,14 +3,17 @@
 Each subclasses its torch module (so ``isinstance`` checks, ``state_dict`` buffers and ``repr`` stay
 the same), keeps its constructor arguments and adds the keyword-only extras of ``fusedloss.functional``.
 """
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["CrossEntropyLoss", "NLLLoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss",
+           "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss", "L1Loss", "MSELoss", "SoftMarginLoss",
+           "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss", "MarginRankingLoss", "HingeEmbeddingLoss",
+           "SigmoidFocalLoss"]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -45,3 +48,109 @@ class NLLLoss(torch.nn.NLLLoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
                           reduction=self.reduction)
+
+
+# ------------------------------------------------------------------ pointwise losses (one fused pass)
+
+
+class BCELoss(torch.nn.BCELoss):
+    """``torch.nn.BCELoss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    """``torch.nn.BCEWithLogitsLoss`` on the fused pointwise kernel (sigmoid fused in)."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                  reduction=self.reduction)
+
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    """``torch.nn.SmoothL1Loss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    """``torch.nn.HuberLoss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+
+
+class L1Loss(torch.nn.L1Loss):
+    """``torch.nn.L1Loss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(input, target, reduction=self.reduction)
+
+
+class MSELoss(torch.nn.MSELoss):
+    """``torch.nn.MSELoss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class SoftMarginLoss(torch.nn.SoftMarginLoss):
+    """``torch.nn.SoftMarginLoss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.soft_margin_loss(input, target, reduction=self.reduction)
+
+
+class KLDivLoss(torch.nn.KLDivLoss):
+    """``torch.nn.KLDivLoss`` on the fused pointwise kernel (every reduction, 'batchmean' included)."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+class PoissonNLLLoss(torch.nn.PoissonNLLLoss):
+    """``torch.nn.PoissonNLLLoss`` on the fused pointwise kernel."""
+
+    def forward(self, log_input: Tensor, target: Tensor) -> Tensor:
+        return F.poisson_nll_loss(log_input, target, log_input=self.log_input, full=self.full, eps=self.eps,
+                                  reduction=self.reduction)
+
+
+class GaussianNLLLoss(torch.nn.GaussianNLLLoss):
+    """``torch.nn.GaussianNLLLoss`` on the fused pointwise kernel (gradients for input, target and var)."""
+
+    def forward(self, input: Tensor, target: Tensor, var: Union[Tensor, float]) -> Tensor:
+        return F.gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
+
+
+class MarginRankingLoss(torch.nn.MarginRankingLoss):
+    """``torch.nn.MarginRankingLoss`` on the fused pointwise kernel."""
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.margin_ranking_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class HingeEmbeddingLoss(torch.nn.HingeEmbeddingLoss):
+    """``torch.nn.HingeEmbeddingLoss`` on the fused pointwise kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.hinge_embedding_loss(input, target, margin=self.margin, reduction=self.reduction)
+
+
+class SigmoidFocalLoss(torch.nn.Module):
+    """torchvision's ``sigmoid_focal_loss`` as a module (torchvision has only the function); arguments and
+    defaults as there, reduction 'none' by default."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2, reduction: str = "none"):
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+
+    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return F.sigmoid_focal_loss(inputs, targets, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction}"

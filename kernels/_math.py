@@ -41,6 +41,40 @@ def log1p(x):
     """log(1 + x) for x > -1, accurate to a few ulp also for tiny |x| (where log(1 + x) rounds to 0).
 
     u = 1 + x rounds; log(u) - ((u - 1) - x) / u corrects for that rounding to first order.
+    x = -1 gives -inf (u = 0: the correction alone would be 0 / 0).
     """
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) - ((u - 1.0) - x) / u)
+    corrected = tl.where(u == 0.0, float("-inf"), tl.log(u) - ((u - 1.0) - x) / u)
+    return tl.where(u == 1.0, x, corrected)
+
+
+@triton.jit
+def logistic(x):
+    """(sigmoid(x), sigmoid(-x), log(1 + exp(-|x|))) from one exp, one division and one ``log1p``: what
+    the sigmoid and softplus of +x and -x share (softplus(+-x) = max(+-x, 0) + the third term, without
+    overflow). With e = exp(-|x|) and r = 1 / (1 + e) the sigmoids are r and e r (no cancellation:
+    sigmoid(-x) stays accurate where 1 - sigmoid(x) rounds to 0). A few ulp relative for each term."""
+    e = tl.exp(-tl.abs(x))
+    r = 1.0 / (1.0 + e)
+    positive = x >= 0
+    return tl.where(positive, r, e * r), tl.where(positive, e * r, r), log1p(e)
+
+
+@triton.jit
+def pow_runtime(base, exponent):
+    """base ** exponent for a runtime scalar exponent, as torch's pow: exact products for exponents
+    0 (1 for every base), 1 and 2 (any sign of base); otherwise exp(exponent * log(base)): NaN for
+    base < 0, 0 or inf for base 0, relative error about |exponent * log(base)| * 2**-24 in float32
+    (2**-53 in float64) plus exp's 2 ulp."""
+    general = tl.exp(exponent * tl.log(base))
+    general = tl.where(base == 0, tl.where(exponent > 0, 0.0, float("inf")), general)
+    result = tl.where(exponent == 2.0, base * base, general)
+    result = tl.where(exponent == 1.0, base, result)
+    return tl.where(exponent == 0.0, 1.0, result)
+
+
+@triton.jit
+def join_float(hi, lo, ACC: tl.constexpr):
+    """A host float passed as two fp32 halves (``_config.split_float``: Triton passes Python floats as
+    fp32), rejoined in ACC: exact to about 48 bits, so float64 kernels keep their parameters."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)

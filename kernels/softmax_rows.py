@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._config import softmax_rows_tile, split_float
-from ._math import tanh
+from ._math import join_float, tanh
 
 
 @triton.jit
@@ -52,12 +52,6 @@ def _softcapped(x, mask, softcap, HAS_SOFTCAP: tl.constexpr):
     if HAS_SOFTCAP:
         x = tl.where(mask, softcap * tanh(x / softcap), float("-inf"))
     return x
-
-
-@triton.jit
-def _join(hi, lo, ACC: tl.constexpr):
-    """A host float passed as two fp32 halves (Triton passes Python floats as fp32), rejoined in ACC."""
-    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
 
 
 @triton.jit
@@ -160,9 +154,9 @@ def _softmax_rows_fwd_kernel(
     HAS_SMOOTHING: tl.constexpr, HAS_ZLOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     SAVE_FOR_BACKWARD: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
 ):
-    smoothing = _join(smoothing_hi, smoothing_lo, ACC)
-    z_loss = _join(z_loss_hi, z_loss_lo, ACC)
-    softcap = _join(softcap_hi, softcap_lo, ACC)
+    smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
+    z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
+    softcap = join_float(softcap_hi, softcap_lo, ACC)
     pid = tl.program_id(0)
     rows, row_mask, n, s, x_row = _row_offsets(pid, n_rows, n_spatial, stride_xn, stride_xs, BLOCK_R)
     t_row = n * stride_tn + s * stride_ts
@@ -291,8 +285,8 @@ def _softmax_rows_bwd_kernel(
     PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
 ):
-    smoothing = _join(smoothing_hi, smoothing_lo, ACC)
-    softcap = _join(softcap_hi, softcap_lo, ACC)
+    smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
+    softcap = join_float(softcap_hi, softcap_lo, ACC)
     pid = tl.program_id(0)
     rows, row_mask, n, s, x_row = _row_offsets(pid, n_rows, n_spatial, stride_xn, stride_xs, BLOCK_R)
     t_row = n * stride_tn + s * stride_ts

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+import fusedloss
 import fusedloss.functional as FL
 
 Shape = Tuple[int, ...]
@@ -25,7 +26,8 @@ class Inputs:
     grad_tensors: tuple
 
     def nbytes(self):
-        return sum(t.numel() * t.element_size() for t in self.args if torch.is_tensor(t))
+        tensors = [*self.args, *self.kwargs.values()]
+        return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
 
 @dataclasses.dataclass
@@ -46,6 +48,8 @@ class LossBench:
     minimal: Optional[Callable[[Inputs, bool], int]] = None  # when less than every input in full is needed
     # fusedloss option sets also measured, as "fusedloss (<label>)"
     variants: Dict[str, dict] = dataclasses.field(default_factory=dict)
+    # the eager torch implementation when torch.nn.functional has no ``name`` (torchvision's focal loss)
+    reference: Optional[Callable] = None
 
     @property
     def label(self):
@@ -63,7 +67,7 @@ class LossBench:
 
 
 def torch_impl(bench):
-    fn = getattr(F, bench.name)
+    fn = bench.reference or getattr(F, bench.name)
     return lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs)
 
 
@@ -73,15 +77,15 @@ def fusedloss_impl(bench, **extra):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name):
+def _compiled(fn):
     # default dynamic=None: the first shape compiles static, later shapes share one dynamic graph; the
     # raised cache limit keeps dynamo from silently falling back to eager after many shapes/dtypes
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(getattr(F, name))
+    return torch.compile(fn)
 
 
 def compile_impl(bench):
-    fn = _compiled(bench.name)
+    fn = _compiled(bench.reference or getattr(F, bench.name))
     return lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs)
 
 
@@ -187,3 +191,91 @@ def select(names=None):
     if unknown:
         raise SystemExit(f"unknown loss {sorted(unknown)}; known: {sorted({b.label for b in REGISTRY})}")
     return chosen
+
+
+# ------------------------------------------------------------------ pointwise losses
+# Inputs are flat vectors (pointwise losses see only the element count), 2-D where a pos_weight broadcasts
+# along the last dimension. grad_tensors: what a training step differentiates -- the prediction (input),
+# plus var for the Gaussian NLL (a predicted variance) and both scores of the margin ranking loss; targets
+# are data. Tensors that the minimal traffic must count are passed positionally (Inputs.nbytes counts args).
+
+
+def _normal(shape, dtype, device):
+    return torch.randn(shape, device=device, dtype=dtype)
+
+
+def _probability(shape, dtype, device):
+    return torch.rand(shape, device=device).clamp(1e-3, 1 - 1e-3).to(dtype)
+
+
+def _positive(shape, dtype, device):
+    return (torch.rand(shape, device=device) + 0.1).to(dtype)
+
+
+def _sign(shape, dtype, device):
+    return (torch.randint(0, 2, shape, device=device) * 2 - 1).to(dtype)
+
+
+def _counts(shape, dtype, device):
+    return torch.poisson(4 * torch.rand(shape, device=device)).to(dtype)
+
+
+def _log_probability(shape, dtype, device):
+    return torch.randn(shape, device=device).log_softmax(-1).to(dtype)
+
+
+def _last_dim_weight(shape, dtype, device):
+    return (torch.rand(shape[-1], device=device) + 0.5).to(dtype)
+
+
+def pointwise_inputs(*makers, grad=(0,)):
+    """make_inputs from one maker per positional argument (or its value, when not callable); the
+    arguments at ``grad`` require grad."""
+    def make(shape, dtype, device):
+        args = [maker(shape, dtype, device) if callable(maker) else maker for maker in makers]
+        for i in grad:
+            args[i].requires_grad_()
+        return Inputs(tuple(args), {}, tuple(args[i] for i in grad))
+    return make
+
+
+def eager_sigmoid_focal_loss(*args, **kwargs):
+    """torchvision.ops.sigmoid_focal_loss (torchvision is not a dependency): fusedloss's eager path."""
+    with fusedloss.backend("torch"):
+        return FL.sigmoid_focal_loss(*args, **kwargs)
+
+
+_PW_SHAPES = dict(gpu_shapes=[(2**20,), (2**24,), (2**26,), (2**28,)], quick_shapes=[(2**24,)],
+                  cpu_shapes=[(2**20,)], traffic_shapes=[(3001,)])
+_PW_2D_SHAPES = dict(gpu_shapes=[(2**10, 1024), (2**14, 1024), (2**16, 1024), (2**18, 1024)],
+                     quick_shapes=[(2**14, 1024)], cpu_shapes=[(2**10, 1024)], traffic_shapes=[(5, 1001)])
+_BCE_LOGITS_POS_WEIGHT = (_normal, _probability, None, None, None, "mean", _last_dim_weight)
+
+REGISTRY.extend([
+    LossBench(name="binary_cross_entropy", family="pointwise",
+              make_inputs=pointwise_inputs(_probability, _probability), **_PW_SHAPES),
+    LossBench(name="binary_cross_entropy_with_logits", family="pointwise",
+              make_inputs=pointwise_inputs(_normal, _probability), **_PW_SHAPES),
+    LossBench(name="binary_cross_entropy_with_logits", family="pointwise", variant="pos_weight",
+              make_inputs=pointwise_inputs(*_BCE_LOGITS_POS_WEIGHT), **_PW_2D_SHAPES),
+    LossBench(name="smooth_l1_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _normal),
+              **_PW_SHAPES),
+    LossBench(name="huber_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _normal), **_PW_SHAPES),
+    LossBench(name="l1_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _normal), **_PW_SHAPES),
+    LossBench(name="mse_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _normal), **_PW_SHAPES),
+    LossBench(name="soft_margin_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _sign),
+              **_PW_SHAPES),
+    LossBench(name="kl_div", family="pointwise", kwargs={"reduction": "batchmean"},
+              make_inputs=pointwise_inputs(_log_probability, _probability), **_PW_2D_SHAPES),
+    LossBench(name="poisson_nll_loss", family="pointwise", make_inputs=pointwise_inputs(_normal, _counts),
+              **_PW_SHAPES),
+    LossBench(name="gaussian_nll_loss", family="pointwise",
+              make_inputs=pointwise_inputs(_normal, _normal, _positive, grad=(0, 2)), **_PW_SHAPES),
+    LossBench(name="margin_ranking_loss", family="pointwise",
+              make_inputs=pointwise_inputs(_normal, _normal, _sign, grad=(0, 1)), **_PW_SHAPES),
+    LossBench(name="hinge_embedding_loss", family="pointwise", make_inputs=pointwise_inputs(_positive, _sign),
+              **_PW_SHAPES),
+    LossBench(name="sigmoid_focal_loss", family="pointwise", kwargs={"reduction": "mean"},
+              reference=eager_sigmoid_focal_loss, make_inputs=pointwise_inputs(_normal, _probability),
+              **_PW_SHAPES),
+])
