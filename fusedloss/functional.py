@@ -446,7 +446,7 @@ def sigmoid_focal_loss(
 
 
 def _eager_sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction, message):
-    """torchvision.ops.sigmoid_focal_loss, line for line."""
+    """The focal-loss formula of the docstring above, in eager torch ops (torchvision's semantics)."""
     p = torch.sigmoid(inputs)
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)

@@ -57,8 +57,9 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     return block_r, block_c, max(2, min(16, tile_bytes // 4096))
 
 
+@functools.lru_cache(maxsize=1024)
 def pointwise_block(n_elements):
-    """(BLOCK, num_warps) for the flat pointwise kernels."""
+    """(BLOCK, num_warps) for the flat pointwise kernels (cached: it runs on every launch)."""
     block = min(_POINTWISE_BLOCK, triton.next_power_of_2(max(n_elements, 1)))
     block = max(block, 128)
     return block, num_warps_for(block)

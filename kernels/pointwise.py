@@ -50,7 +50,6 @@ BLOCK elements):
                       1.0x for grad_output == 1; (sum B + 3 sum G) / (sum B + sum G) otherwise, e.g.
                       5/3 = 1.67x for one input and a target of the same dtype with one gradient.
 """
-import functools
 from contextlib import nullcontext
 
 import torch
@@ -59,11 +58,6 @@ import triton.language as tl
 
 from ._config import pointwise_block, split_float
 from ._math import join_float, log1p, logistic, pow_runtime
-
-# Host-side helpers memoised: each call costs microseconds (torch scalars, Triton's constexpr functions),
-# and a pointwise loss's launch is host-bound below a few million elements.
-_block = functools.lru_cache(maxsize=1024)(pointwise_block)
-_split = functools.lru_cache(maxsize=1024)(split_float)
 
 # The formulas, by code (the LOSS constexpr). ``FORMULAS`` maps the names the op layer uses to codes.
 BCE = tl.constexpr(0)
@@ -510,7 +504,7 @@ def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, params, full, out_dtype,
     """
     n = a.numel()
     acc_tl, acc_torch = _acc(a.dtype)
-    block, num_warps = _block(n)
+    block, num_warps = pointwise_block(n)
     n_programs = -(-n // block)
     if loss_output == "elements":
         out = torch.empty(n, dtype=out_dtype, device=a.device)
@@ -540,7 +534,7 @@ def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, params, full, out_dtype,
             *ptrs, denom if denom is not None else a, out_arg, g_a, g_b, g_c,
             *stride_args,
             n, n1, n2,
-            *_split(p), *_split(q), *_split(reduction_scale),
+            *split_float(p), *split_float(q), *split_float(reduction_scale),
             LOSS=FORMULAS[loss], FULL=full, NDIM=len(sizes),
             HAS_C=c is not None, HAS_WEIGHT=weight is not None, HAS_POS_WEIGHT=pos_weight is not None,
             STORE_LOSS=loss_output == "elements", STORE_PARTIALS=loss_output == "partials",
@@ -556,7 +550,7 @@ def scale_by_grad_output(grad, grad_output):
     n = grad.numel()
     if n == 0:
         return grad
-    block, num_warps = _block(n)
+    block, num_warps = pointwise_block(n)
     with torch.cuda.device(grad.device) if grad.is_cuda else nullcontext():
         _scale_kernel[(-(-n // block),)](
             grad, grad_output, n, BLOCK=block, ACC=_acc(grad.dtype)[0], num_warps=num_warps)
