@@ -8,6 +8,15 @@ import sys
 def _bench(args):
     from fusedloss.bench import report
 
+    if args.host:
+        from fusedloss.bench import host
+
+        results = host.measure()
+        print(host.table(results))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
     if args.traffic:
         from fusedloss.bench.traffic import run_traffic, traffic_table
 
@@ -81,6 +90,9 @@ def main(argv=None):
     bench.add_argument("--out", help="results JSON path (default bench/results/<device>.json)")
     bench.add_argument("--traffic", action="store_true",
                        help="bytes moved over the minimal, on the CPU through Triton's interpreter")
+    bench.add_argument("--host", action="store_true",
+                       help="host time per forward+backward with the kernel launches stubbed out, against torch "
+                            "eager, on any machine")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="device, versions, and the backend each loss would use")

@@ -5,7 +5,6 @@ kernel runs, so the checks below follow ATen's (LossNLL.cpp, LossNLL2d.cpp, Loss
 the same messages. Only shapes, dtypes and devices are checked here: values (a target out of range) are
 checked on the device (NaN) or, with ``FUSEDLOSS_DEBUG=1``, on the host by ``check_class_targets``.
 """
-import os
 import warnings
 
 import torch
@@ -28,13 +27,10 @@ def _shape(t):
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def debug_enabled():
-    """``FUSEDLOSS_DEBUG=1``: check tensor values on the host (a sync) and raise torch's exceptions."""
-    return os.environ.get("FUSEDLOSS_DEBUG", "0") not in ("", "0")
-
-
 def reduction_from_args(size_average, reduce, reduction):
     """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check."""
+    if size_average is None and reduce is None and (reduction == "mean" or reduction == "sum" or reduction == "none"):
+        return reduction
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
     _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
@@ -59,47 +55,28 @@ def check_floating_input(input, op):
         raise NotImplementedError(f'"{op}" not implemented for \'{c10_name(input.dtype)}\'')
 
 
-def check_class_weight(input, weight, n_classes, prefix=""):
+def check_class_weight(input, weight, n_classes, prefix="", autocast=False):
     if weight is None:
         return
     if weight.dim() != 1 or weight.numel() != n_classes:
         raise RuntimeError(
             f"{prefix}weight tensor should be defined either for all {n_classes} classes or no classes "
             f"but got weight tensor of shape: {_shape(weight)}")
-    if weight.dtype != input.dtype:
+    if weight.dtype != input.dtype and not autocast:  # under autocast torch casts both to float32
         raise RuntimeError(f"expected scalar type {c10_name(input.dtype)} but found {c10_name(weight.dtype)}")
 
 
-def check_nll_nd(input, target, weight):
+def check_nll_nd(input, target, weight, autocast=False):
     """torch's nll_loss_nd / nll_loss / nll_loss2d checks for class-index targets."""
-    if input.dim() < 1:
-        raise ValueError(f"Expected 1 or more dimensions (got {input.dim()})")
-    if input.dim() != 1 and (target.dim() == 0 or input.shape[0] != target.shape[0]):
-        target_batch = target.shape[0] if target.dim() else 0
-        raise ValueError(
-            f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target_batch}).")
-    if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
-        raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
-    if input.dim() <= 2:
-        if target.dim() > 1:
-            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
-        no_batch_dim = input.dim() == 1  # target () or (1,), checked above
-        if not no_batch_dim and input.shape[0] != target.shape[0]:
-            raise RuntimeError(f"size mismatch (got input: {_shape(input)}, target: {_shape(target)})")
-    elif input.dim() == 4:
-        if target.dim() != 3:
-            raise RuntimeError("only batches of spatial targets supported (3D tensors) but got targets of "
-                               f"dimension: {target.dim()}")
-        if (input.shape[0], input.shape[2], input.shape[3]) != tuple(target.shape):
-            raise RuntimeError("input and target batch or spatial sizes don't match: target "
-                               f"{_shape(target)}, input {_shape(input)}")
-    elif tuple(target.shape[1:]) != tuple(input.shape[2:]):
-        expected = [input.shape[0], *input.shape[2:]]
-        raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
-    n_classes = input.shape[-1] if input.dim() <= 2 else input.shape[1]
-    check_class_weight(input, weight, n_classes)
+    dim, target_dim = input.dim(), target.dim()
+    if dim == 2 and target_dim == 1 and input.shape[0] == target.shape[0]:
+        pass  # (N, C) with (N,): the common case, every shape check below holds
+    else:
+        _check_nll_shapes(input, target, dim, target_dim)
+    if weight is not None:
+        check_class_weight(input, weight, input.shape[-1] if dim <= 2 else input.shape[1], autocast=autocast)
     # shapes first (ATen's meta checks), then the kernels' dtype dispatch
-    if target.dtype not in (torch.int64, torch.uint8):
+    if target.dtype is not torch.int64 and target.dtype is not torch.uint8:
         if input.is_cuda:  # torch's CUDA kernels dispatch on the target type
             raise NotImplementedError(
                 f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
@@ -107,11 +84,38 @@ def check_nll_nd(input, target, weight):
     check_floating_input(input, "nll_loss_out_frame")
 
 
-def check_cross_entropy(input, target, weight, ignore_index, label_smoothing):
-    """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices."""
+def _check_nll_shapes(input, target, dim, target_dim):
+    if dim < 1:
+        raise ValueError(f"Expected 1 or more dimensions (got {dim})")
+    if dim != 1 and (target_dim == 0 or input.shape[0] != target.shape[0]):
+        target_batch = target.shape[0] if target_dim else 0
+        raise ValueError(
+            f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target_batch}).")
+    if dim == 1 and target_dim == 1 and target.shape[0] != 1:
+        raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+    if dim <= 2:
+        if target_dim > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        no_batch_dim = dim == 1  # target () or (1,), checked above
+        if not no_batch_dim and input.shape[0] != target.shape[0]:
+            raise RuntimeError(f"size mismatch (got input: {_shape(input)}, target: {_shape(target)})")
+    elif dim == 4:
+        if target_dim != 3:
+            raise RuntimeError("only batches of spatial targets supported (3D tensors) but got targets of "
+                               f"dimension: {target_dim}")
+        if (input.shape[0], input.shape[2], input.shape[3]) != tuple(target.shape):
+            raise RuntimeError("input and target batch or spatial sizes don't match: target "
+                               f"{_shape(target)}, input {_shape(input)}")
+    elif tuple(target.shape[1:]) != tuple(input.shape[2:]):
+        expected = [input.shape[0], *input.shape[2:]]
+        raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
+
+
+def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False):
+    """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices.
+    (The devices were checked by the dispatcher.)"""
     check_tensor("input", input)
     check_tensor("target", target)
-    check_same_device(input, target, weight)
     if input.shape == target.shape:
         if not target.is_floating_point():
             raise RuntimeError("Expected floating point type for target with class probabilities, got "
@@ -121,7 +125,7 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing):
         if input.dim() == 0:
             raise IndexError("Dimension specified as 1 but tensor has no dimensions")
         n_classes = input.shape[0 if input.dim() == 1 else 1]
-        check_class_weight(input, weight, n_classes, prefix="cross_entropy: ")
+        check_class_weight(input, weight, n_classes, prefix="cross_entropy: ", autocast=autocast)
         check_label_smoothing(label_smoothing)
         check_floating_input(input, "log_softmax_lastdim_kernel_impl")
         return True
@@ -129,12 +133,12 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing):
     if input.dim() == 0:
         raise IndexError("Dimension specified as 0 but tensor has no dimensions")
     check_floating_input(input, "log_softmax_lastdim_kernel_impl")
-    check_nll_nd(input, target, weight)
+    check_nll_nd(input, target, weight, autocast)
     return False
 
 
 def check_label_smoothing(label_smoothing):
-    if label_smoothing > 1.0:
+    if label_smoothing and label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
 
 
@@ -229,11 +233,11 @@ def kl_div_reduction(size_average, reduce, reduction):
     return reduction
 
 
-def gaussian_nll_var(input, var):
+def gaussian_nll_var(input, var, check_values=False):
     """F.gaussian_nll_loss's checks of var. Returns var (unsqueezed when one dimension short), or the float.
 
     A negative entry of a var tensor is a host value check in torch: on the Triton path it gives NaN
-    (the kernel), and raises here only in debug mode.
+    (the kernel), and raises here only with ``check_values`` (debug mode).
     """
     if isinstance(var, float):
         if var < 0:
@@ -241,7 +245,7 @@ def gaussian_nll_var(input, var):
         return var
     if not isinstance(var, torch.Tensor):
         raise TypeError(f"var must be a Tensor or a float, not {type(var).__name__}")
-    if debug_enabled() and bool((var < 0).any()):
+    if check_values and bool((var < 0).any()):
         raise ValueError("var has negative entry/entries")
     if var.size() != input.size():
         if input.size()[:-1] == var.size():

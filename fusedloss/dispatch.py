@@ -1,31 +1,36 @@
 """Backend choice, per call: "triton" (fused kernels) or "torch" (eager ``torch.nn.functional``).
 
 Rules, in order:
-  1. The requested backend is the innermost ``fusedloss.backend(name)`` context, else the environment
-     variable ``FUSEDLOSS_BACKEND`` (``auto`` when unset): ``auto``, ``triton`` or ``torch``.
+  1. The requested backend is the innermost ``fusedloss.backend(name)`` context of this thread, else the
+     environment variable ``FUSEDLOSS_BACKEND`` as it was when fusedloss was imported (``auto`` when
+     unset; ``reload_environment()`` reads it again): ``auto``, ``triton`` or ``torch``, in any case.
   2. ``torch``: always eager torch.
   3. ``triton`` (forced): the fused kernels, or a ``RuntimeError`` saying why they cannot run (an option
      the kernels do not support, Triton missing, CPU tensors without ``TRITON_INTERPRET=1``). Never a
      silent fallback.
-  4. ``auto``: the fused kernels when every tensor is on a CUDA device, Triton imports and every option is
-     supported; eager torch otherwise.
+  4. ``auto``: the fused kernels when every tensor is on one CUDA device, Triton imports and every option
+     is supported; eager torch otherwise.
 
-Every decision is logged at DEBUG level on the ``fusedloss`` logger and can be captured with
-``fusedloss.explain(fn, *args, **kwargs)``.
+The front end is lean: a call whose backend is eager torch costs one thread-local read and one device
+check before torch's own function runs with the caller's arguments (its checks, warnings and errors);
+the "supported?" checks run only for calls that may take the kernels. Decisions are built only when
+someone looks: ``fusedloss.explain(fn, *args, **kwargs)`` / ``fusedloss.decisions(...)`` record them, and
+each is logged at DEBUG level on the ``fusedloss`` logger when that level is enabled. Under
+``torch.compile`` the decision is traced (the thread-local read and device checks are guarded) and nothing
+is logged.
 """
 import contextlib
-import contextvars
 import dataclasses
-import functools
+import importlib.util
 import logging
 import os
+import threading
+from typing import Callable, Tuple
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 _log = logging.getLogger("fusedloss")
-_backend_override = contextvars.ContextVar("fusedloss_backend", default=None)
-_recorders = contextvars.ContextVar("fusedloss_recorders", default=())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,90 +45,165 @@ class Decision:
         return f"{self.op}: {self.backend} ({self.reason})"
 
 
+def _backend_name(name, source):
+    canonical = str(name).strip().lower() or "auto"
+    if canonical not in BACKENDS:
+        raise ValueError(f"fusedloss: unknown backend {name!r} ({source}); expected one of {', '.join(BACKENDS)} "
+                         "(any case)")
+    return canonical
+
+
+class _Environment:
+    """The environment variables fusedloss reads, read once (``reload_environment`` reads them again)."""
+
+    def __init__(self):
+        self.backend = _backend_name(os.environ.get("FUSEDLOSS_BACKEND", "auto"), "FUSEDLOSS_BACKEND")
+        self.debug = os.environ.get("FUSEDLOSS_DEBUG", "0") not in ("", "0")
+        self.interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class _ThreadState(threading.local):
+    backend = None  # the innermost backend() context of this thread, or None
+    recorders = ()  # lists that explain()/decisions() collect Decisions into
+
+
+ENV = _Environment()
+_state = _ThreadState()
+
+
+def reload_environment():
+    """Read ``FUSEDLOSS_BACKEND``, ``FUSEDLOSS_DEBUG`` and ``TRITON_INTERPRET`` again (they are read once,
+    at import; Triton itself reads ``TRITON_INTERPRET`` when fusedloss.kernels is first imported)."""
+    global ENV
+    ENV = _Environment()
+
+
 def requested_backend():
     """The backend asked for now: the innermost ``backend()`` context, else ``FUSEDLOSS_BACKEND``."""
-    name = _backend_override.get()
-    if name is None:
-        name = os.environ.get("FUSEDLOSS_BACKEND", "auto").strip().lower() or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"fusedloss: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return name
+    return _state.backend or ENV.backend
+
+
+def debug_enabled():
+    """``FUSEDLOSS_DEBUG=1``: check tensor values on the host (a sync) and raise torch's exceptions."""
+    return ENV.debug
 
 
 @contextlib.contextmanager
 def backend(name):
-    """Use backend ``name`` ("auto", "triton" or "torch") for fusedloss calls inside the block."""
-    if name not in BACKENDS:
-        raise ValueError(f"fusedloss: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    token = _backend_override.set(name)
+    """Use backend ``name`` ("auto", "triton" or "torch", any case) for fusedloss calls of this thread
+    inside the block."""
+    name = _backend_name(name, "fusedloss.backend()")
+    previous, _state.backend = _state.backend, name
     try:
         yield
     finally:
-        _backend_override.reset(token)
+        _state.backend = previous
 
 
 def interpreter_enabled():
     """True when ``TRITON_INTERPRET=1``: Triton kernels then run on the CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return ENV.interpret
 
 
-@functools.lru_cache(maxsize=None)
+# Triton itself is imported on the first Triton-backed call (a CPU-only user never pays for it)
+_TRITON_MISSING = None if importlib.util.find_spec("triton") else "triton is not installed"
+
+
 def triton_import_error():
-    """None when Triton imports, else the reason it does not (computed once)."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        return f"triton is not importable ({type(exc).__name__}: {exc})"
-    return None
+    """None when Triton is installed, else why the kernels cannot run (checked once, at import)."""
+    return _TRITON_MISSING
 
 
-def _device_problem(tensors):
-    """Why the Triton kernels cannot take these tensors, or None."""
-    devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
-    if len(devices) > 1:
-        return "tensors are on different devices: " + ", ".join(sorted(str(d) for d in devices))
-    device = next(iter(devices), None)
-    if device is None:
-        return "no tensor arguments"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and interpreter_enabled():
-        return None
-    if device.type == "cpu":
-        return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (the kernels need CUDA or Triton's interpreter)"
-    return f"tensors are on {device.type}, which the Triton kernels do not target"
+# ----------------------------------------------------------------------------------------------------
+# one call
+# ----------------------------------------------------------------------------------------------------
 
 
-def decide(op, tensors, unsupported=None):
-    """Choose the backend for one call of ``op``.
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """How fusedloss serves one loss. Every callable takes the function's arguments, positionally.
 
-    ``tensors``: the call's tensor arguments (None entries are skipped). ``unsupported``: None when the
-    kernels support every option of this call, else a short reason ("target requires grad").
+    ``eager``: torch's implementation (the function of ``torch.nn.functional``, or fusedloss's eager
+    formula for an extra). ``fused``: validates as torch would and runs the fused op. ``unsupported``: why
+    the kernels cannot serve this call (an option, a dtype), or None. ``tensors``: the positions of the
+    tensor arguments, whose devices decide.
     """
-    requested = requested_backend()
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+
+    op: str
+    eager: Callable
+    fused: Callable
+    unsupported: Callable
+    tensors: Tuple[int, ...]
+
+
+def call(route, *args):
+    """Run one call of ``route.op`` on the backend the rules above choose."""
+    requested = _state.backend or ENV.backend
+    first = args[0]
+    if requested == "torch" or (requested == "auto" and not (isinstance(first, torch.Tensor) and first.is_cuda)):
+        if _observed():
+            _record(route.op, "torch", _eager_reason(route, requested, args))
+        return route.eager(*args)
+    return _call_fused(route, requested, args)
+
+
+def _call_fused(route, requested, args):
+    problem = _device_problem(route, args, requested) or triton_import_error()
+    if problem is None:
+        unsupported = route.unsupported(*args)
+        problem = None if unsupported is None else f"not supported by the kernels: {unsupported}"
+    if problem is not None and requested == "triton":
+        raise RuntimeError(f"fusedloss: backend 'triton' was requested for {route.op}, but {problem}")
+    if problem is not None:
+        if _observed():
+            _record(route.op, "torch", problem)
+        return route.eager(*args)
+    if _observed():
+        _record(route.op, "triton", "backend 'triton' requested" if requested == "triton"
+                else "CUDA tensors and every option supported")
+    return route.fused(*args)
+
+
+def _device_problem(route, args, requested):
+    """Why the Triton kernels cannot take the call's tensors, or None. (``get_device``: the CUDA index, -1
+    for the CPU, without building device objects.)"""
+    tensors = [args[i] for i in route.tensors if isinstance(args[i], torch.Tensor)]
+    if not tensors:
+        return "no tensor arguments"
+    index = tensors[0].get_device()
+    if any(t.get_device() != index for t in tensors) or (index < 0 and any(t.device.type != "cpu" for t in tensors)):
+        return "tensors are on different devices: " + ", ".join(sorted({str(t.device) for t in tensors}))
+    if index >= 0 and tensors[0].is_cuda:
+        return None
+    device_type = tensors[0].device.type
+    if requested == "auto":
+        return f"tensors on {device_type}, not CUDA"
+    if device_type == "cpu" and ENV.interpret:
+        return None
+    if device_type == "cpu":
+        return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (the kernels need CUDA or Triton's interpreter)"
+    return f"tensors are on {device_type}, which the Triton kernels do not target"
+
+
+def _eager_reason(route, requested, args):
     if requested == "torch":
-        decision = Decision(op, "torch", "backend 'torch' requested")
-    elif requested == "triton":
-        problem = unsupported or triton_import_error() or _device_problem(tensors)
-        if problem:
-            raise RuntimeError(f"fusedloss: backend 'triton' was requested for {op}, but {problem}")
-        decision = Decision(op, "triton", "backend 'triton' requested")
-    else:
-        on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
-        if not on_cuda:
-            devices = sorted({t.device.type for t in tensors}) or ["no tensors"]
-            decision = Decision(op, "torch", f"tensors on {', '.join(devices)}, not CUDA")
-        elif unsupported:
-            decision = Decision(op, "torch", f"option not supported by the kernels: {unsupported}")
-        elif triton_import_error():
-            decision = Decision(op, "torch", triton_import_error())
-        else:
-            decision = Decision(op, "triton", "CUDA tensors and every option supported")
+        return "backend 'torch' requested"
+    devices = sorted({args[i].device.type for i in route.tensors if isinstance(args[i], torch.Tensor)})
+    return f"tensors on {', '.join(devices) or 'no tensors'}, not CUDA"
+
+
+def _observed():
+    """True when a decision must be built: explain()/decisions() is recording, or DEBUG logging is on."""
+    if torch.compiler.is_compiling():
+        return False
+    return bool(_state.recorders) or _log.isEnabledFor(logging.DEBUG)
+
+
+def _record(op, backend_name, reason):
+    decision = Decision(op, backend_name, reason)
     _log.debug("%s", decision)
-    for record in _recorders.get():
-        record.append(decision)
-    return decision
+    for recorded in _state.recorders:
+        recorded.append(decision)
 
 
 def explain(fn, *args, **kwargs):
@@ -140,9 +220,9 @@ def explain(fn, *args, **kwargs):
 def decisions(fn, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` and return the list of every backend ``Decision`` it made."""
     recorded = []
-    token = _recorders.set(_recorders.get() + (recorded,))
+    previous, _state.recorders = _state.recorders, _state.recorders + (recorded,)
     try:
         fn(*args, **kwargs)
     finally:
-        _recorders.reset(token)
+        _state.recorders = previous
     return recorded

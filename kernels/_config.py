@@ -13,6 +13,12 @@ import triton
 _POINTWISE_BLOCK = 4096
 
 
+def plan_cache(plan):
+    """Memoise a launch plan (grid, num_warps, constexprs) by its signature: a repeated call does no
+    heuristic work. Plans depend on sizes, dtypes and feature switches only, never on tensor values."""
+    return functools.lru_cache(maxsize=4096)(plan)
+
+
 def interpreting():
     """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -8,11 +8,12 @@ kernel):
   (1) load a_i, b_i, c_i, w_i, pw_i through each operand's strides (broadcast operands have stride 0)
   (2) (l_i, da_i, db_i, dc_i) = f(a_i, b_i, c_i, pw_i; p, q) -- the loss and its derivatives
   (3) with a weight: l_i, da_i, db_i, dc_i all times w_i
-  (4) reduction 'none': store l_i (output dtype); otherwise store s * (the program's sum of l_i), with s
+  (4) for each operand that needs a gradient, store s * d_i: its gradient for a grad_output of 1, with s
       the reduction's scale (1/N for 'mean', 1/batch for 'batchmean', 1/sum(w) for a weighted mean,
-      else 1), to a float32 (float64 for float64 inputs) partial-sums buffer that torch sums afterwards
-      in a fixed order (deterministic, no atomics)
-  (5) for each operand that needs a gradient, store s * d_i: its gradient for a grad_output of 1
+      else 1)
+  (5) reduction 'none': store l_i (output dtype); otherwise each program stores its sum of l_i and the
+      last program to finish adds those partial sums in program order and divides by the reduction's
+      divisor (kernels/_reduce.py: deterministic, no float atomics, one launch)
 
 The backward then only has to apply grad_output: ``_scale_kernel`` multiplies a gradient buffer in place
 by the one-element grad_output, and its programs skip every load and store when grad_output == 1
@@ -39,8 +40,8 @@ function below whose docstring gives the derivatives:
 Values torch rejects on the host (a BCE input or target outside [0, 1], a negative var) give NaN in the
 loss and every gradient of that element: never a silent number, never a host sync.
 
-Memory traffic per element (B_k bytes of operand k, G_k of its gradient; 'partials' are 4 bytes per
-BLOCK elements):
+Memory traffic per element (B_k bytes of operand k, G_k of its gradient; the partial sums are 4 bytes
+per BLOCK elements):
   forward             reads sum_k B_k; writes the loss (B_out, 'none') or the partial sums, and G_k for
                       each operand that needs a gradient (already scaled for grad_output == 1)
   backward, scalar    grad_output == 1: nothing (one 1-element load per program);
@@ -50,40 +51,20 @@ BLOCK elements):
                       1.0x for grad_output == 1; (sum B + 3 sum G) / (sum B + sum G) otherwise, e.g.
                       5/3 = 1.67x for one input and a target of the same dtype with one gradient.
 """
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 
-from ._config import pointwise_block, split_float
+from ._config import plan_cache, pointwise_block, split_float
+from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import join_float, log1p, logistic, pow_runtime
+from ._reduce import is_last_program, release_counter, sum_partials
 
-# The formulas, by code (the LOSS constexpr). ``FORMULAS`` maps the names the op layer uses to codes.
-BCE = tl.constexpr(0)
-BCE_WITH_LOGITS = tl.constexpr(1)
-SMOOTH_L1 = tl.constexpr(2)
-HUBER = tl.constexpr(3)
-L1 = tl.constexpr(4)
-MSE = tl.constexpr(5)
-SOFT_MARGIN = tl.constexpr(6)
-KL_DIV = tl.constexpr(7)
-KL_DIV_LOG_TARGET = tl.constexpr(8)
-POISSON_NLL = tl.constexpr(9)
-POISSON_NLL_LOG_INPUT = tl.constexpr(10)
-GAUSSIAN_NLL = tl.constexpr(11)
-MARGIN_RANKING = tl.constexpr(12)
-HINGE_EMBEDDING = tl.constexpr(13)
-SIGMOID_FOCAL = tl.constexpr(14)
-
-FORMULAS = {
-    "bce": BCE, "bce_with_logits": BCE_WITH_LOGITS, "smooth_l1": SMOOTH_L1, "huber": HUBER, "l1": L1,
-    "mse": MSE, "soft_margin": SOFT_MARGIN, "kl_div": KL_DIV, "kl_div_log_target": KL_DIV_LOG_TARGET,
-    "poisson_nll": POISSON_NLL, "poisson_nll_log_input": POISSON_NLL_LOG_INPUT,
-    "gaussian_nll": GAUSSIAN_NLL, "margin_ranking": MARGIN_RANKING, "hinge_embedding": HINGE_EMBEDDING,
-    "sigmoid_focal": SIGMOID_FOCAL,
-}
-_HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # 0.5 * log(2 * pi)
+# The formulas, by name: the LOSS constexpr is one of these strings. (Not module-level tl.constexpr
+# globals: Triton re-checks every global a kernel uses on every launch.)
+FORMULAS = ("bce", "bce_with_logits", "smooth_l1", "huber", "l1", "mse", "soft_margin", "kl_div",
+            "kl_div_log_target", "poisson_nll", "poisson_nll_log_input", "gaussian_nll", "margin_ranking",
+            "hinge_embedding", "sigmoid_focal")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +206,7 @@ def _poisson_nll(x, y, eps, LOG_INPUT: tl.constexpr, FULL: tl.constexpr):
         dy = -log_x
     if FULL:
         log_y = tl.log(y)
-        stirling = y * log_y - y + 0.5 * log_y + _exact(_HALF_LOG_2PI, y)
+        stirling = y * log_y - y + 0.5 * log_y + _exact(0.9189385332046727, y)  # 0.5 log(2 pi)
         loss += tl.where(y <= 1.0, 0.0, stirling)
         dy += tl.where(y <= 1.0, tl.where(y > 0, 0.0, float("nan")), log_y + 0.5 / y)
     return loss, dx, dy
@@ -243,7 +224,7 @@ def _gaussian_nll(x, y, var, eps, FULL: tl.constexpr):
     d_v = d / v
     loss = 0.5 * (tl.log(v) + d * d_v)
     if FULL:
-        loss += _exact(_HALF_LOG_2PI, x)
+        loss += _exact(0.9189385332046727, x)  # 0.5 log(2 pi)
     dvar = 0.5 * (1.0 - d_v * d_v * v) / v
     invalid = var < 0
     return _nan_where(invalid, loss), _nan_where(invalid, d_v), _nan_where(invalid, -d_v), _nan_where(invalid, dvar)
@@ -299,36 +280,36 @@ def _sigmoid_focal(x, y, alpha, gamma):
 def _loss_terms(a, b, c, pw, p, q, LOSS: tl.constexpr, FULL: tl.constexpr):
     """(2) the formula selected by LOSS: (loss, d/da, d/db, d/dc); d/dc is 0 for two-operand losses."""
     dc = a * 0.0
-    if LOSS == BCE:
+    if LOSS == "bce":
         loss, da, db = _bce(a, b)
-    elif LOSS == BCE_WITH_LOGITS:
+    elif LOSS == "bce_with_logits":
         loss, da, db = _bce_with_logits(a, b, pw)
-    elif LOSS == SMOOTH_L1:
+    elif LOSS == "smooth_l1":
         loss, da, db = _smooth_l1(a, b, p)
-    elif LOSS == HUBER:
+    elif LOSS == "huber":
         loss, da, db = _huber(a, b, p)
-    elif LOSS == L1:
+    elif LOSS == "l1":
         loss, da, db = _l1(a, b)
-    elif LOSS == MSE:
+    elif LOSS == "mse":
         loss, da, db = _mse(a, b)
-    elif LOSS == SOFT_MARGIN:
+    elif LOSS == "soft_margin":
         loss, da, db = _soft_margin(a, b)
-    elif LOSS == KL_DIV:
+    elif LOSS == "kl_div":
         loss, da, db = _kl_div(a, b)
-    elif LOSS == KL_DIV_LOG_TARGET:
+    elif LOSS == "kl_div_log_target":
         loss, da, db = _kl_div_log_target(a, b)
-    elif LOSS == POISSON_NLL:
+    elif LOSS == "poisson_nll":
         loss, da, db = _poisson_nll(a, b, p, False, FULL)
-    elif LOSS == POISSON_NLL_LOG_INPUT:
+    elif LOSS == "poisson_nll_log_input":
         loss, da, db = _poisson_nll(a, b, p, True, FULL)
-    elif LOSS == GAUSSIAN_NLL:
+    elif LOSS == "gaussian_nll":
         loss, da, db, dc = _gaussian_nll(a, b, c, p, FULL)
-    elif LOSS == MARGIN_RANKING:
+    elif LOSS == "margin_ranking":
         loss, da, db, dc = _margin_ranking(a, b, c, p)
-    elif LOSS == HINGE_EMBEDDING:
+    elif LOSS == "hinge_embedding":
         loss, da, db = _hinge_embedding(a, b, p)
     else:
-        tl.static_assert(LOSS == SIGMOID_FOCAL, "unknown LOSS code")
+        tl.static_assert(LOSS == "sigmoid_focal", "unknown LOSS")
         loss, da, db = _sigmoid_focal(a, b, p, q)
     return loss, da, db, dc
 
@@ -356,27 +337,30 @@ def _load(ptr, offs, mask, n1, n2, s0, s1, s2, NDIM: tl.constexpr, ACC: tl.const
     return tl.load(ptr + _strided(offs, n1, n2, s0, s1, s2, NDIM), mask=mask, other=0.5).to(ACC)
 
 
-@triton.jit(do_not_specialize=["p_hi", "p_lo", "q_hi", "q_lo", "scale_hi", "scale_lo"])
+@triton.jit(do_not_specialize=["p_hi", "p_lo", "q_hi", "q_lo", "scale_hi", "scale_lo", "divisor_hi",
+                               "divisor_lo"])
 def _pointwise_fwd_kernel(
     # pointers
     a_ptr, b_ptr, c_ptr,  # operands over the broadcast shape (through strides); c read when HAS_C
     w_ptr, pw_ptr,  # weight, pos_weight (through strides), read when HAS_WEIGHT / HAS_POS_WEIGHT
     denom_ptr,  # () the weighted-mean denominator sum(w), read when DEVICE_DENOM
-    out_ptr,  # (n,) loss per element in the output dtype (STORE_LOSS), or (n_programs,) partial sums
+    out_ptr,  # REDUCE: () the reduced loss; else (n,) the loss per element; in the output dtype (out)
+    partials_ptr,  # (n_programs,) float: per-program loss sums (REDUCE)
+    counter_ptr,  # () int32 ticket counter, zero between launches (REDUCE)
     ga_ptr, gb_ptr, gc_ptr,  # (n,) gradients (out), contiguous over the broadcast shape (GRAD_A/B/C)
     # strides in elements over the coalesced broadcast shape (n0, n1, n2), zero where broadcast
     sa0, sa1, sa2, sb0, sb1, sb2, sc0, sc1, sc2, sw0, sw1, sw2, spw0, spw1, spw2,
     # sizes
     n_elements, n1, n2,  # n = n0 * n1 * n2; n1, n2 used when NDIM >= 2, 3
     # per-call scalars, each an fp32 (hi, lo) pair so float64 keeps full precision: the formula's
-    # parameters p, q (q is also c's value when not HAS_C) and the gradients' scale for grad_output 1
-    p_hi, p_lo, q_hi, q_lo, scale_hi, scale_lo,
+    # parameters p, q (q is also c's value when not HAS_C), the gradients' scale s for grad_output 1,
+    # and the divisor of the reduced loss (the element count for 'mean', the batch for 'batchmean', 1)
+    p_hi, p_lo, q_hi, q_lo, scale_hi, scale_lo, divisor_hi, divisor_lo,
     # constexprs
     LOSS: tl.constexpr, FULL: tl.constexpr, NDIM: tl.constexpr,
-    HAS_C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr,
-    STORE_LOSS: tl.constexpr, STORE_PARTIALS: tl.constexpr,
+    HAS_C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr, REDUCE: tl.constexpr,
     GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, DEVICE_DENOM: tl.constexpr,
-    BLOCK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     p = join_float(p_hi, p_lo, ACC)
     q = join_float(q_hi, q_lo, ACC)
@@ -407,22 +391,31 @@ def _pointwise_fwd_kernel(
         db = db * w
         dc = dc * w
 
-    # (4) the loss, per element or as this program's partial sum times the reduction's scale
+    # (4) gradients, scaled as for grad_output == 1: s = 1/N ('mean'), 1/batch, 1/sum(w), or 1
     scale = join_float(scale_hi, scale_lo, ACC)
     if DEVICE_DENOM:
         scale = scale / tl.load(denom_ptr).to(ACC)
-    if STORE_LOSS:
-        tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
-    if STORE_PARTIALS:
-        tl.store(out_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0) * scale)
-
-    # (5) gradients, scaled as for grad_output == 1
     if GRAD_A:
         tl.store(ga_ptr + offs, (da * scale).to(ga_ptr.dtype.element_ty), mask=mask)
     if GRAD_B:
         tl.store(gb_ptr + offs, (db * scale).to(gb_ptr.dtype.element_ty), mask=mask)
     if GRAD_C:
         tl.store(gc_ptr + offs, (dc * scale).to(gc_ptr.dtype.element_ty), mask=mask)
+
+    # (5) the loss, per element, or reduced over the grid in this launch (kernels/_reduce.py): the last
+    #     program adds the per-program sums in program order and divides by the reduction's divisor
+    if REDUCE:
+        tl.store(partials_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        if is_last_program(counter_ptr):
+            total = sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC)
+            if DEVICE_DENOM:
+                total = total / tl.load(denom_ptr).to(ACC)
+            else:
+                total = total / join_float(divisor_hi, divisor_lo, ACC)
+            tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+            release_counter(counter_ptr)
+    else:
+        tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -448,8 +441,7 @@ def _scale_kernel(
 _MAX_DIMS = 3  # dimensions the kernel addresses through strides (after coalescing)
 
 
-def _acc(dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
 
 
 def _coalesce(shape, strides):
@@ -490,59 +482,88 @@ def _layout(operands):
     return operands, sizes, strides
 
 
-def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, params, full, out_dtype, reduction_scale,
-                  denom, loss_output, grad_dtypes):
-    """One pass of the fused pointwise loss over tensors of one broadcast shape (expanded views).
+_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
+
+
+@plan_cache
+def _fwd_plan(loss, n, ndim, dtype, full, has_c, has_weight, has_pos_weight, reduce, grads, device_denom):
+    """(grid, num_warps, constexprs) of the forward kernel for one signature."""
+    block, num_warps = pointwise_block(n)
+    constexprs = dict(
+        LOSS=loss, FULL=full, NDIM=ndim, HAS_C=has_c, HAS_WEIGHT=has_weight, HAS_POS_WEIGHT=has_pos_weight,
+        REDUCE=reduce, GRAD_A=grads[0], GRAD_B=grads[1], GRAD_C=grads[2], DEVICE_DENOM=device_denom,
+        BLOCK=block, RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n, block),), num_warps, constexprs
+
+
+@plan_cache
+def _scale_plan(n, dtype):
+    block, num_warps = pointwise_block(n)
+    return (triton.cdiv(n, block),), num_warps, dict(BLOCK=block, ACC=accumulation_dtypes(dtype)[0])
+
+
+_NO_STRIDES = (0,) * _MAX_DIMS
+
+
+def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, shape, params, full, out_dtype, reduce, grad_scale, divisor,
+                  denom, grad_dtypes):
+    """One pass of the fused pointwise loss over tensors of one broadcast ``shape`` (expanded views).
 
     ``loss``: a name in FORMULAS. ``c``, ``weight``, ``pos_weight``: tensors or None. ``params``: the
-    formula's scalars (p, q). ``loss_output``: "elements" (the loss per element, in ``out_dtype``),
-    "partials" (one float32 sum per program; float64 for float64 ``a``) or None (gradients only).
-    ``grad_dtypes``: (dtype or None) per operand a, b, c: its gradient is written in that dtype, scaled by
-    ``reduction_scale`` (divided by the one-element device tensor ``denom`` when given).
-    Returns (out, [grad_a, grad_b, grad_c]): out is the flat per-element loss, the partial sums or None;
-    each gradient flat over the broadcast shape, or None.
+    formula's scalars (p, q). ``reduce``: the loss summed over every element and divided by ``divisor``
+    (or by the one-element device tensor ``denom`` when given), a 0-d tensor; else the loss per element.
+    Both in ``out_dtype``. ``grad_dtypes``: (dtype or None) per operand a, b, c: its gradient is written in
+    that dtype, scaled by ``grad_scale`` (divided by ``denom`` when given).
+    Returns (out, [grad_a, grad_b, grad_c]), each gradient a new contiguous tensor of ``shape``, or None.
     """
     n = a.numel()
-    acc_tl, acc_torch = _acc(a.dtype)
-    block, num_warps = pointwise_block(n)
-    n_programs = -(-n // block)
-    if loss_output == "elements":
-        out = torch.empty(n, dtype=out_dtype, device=a.device)
-    elif loss_output == "partials":
-        out = torch.empty(n_programs, dtype=acc_torch, device=a.device)
-    else:
-        out = None
-    grads = [None if dt is None else torch.empty(n, dtype=dt, device=a.device) for dt in grad_dtypes]
-    if n == 0:
+    device = a.device
+    out = new_tensor(a, () if reduce else shape, out_dtype)
+    grads = [None if dt is None else new_tensor(a, shape, dt) for dt in grad_dtypes]
+    if n == 0:  # nothing to launch: torch's value of an empty reduction (0, or 0 / 0 for a mean)
+        if reduce:
+            out.fill_(0.0 if divisor and denom is None else float("nan"))
         return out, grads
-    tensors = {"a": a, "b": b, "c": c, "w": weight, "pw": pos_weight}
-    present = {key: t for key, t in tensors.items() if t is not None}
-    laid_out, sizes, strides = _layout(list(present.values()))
-    layout = dict(zip(present, zip(laid_out, strides)))
-    ptrs, stride_args = [], []
-    for key in tensors:
-        tensor, tensor_strides = layout.get(key, (a, [0] * len(sizes)))  # absent: never read
-        ptrs.append(tensor)
-        stride_args += list(tensor_strides) + [0] * (_MAX_DIMS - len(sizes))
+    operands = (a, b, c, weight, pos_weight)
+    if all(t is None or t.is_contiguous() for t in operands):  # the common case: one flat dimension
+        ndim, n1, n2 = 1, 1, 1
+        stride_args = [stride for t in operands for stride in ((1, 0, 0) if t is not None else _NO_STRIDES)]
+    else:
+        operands, ndim, n1, n2, stride_args = _strided_layout(operands)
+    grid, num_warps, constexprs = _fwd_plan(
+        loss, n, ndim, a.dtype, full, c is not None, weight is not None, pos_weight is not None, reduce,
+        tuple(g is not None for g in grads), denom is not None)
+    partials = new_tensor(a, grid[0], accumulation_dtypes(a.dtype)[1]) if reduce else out
+    p, q = (list(params) + [0.0, 0.0])[:2]
+    launch(_pointwise_fwd_kernel, grid, (
+        *(t if t is not None else a for t in operands),  # absent operands: never read
+        denom if denom is not None else a, out, partials,
+        reduction_counter(a) if reduce else out,
+        *(g if g is not None else a for g in grads),  # absent gradients: never written
+        *stride_args, n, n1, n2,
+        *split_float(p), *split_float(q), *split_float(grad_scale), *split_float(divisor or 1.0),
+    ), constexprs, num_warps, device)
+    return out, grads
+
+
+def _strided_layout(operands):
+    """(operands, ndim, n1, n2, stride arguments) for operands that are not all contiguous: their shape
+    coalesced to at most three dimensions, each operand addressed through its strides."""
+    present = [t for t in operands if t is not None]
+    laid_out, sizes, strides = _layout(present)
+    by_id = {id(t): (new, st) for t, new, st in zip(present, laid_out, strides)}
+    out_operands, stride_args = [], []
+    for t in operands:
+        if t is None:
+            out_operands.append(None)
+            stride_args += _NO_STRIDES
+        else:
+            new, st = by_id[id(t)]
+            out_operands.append(new)
+            stride_args += list(st) + [0] * (_MAX_DIMS - len(sizes))
     n1 = sizes[1] if len(sizes) > 1 else 1
     n2 = sizes[2] if len(sizes) > 2 else 1
-    p, q = (list(params) + [0.0, 0.0])[:2]
-    g_a, g_b, g_c = (g if g is not None else a for g in grads)  # absent: never written
-    out_arg = out if out is not None else a
-    with torch.cuda.device(a.device) if a.is_cuda else nullcontext():
-        _pointwise_fwd_kernel[(n_programs,)](
-            *ptrs, denom if denom is not None else a, out_arg, g_a, g_b, g_c,
-            *stride_args,
-            n, n1, n2,
-            *split_float(p), *split_float(q), *split_float(reduction_scale),
-            LOSS=FORMULAS[loss], FULL=full, NDIM=len(sizes),
-            HAS_C=c is not None, HAS_WEIGHT=weight is not None, HAS_POS_WEIGHT=pos_weight is not None,
-            STORE_LOSS=loss_output == "elements", STORE_PARTIALS=loss_output == "partials",
-            GRAD_A=grads[0] is not None, GRAD_B=grads[1] is not None, GRAD_C=grads[2] is not None,
-            DEVICE_DENOM=denom is not None, BLOCK=block, ACC=acc_tl,
-            num_warps=num_warps,
-        )
-    return out, grads
+    return out_operands, len(sizes), n1, n2, stride_args
 
 
 def scale_by_grad_output(grad, grad_output):
@@ -550,8 +571,6 @@ def scale_by_grad_output(grad, grad_output):
     n = grad.numel()
     if n == 0:
         return grad
-    block, num_warps = pointwise_block(n)
-    with torch.cuda.device(grad.device) if grad.is_cuda else nullcontext():
-        _scale_kernel[(-(-n // block),)](
-            grad, grad_output, n, BLOCK=block, ACC=_acc(grad.dtype)[0], num_warps=num_warps)
+    grid, num_warps, constexprs = _scale_plan(n, grad.dtype)
+    launch(_scale_kernel, grid, (grad, grad_output, n), constexprs, num_warps, grad.device)
     return grad

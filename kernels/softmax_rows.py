@@ -24,6 +24,12 @@ Math, per row r with logits x (after the optional softcap x <- cap * tanh(x / ca
 A target outside [0, C) that is not ``ignore_index`` makes the row's loss, weight and gradient NaN:
 no host sync, no out-of-bounds access.
 
+WORKSPACE. The forward writes one float buffer (the accumulation dtype) that the backward reads, laid
+out as [lse (n_saved) | p_coef (n_saved) | denom (1) | partial sums (2 per program)]: n_saved is N*S
+when a gradient will be needed (0 for NLL, whose gradient needs neither); denom is the 'mean'
+denominator; the partial sums are the per-program sums of loss and row weight that the last program
+reduces (kernels/_reduce.py). One allocation, no views on the host.
+
 Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per row), two modes:
   two-pass (default)  forward reads C*B and saves lse and p_coef (8 bytes per row); backward reads C*B
                       and writes C*B. Forward+backward 3*C*B against the minimal 2*C*B (read once, write
@@ -36,14 +42,14 @@ Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per 
   Probability targets add C*Bt per pass that reads the row. NLL: the forward reads one element per
   row; the backward writes C*B without reading the input.
 """
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 
-from ._config import softmax_rows_tile, split_float
+from ._config import plan_cache, softmax_rows_tile, split_float
+from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import join_float, tanh
+from ._reduce import is_last_program, release_counter, sum_partials
 
 
 @triton.jit
@@ -134,25 +140,28 @@ def _softmax_rows_fwd_kernel(
     logits_ptr,  # (N, C, S) logits, or log-probabilities when INPUT_IS_LOGPROB
     target_ptr,  # (N, S) int64/uint8 class indices, or (N, C, S) probabilities when PROB_TARGET
     weight_ptr,  # (C,) class weights, read when HAS_WEIGHT
-    loss_ptr,  # (N*S,) float: per-row loss (out)
-    row_weight_ptr,  # (N*S,) float: per-row share of the 'mean' denominator (out)
-    lse_ptr,  # (N*S,) float: per-row log-sum-exp (out, when SAVE_FOR_BACKWARD)
-    p_coef_ptr,  # (N*S,) float: per-row coefficient of softmax in the gradient (out, when SAVE_FOR_BACKWARD)
+    out_ptr,  # REDUCTION "none": (N*S,) per-row loss; else () the reduced loss; in the output dtype (out)
+    work_ptr,  # float workspace (out), see WORKSPACE: [lse | p_coef | denom | partial sums]
     grad_ptr,  # (N, C, S) gradient for grad_output = 1 (out, when WRITE_GRAD); may alias logits_ptr
-    denom_ptr,  # () float: the 'mean' denominator, read when WRITE_GRAD and MEAN
+    given_denom_ptr,  # () float: the 'mean' denominator computed before the launch (DENOM_GIVEN)
+    counter_ptr,  # () int32 ticket counter, zero between launches (REDUCTION != "none")
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
     stride_tn, stride_tc, stride_ts,  # target (stride_tc unused for class indices)
     stride_dn, stride_dc, stride_ds,  # gradient
     # sizes
     n_rows, n_classes, n_spatial,  # N*S, C, S
+    n_saved,  # N*S when the backward needs lse and p_coef (SAVE_FOR_BACKWARD, not NLL), else 0
     # per-call scalars; each float as an fp32 (hi, lo) pair so float64 inputs keep full precision
     ignore_index, smoothing_hi, smoothing_lo, z_loss_hi, z_loss_lo, softcap_hi, softcap_lo,
     # constexprs
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, RBLOCK: tl.constexpr,
     PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr, HAS_ZLOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SAVE_FOR_BACKWARD: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
+    SAVE_FOR_BACKWARD: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    REDUCTION: tl.constexpr,  # "none" | "sum" | "mean"
+    DENOM_GIVEN: tl.constexpr,  # 'mean' with WRITE_GRAD: the denominator was computed before the launch
+    ACC: tl.constexpr,
 ):
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
@@ -204,8 +213,8 @@ def _softmax_rows_fwd_kernel(
 
     # (2) the row's loss, its share of the 'mean' denominator, and the gradient's row coefficients
     g = tl.full([BLOCK_R], 1.0, ACC)  # the row's gradient scale for grad_output = 1 (WRITE_GRAD)
-    if MEAN:
-        g = g / tl.load(denom_ptr).to(ACC)
+    if DENOM_GIVEN:
+        g = g / tl.load(given_denom_ptr).to(ACC)
     if PROB_TARGET:
         loss = log_d * sum_a - sum_ad
         row_weight = tl.full([BLOCK_R], 1.0, ACC)
@@ -245,11 +254,9 @@ def _softmax_rows_fwd_kernel(
         row_weight = tl.where(invalid, float("nan"), row_weight)
         g = tl.where(counted, g, 0.0)
         g = tl.where(invalid, float("nan"), g)
-    tl.store(loss_ptr + rows, loss, mask=row_mask)
-    tl.store(row_weight_ptr + rows, row_weight, mask=row_mask)
-    if SAVE_FOR_BACKWARD:
-        tl.store(lse_ptr + rows, lse, mask=row_mask)
-        tl.store(p_coef_ptr + rows, p_coef, mask=row_mask)
+    if SAVE_FOR_BACKWARD and not INPUT_IS_LOGPROB:
+        tl.store(work_ptr + rows, lse, mask=row_mask)
+        tl.store(work_ptr + n_saved + rows, p_coef, mask=row_mask)
 
     # (3) gradient for grad_output = 1, while the row is still in L2
     if WRITE_GRAD:
@@ -259,6 +266,31 @@ def _softmax_rows_fwd_kernel(
                              smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
                              HAS_SMOOTHING, HAS_SOFTCAP, ACC)
 
+    # (4) the loss: per row, or reduced over the whole grid in this launch (kernels/_reduce.py): every
+    #     program stores its sums of loss and row weight; the last one adds them in program order and
+    #     divides by the 'mean' denominator (the summed weights of counted rows: NaN if any row is NaN,
+    #     0 / 0 = NaN if none counts, as torch), which it also stores for the backward.
+    if REDUCTION == "none":
+        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
+    else:
+        n_programs = tl.num_programs(0)
+        denom_ptr = work_ptr + 2 * n_saved
+        partials_ptr = denom_ptr + 1
+        tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
+        if REDUCTION == "mean" and not DENOM_GIVEN:
+            tl.store(partials_ptr + n_programs + pid, tl.sum(tl.where(row_mask, row_weight, 0.0), axis=0))
+        if is_last_program(counter_ptr):
+            total = sum_partials(partials_ptr, n_programs, RBLOCK, ACC)
+            if REDUCTION == "mean":
+                if DENOM_GIVEN:
+                    denom = tl.load(given_denom_ptr).to(ACC)
+                else:
+                    denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
+                tl.store(denom_ptr, denom)  # for the backward
+                total = total / denom
+            tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+            release_counter(counter_ptr)
+
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo"])
 def _softmax_rows_bwd_kernel(
@@ -266,10 +298,8 @@ def _softmax_rows_bwd_kernel(
     logits_ptr,  # (N, C, S) logits (log-probabilities when INPUT_IS_LOGPROB: not read)
     target_ptr,  # (N, S) class indices, or (N, C, S) probabilities when PROB_TARGET
     weight_ptr,  # (C,) class weights, read when HAS_WEIGHT
-    lse_ptr,  # (N*S,) float: per-row log-sum-exp from the forward
-    p_coef_ptr,  # (N*S,) float: per-row coefficient of softmax from the forward
+    work_ptr,  # float workspace of the forward, see WORKSPACE: lse, p_coef, denom (read when MEAN)
     grad_out_ptr,  # grad_output: (N, S) for reduction 'none', a single element otherwise (strides 0)
-    denom_ptr,  # () float: the 'mean' denominator, read when MEAN
     grad_ptr,  # (N, C, S) gradient (out); may alias logits_ptr (in-place backward)
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
@@ -278,6 +308,7 @@ def _softmax_rows_bwd_kernel(
     stride_dn, stride_dc, stride_ds,  # gradient
     # sizes
     n_rows, n_classes, n_spatial,
+    n_saved,  # as in the forward: N*S, or 0 for NLL
     # per-call scalars, floats as (hi, lo) pairs
     ignore_index, smoothing_hi, smoothing_lo, softcap_hi, softcap_lo,
     # constexprs
@@ -295,13 +326,13 @@ def _softmax_rows_bwd_kernel(
     # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if MEAN:
-        g = g / tl.load(denom_ptr).to(ACC)
+        g = g / tl.load(work_ptr + 2 * n_saved).to(ACC)
     if INPUT_IS_LOGPROB:
         lse = tl.zeros([BLOCK_R], ACC)  # unused: the NLL gradient needs no softmax
         p_coef = lse
     else:
-        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0).to(ACC)
-        p_coef = tl.load(p_coef_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        lse = tl.load(work_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        p_coef = tl.load(work_ptr + n_saved + rows, mask=row_mask, other=0.0).to(ACC)
     if PROB_TARGET:
         y = rows  # unused for probability targets
         y_coef = p_coef
@@ -344,104 +375,120 @@ def _softmax_rows_rescale_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# launchers
+# launchers: a plan per signature (tile, grid, constexprs; cached), the outputs, one launch
 # ----------------------------------------------------------------------------------------------------
 
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
-def _grid(n_rows, block_r):
-    return (triton.cdiv(n_rows, block_r),)
 
 
-def _device_of(tensor):
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else nullcontext()
+
+@plan_cache
+def _fwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
+              has_smoothing, has_zloss, has_softcap, save_for_backward, write_grad, reduction, denom_given):
+    """(grid, num_warps, constexprs) of the forward kernel for one signature."""
+    per_class_sums = prob_target or has_smoothing
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
+                                                    gather_only=input_is_logprob and not write_grad,
+                                                    per_class_sums=per_class_sums)
+    constexprs = dict(
+        BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=_RBLOCK, PROB_TARGET=prob_target,
+        INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing,
+        HAS_ZLOSS=has_zloss, HAS_SOFTCAP=has_softcap, SAVE_FOR_BACKWARD=save_for_backward,
+        WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
-def _target_strides(target, prob_target):
-    return target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
+@plan_cache
+def _bwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
+              has_smoothing, has_softcap, mean):
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
+                                                    per_class_sums=prob_target or has_smoothing)
+    constexprs = dict(
+        BLOCK_R=block_r, BLOCK_C=block_c, PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob,
+        HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing, HAS_SOFTCAP=has_softcap, MEAN=mean,
+        ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
-def softmax_rows_fwd(logits, target, weight, *, ignore_index, smoothing, z_loss, softcap,
-                     prob_target, input_is_logprob, save_for_backward, grad=None, denom=None):
-    """Per-row loss of cross entropy (or NLL when ``input_is_logprob``) over logits viewed as (N, C, S).
+@plan_cache
+def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size)
+    constexprs = dict(BLOCK_R=block_r, BLOCK_C=block_c, ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
-    ``target`` is (N, S) class indices or, with ``prob_target``, (N, C, S) probabilities.
-    Returns float32 (float64 for float64 logits) tensors of N*S elements: loss, row_weight, and when
-    ``save_for_backward`` also lse and p_coef (else None). With ``grad`` (an (N, C, S) buffer, possibly
-    the logits themselves) the kernel also writes the gradient for grad_output = 1, divided by ``denom``
-    (the 'mean' denominator, a one-element device tensor) when given.
+
+def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_shape, ignore_index, smoothing,
+                     z_loss, softcap, prob_target, input_is_logprob, save_for_backward, grad=None, grad_strides=None,
+                     denom=None):
+    """Cross entropy (or NLL when ``input_is_logprob``) over the rows of ``logits``, in one launch.
+
+    ``rows``: (N, C, S, logits strides, target strides), the (N, C, S) view of the logits and the
+    (N, S) view of class-index targets (target strides (n, 0, s)) or (N, C, S) view of probabilities,
+    strides in elements. Returns (out, work): out is the loss per row, shaped ``out_shape``, for reduction
+    "none", else the reduced loss (0-d), in ``out_dtype``; work is the float workspace (WORKSPACE) the
+    backward reads. With ``grad`` (a buffer addressed by ``grad_strides``, possibly the logits
+    themselves) the kernel also writes the gradient for grad_output = 1; for 'mean' the denominator must
+    then be given as ``denom``.
     """
-    n_batch, n_classes, n_spatial = logits.shape
+    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
-    acc_torch = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    loss = torch.empty(n_rows, dtype=acc_torch, device=logits.device)
-    row_weight = torch.empty_like(loss)
-    lse = torch.empty_like(loss) if save_for_backward else loss
-    p_coef = torch.empty_like(loss) if save_for_backward else loss
-    if n_rows > 0:
-        block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size(),
-                                                        gather_only=input_is_logprob and grad is None,
-                                                        per_class_sums=prob_target or smoothing > 0)
-        grad_strides = grad.stride() if grad is not None else (0, 0, 0)
-        with _device_of(logits):
-            _softmax_rows_fwd_kernel[_grid(n_rows, block_r)](
-                logits, target, weight if weight is not None else logits, loss, row_weight, lse, p_coef,
-                grad if grad is not None else logits, denom if denom is not None else loss,
-                *logits.stride(), *_target_strides(target, prob_target), *grad_strides,
-                n_rows, n_classes, n_spatial,
-                ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
-                BLOCK_R=block_r, BLOCK_C=block_c,
-                PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=weight is not None,
-                HAS_SMOOTHING=smoothing > 0, HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None,
-                SAVE_FOR_BACKWARD=save_for_backward, WRITE_GRAD=grad is not None, MEAN=denom is not None,
-                ACC=_acc_dtype(logits.dtype), num_warps=num_warps,
-            )
-    if not save_for_backward:
-        lse = p_coef = None
-    return loss, row_weight, lse, p_coef
+    reduce = reduction != "none"
+    out = new_tensor(logits, () if reduce else out_shape, out_dtype)
+    n_saved = n_rows if save_for_backward and not input_is_logprob else 0
+    acc = accumulation_dtypes(logits.dtype)[1]
+    if n_rows == 0:  # nothing to launch: torch's value of an empty reduction (sum 0, mean 0 / 0)
+        if reduce:
+            out.fill_(float("nan") if reduction == "mean" else 0.0)
+        return out, logits.new_zeros(1, dtype=acc)
+    grid, num_warps, constexprs = _fwd_plan(
+        n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype, prob_target, input_is_logprob,
+        weight is not None, smoothing > 0, z_loss != 0, softcap is not None, save_for_backward, grad is not None,
+        reduction, denom is not None)
+    work = new_tensor(logits, 2 * n_saved + 1 + (2 * grid[0] if reduce else 0), acc)
+    launch(_softmax_rows_fwd_kernel, grid, (
+        logits, target, weight if weight is not None else logits, out, work,
+        grad if grad is not None else logits, denom if denom is not None else work,
+        reduction_counter(logits) if reduce else work,
+        *x_strides, *t_strides, *(grad_strides or (0, 0, 0)),
+        n_rows, n_classes, n_spatial, n_saved,
+        ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
+    ), constexprs, num_warps, logits.device)
+    return out, work
 
 
-def softmax_rows_bwd(logits, target, weight, lse, p_coef, grad_output, denom, grad, *, ignore_index,
-                     smoothing, softcap, prob_target, input_is_logprob):
-    """Write d(loss)/d(logits) into ``grad`` (N, C, S), which may be ``logits`` itself.
-
-    ``grad_output`` is (N, S) (reduction 'none') or expanded from one element (strides 0); ``denom`` is
-    the 'mean' denominator as a one-element device tensor, or None for 'none'/'sum'.
+def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_output_strides, grad, grad_strides,
+                     mean, ignore_index, smoothing, softcap, prob_target, input_is_logprob):
+    """Write d(loss)/d(logits) into ``grad`` (addressed by ``grad_strides`` over (N, C, S); it may be the
+    logits themselves). ``grad_output`` is addressed by ``grad_output_strides`` over (N, S): (0, 0) for a
+    reduced loss. ``mean``: divide by the denominator the forward left in ``work``.
     """
-    n_batch, n_classes, n_spatial = logits.shape
+    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
     if n_rows == 0 or n_classes == 0:
         return grad
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, logits.element_size(),
-                                                    per_class_sums=prob_target or smoothing > 0)
-    with _device_of(logits):
-        _softmax_rows_bwd_kernel[_grid(n_rows, block_r)](
-            logits, target, weight if weight is not None else logits,
-            lse if lse is not None else grad_output, p_coef if p_coef is not None else grad_output,
-            grad_output, denom if denom is not None else grad_output, grad,
-            *logits.stride(), *_target_strides(target, prob_target), *grad_output.stride(), *grad.stride(),
-            n_rows, n_classes, n_spatial,
-            ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
-            BLOCK_R=block_r, BLOCK_C=block_c,
-            PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=weight is not None,
-            HAS_SMOOTHING=smoothing > 0, HAS_SOFTCAP=softcap is not None, MEAN=denom is not None,
-            ACC=_acc_dtype(grad.dtype), num_warps=num_warps,
-        )
+    grid, num_warps, constexprs = _bwd_plan(n_rows, n_classes, n_spatial, logits.element_size(), grad.dtype,
+                                            prob_target, input_is_logprob, weight is not None, smoothing > 0,
+                                            softcap is not None, mean)
+    launch(_softmax_rows_bwd_kernel, grid, (
+        logits, target, weight if weight is not None else logits, work, grad_output, grad,
+        *x_strides, *t_strides, *grad_output_strides, *grad_strides,
+        n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows,
+        ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
+    ), constexprs, num_warps, logits.device)
     return grad
 
 
-def softmax_rows_rescale(grad, grad_output):
-    """grad (N, C, S) *= grad_output per row, in place, skipping rows whose grad_output is 1."""
-    n_batch, n_classes, n_spatial = grad.shape
+def softmax_rows_rescale(grad, grad_strides, rows, grad_output, grad_output_strides):
+    """grad (addressed by ``grad_strides`` over (N, C, S)) *= grad_output per row, in place, skipping rows
+    whose grad_output is 1."""
+    n_batch, n_classes, n_spatial = rows[:3]
     n_rows = n_batch * n_spatial
     if n_rows == 0 or n_classes == 0:
         return grad
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, grad.element_size())
-    with _device_of(grad):
-        _softmax_rows_rescale_kernel[_grid(n_rows, block_r)](
-            grad, grad_output, *grad.stride(), *grad_output.stride(), n_rows, n_classes, n_spatial,
-            BLOCK_R=block_r, BLOCK_C=block_c, ACC=_acc_dtype(grad.dtype), num_warps=num_warps,
-        )
+    grid, num_warps, constexprs = _rescale_plan(n_rows, n_classes, n_spatial, grad.element_size(), grad.dtype)
+    launch(_softmax_rows_rescale_kernel, grid, (
+        grad, grad_output, *grad_strides, *grad_output_strides, n_rows, n_classes, n_spatial,
+    ), constexprs, num_warps, grad.device)
     return grad

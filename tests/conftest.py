@@ -31,3 +31,18 @@ def device():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fusedloss_env(monkeypatch):
+    """``fusedloss_env(NAME, value)``: set a FUSEDLOSS_* variable and make fusedloss read it again (it reads
+    the environment once, at import); restored after the test."""
+    from fusedloss import dispatch
+
+    def setenv(name, value):
+        monkeypatch.setenv(name, value)
+        dispatch.reload_environment()
+
+    yield setenv
+    monkeypatch.undo()
+    dispatch.reload_environment()

@@ -38,27 +38,31 @@ def test_context_manager_forces_and_nests():
         assert fusedloss.explain(FL.nll_loss, x.log_softmax(1), y).backend == "torch"
 
 
-def test_environment_variable(monkeypatch):
+def test_environment_variable(fusedloss_env, monkeypatch):
     x, y = sample()
-    monkeypatch.setenv("FUSEDLOSS_BACKEND", "triton")
+    fusedloss_env("FUSEDLOSS_BACKEND", "triton")
     assert fusedloss.explain(FL.cross_entropy, x, y).backend == "triton"
-    monkeypatch.setenv("FUSEDLOSS_BACKEND", "torch")
+    fusedloss_env("FUSEDLOSS_BACKEND", "Torch")  # any case, as backend() takes it
     assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
     with fusedloss.backend("triton"):  # the context wins over the environment
         assert fusedloss.explain(FL.cross_entropy, x, y).backend == "triton"
-    monkeypatch.setenv("FUSEDLOSS_BACKEND", "cuda")
+    monkeypatch.setenv("FUSEDLOSS_BACKEND", "auto")  # read once: no effect until fusedloss reads it again
+    assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
     with pytest.raises(ValueError, match="unknown backend"):
-        FL.cross_entropy(x, y)
+        fusedloss_env("FUSEDLOSS_BACKEND", "cuda")
 
 
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match="unknown backend"):
         with fusedloss.backend("tpu"):
             pass
+    x, y = sample()
+    with fusedloss.backend("TORCH"):  # names are case-insensitive, as in FUSEDLOSS_BACKEND
+        assert fusedloss.explain(FL.cross_entropy, x, y).backend == "torch"
 
 
-def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_forced_triton_on_cpu_without_interpreter_says_why(fusedloss_env):
+    fusedloss_env("TRITON_INTERPRET", "0")
     with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         FL.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]))
 

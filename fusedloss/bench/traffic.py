@@ -156,6 +156,7 @@ def run_traffic(losses=None):
         raise RuntimeError("the traffic meter needs Triton's interpreter from the start of the process: "
                            "run `TRITON_INTERPRET=1 python -m fusedloss bench --traffic`")
     os.environ["TRITON_INTERPRET"] = "1"
+    fusedloss.dispatch.reload_environment()
     rows = []
     for bench in registry.select(losses):
         for shape in bench.traffic_shapes:

@@ -1,81 +1,58 @@
-"""Autograd op of the pointwise family (BCE, L1/MSE/Huber, KL, Poisson/Gaussian NLL, margins, focal).
+"""The pointwise family (BCE, L1/MSE/Huber, KL, Poisson/Gaussian NLL, margins, focal) on the op scaffold.
 
-Forward: one pass of the fused kernel reads every operand once and writes the loss (per element, or
-per-program partial sums reduced here on the device) and, for each operand that needs one, its gradient
-already scaled as for ``grad_output == 1``. Backward: applies ``grad_output`` to those buffers on the
-device (skipped on the device when it is 1) and hands them to autograd. Forward+backward traffic is
+Forward: one launch of the fused kernel reads every operand once and writes the loss (per element, or
+reduced on the device in the same launch) and, for each operand that needs one, its gradient already
+scaled as for ``grad_output == 1``. Backward: applies ``grad_output`` to those buffers (one launch per
+gradient, skipped on the device when it is 1) and hands them to autograd. Forward+backward traffic is
 then 1.0x the minimal for ``grad_output == 1`` (see kernels/pointwise.py for the bytes).
 
 Broadcasting: the operands are expanded to their broadcast shape (views: a broadcast operand is read
 through stride 0). The gradient of an operand smaller than that shape is written over the full shape in
 float32 and summed down to the operand's shape with torch (``sum_to_size``, a fixed-order reduction).
+
+Saved for the backward: the inputs, and the state: the three gradient buffers of the forward.
 """
-import dataclasses
+from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
+
+from . import _scaffold
+from ._eager import gaussian_nll_loss, sigmoid_focal_loss
 
 
-@dataclasses.dataclass(frozen=True)
-class PointwiseOptions:
+class PointwiseOptions(NamedTuple):
     loss: str  # the formula: a name in kernels/pointwise.py FORMULAS
     # "none" | "sum" | "mean" (over the broadcast shape's elements) | "batchmean" (over input.shape[0])
     # | "weight_mean" (sum(w * l) / sum(w), torch's weighted l1_loss and mse_loss)
     reduction: str
+    out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
     params: tuple = ()  # the formula's scalars (p, q): beta, delta, margin, eps, (eps, var), (alpha, gamma)
     full: bool = False  # Poisson NLL's Stirling term, Gaussian NLL's constant
 
 
-def _kernels():
-    from fusedloss.kernels import pointwise  # lazy: Triton is imported on the first Triton-backed call
-
-    return pointwise
+_kernels = None
 
 
-def _acc_dtype(dtype):
+def kernels():
+    """fusedloss.kernels.pointwise, imported on the first Triton-backed call (it imports Triton)."""
+    global _kernels
+    if _kernels is None:
+        from fusedloss.kernels import pointwise
+
+        _kernels = pointwise
+    return _kernels
+
+
+def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _forward(options, operands, weight, pos_weight, needs_grad, loss_output):
-    """Run the kernel. Returns (loss or None, [gradient or None per operand a, b, c]).
-
-    Gradients come back with their operand's shape for a scalar reduction, already scaled for a
-    grad_output of 1; for 'none', over the broadcast shape (float32 for a broadcast operand), to be
-    multiplied by grad_output and summed down in the backward.
-    """
-    present = [t for t in (*operands, weight, pos_weight) if t is not None]
-    shape = operands[0].shape
-    if any(t.shape != shape for t in present):
-        shape = torch.broadcast_shapes(*(t.shape for t in present))
-    a, b, c, weight_, pos_weight_ = (_expand(t, shape) for t in (*operands, weight, pos_weight))
-    n = a.numel()
-    dtype = operands[0].dtype
-    reduction = options.reduction
-    denom = None
-    if reduction == "mean":
-        divisor = n
-    elif reduction == "batchmean":
-        divisor = operands[0].shape[0] if operands[0].dim() else 1
-    elif reduction == "weight_mean":
-        divisor = denom = weight.sum(dtype=_acc_dtype(dtype))  # torch.sum(weight): the weight's own shape
-    else:
-        divisor = 1
-    scale = 1.0 / divisor if isinstance(divisor, int) and divisor else 1.0
-    grad_dtypes = [None if not need else (t.dtype if t.shape == shape else _acc_dtype(dtype))
-                   for t, need in zip(operands, needs_grad)]
-    out, grads = _kernels().pointwise_fwd(
-        options.loss, a, b, c, weight_, pos_weight_, params=options.params, full=options.full,
-        out_dtype=dtype, reduction_scale=scale, denom=denom, loss_output=loss_output, grad_dtypes=grad_dtypes)
-    if loss_output == "elements":
-        out = out.view(shape)
-    elif loss_output == "partials":
-        # a fixed-order torch sum of the per-program partial sums, each already divided by the mean's
-        # divisor; nothing to sum: 0 / divisor, so 'mean' of nothing is 0 / 0 = NaN as in torch
-        out = out.sum().to(dtype) if n else (out.sum() / divisor).to(dtype)
-    grads = [None if g is None else g.view(shape) for g in grads]
-    if reduction != "none":
-        grads = [None if g is None else _reduce_to(g, t) for g, t in zip(grads, operands)]
-    return out, grads
+def _broadcast_shape(inputs):
+    shape = inputs[0].shape
+    if any(t is not None and t.shape != shape for t in inputs):
+        shape = torch.broadcast_shapes(*(t.shape for t in inputs if t is not None))
+    return shape
 
 
 def _expand(tensor, shape):
@@ -90,44 +67,122 @@ def _reduce_to(grad, operand):
     return grad.sum_to_size(operand.shape).to(operand.dtype)
 
 
-class PointwiseLoss(torch.autograd.Function):
-    """Loss of operands (a, b, c) with optional weight and pos_weight; gradients for a, b, c."""
+def _grad_dtype(operand, shape):
+    return operand.dtype if operand.shape == shape else _acc(operand.dtype)
+
+
+class Pointwise:
+    name = "pointwise"
+    options_type = PointwiseOptions
+    n_inputs = 5  # a (input), b (target or input2), c (var or target), weight, pos_weight
 
     @staticmethod
-    def forward(ctx, options, a, b, c, weight, pos_weight):
-        needs_grad = ctx.needs_input_grad[1:4]
-        loss_output = "elements" if options.reduction == "none" else "partials"
-        out, grads = _forward(options, (a, b, c), weight, pos_weight, needs_grad, loss_output)
-        ctx.options = options
-        ctx.grads = grads
-        ctx.save_for_backward(a, b, c, weight, pos_weight)  # read again only by a second backward
-        return out
-
-    @staticmethod
-    @once_differentiable  # the kernel's gradient is not itself differentiable: double backward raises
-    def backward(ctx, grad_output):
-        grads, ctx.grads = ctx.grads, None  # ctx lets go: autograd can keep the buffers as .grad, no copy
-        operands = ctx.saved_tensors[:3]
-        if grads is None:
-            # a second backward through the graph (retain_graph=True): the first one handed the buffers
-            # out (and scaled them in place), so compute the gradients again from the saved inputs
-            a, b, c, weight, pos_weight = ctx.saved_tensors
-            _, grads = _forward(ctx.options, (a, b, c), weight, pos_weight, ctx.needs_input_grad[1:4], None)
-        if ctx.options.reduction == "none":
-            grads = [None if g is None else _reduce_to(g.mul_(grad_output), t) for g, t in zip(grads, operands)]
+    def forward(options, inputs, needs_grad):
+        shape = _broadcast_shape(inputs)
+        a = inputs[0]
+        reduction = options.reduction
+        denom, divisor = None, 1
+        if reduction == "weight_mean":
+            denom = inputs[3].sum(dtype=_acc(a.dtype))  # torch.sum(weight): over the weight's own shape
         else:
-            kernels = _kernels()
-            grads = [None if g is None else kernels.scale_by_grad_output(g, grad_output) for g in grads]
-        # one gradient per forward argument: (options, a, b, c, weight, pos_weight)
-        return None, *grads, None, None
+            divisor = _scaffold.reduction_divisor(reduction, shape.numel(), a.shape[0] if a.dim() else 1)
+        grad_dtypes = [_grad_dtype(t, shape) if need else None for t, need in zip(inputs[:3], needs_grad[:3])]
+        out, grads = kernels().pointwise_fwd(
+            options.loss, *(_expand(t, shape) for t in inputs), shape=shape, params=options.params, full=options.full,
+            out_dtype=options.out_dtype, reduce=reduction != "none", grad_scale=1.0 / divisor if divisor else 1.0,
+            divisor=divisor, denom=denom, grad_dtypes=grad_dtypes)
+        if reduction != "none" and any(t is not None and t.shape != shape for t in inputs[:3]):
+            grads = [None if g is None else _reduce_to(g, t) for g, t in zip(grads, inputs)]  # broadcast operands
+        return out, grads
+
+    @staticmethod
+    def backward(options, inputs, state, grad_output, needs_grad, in_place):
+        wanted = [need for need in needs_grad[:3]]
+        grads = list(state)
+        if any(need and g is None for g, need in zip(grads, wanted)):
+            # a second backward through the graph: the first one handed the buffers to autograd
+            grads = Pointwise.forward(options, inputs, needs_grad)[1]
+            in_place = True  # fresh buffers of our own
+        elif in_place:
+            state[:] = [None] * len(state)  # handed to autograd: no copy
+        if options.reduction == "none":
+            scaled = [None if g is None else _reduce_to(g.mul_(grad_output) if in_place else g * grad_output, t)
+                      for g, t in zip(grads, inputs)]
+        elif in_place:
+            scale = kernels().scale_by_grad_output
+            scaled = [None if g is None else scale(g, grad_output) for g in grads]
+        else:
+            scaled = [None if g is None else g * grad_output for g in grads]
+        return (*scaled, None, None)  # no gradient for weight and pos_weight (the callers check)
+
+    @staticmethod
+    def compile_options(options):
+        return options
+
+    @staticmethod
+    def assert_inputs_intact(options, state):
+        """Nothing of the caller's is ever overwritten."""
+
+    @staticmethod
+    def reference(options, a, b, c, weight, pos_weight):
+        if a.dtype != options.out_dtype:  # autocast: torch casts to float32 first
+            a, b, c, weight, pos_weight = (None if t is None or not t.is_floating_point() else t.to(options.out_dtype)
+                                           for t in (a, b, c, weight, pos_weight))
+        return _REFERENCES[options.loss](options, a, b, c, weight, pos_weight)
+
+    @staticmethod
+    def fake(options, inputs, needs_grad):
+        shape = _broadcast_shape(inputs)
+        a = inputs[0]
+        out = a.new_empty(shape if options.reduction == "none" else (), dtype=options.out_dtype)
+        grads = []
+        for t, need in zip(inputs[:3], needs_grad[:3]):
+            if not need:
+                grads.append(None)
+            elif options.reduction == "none":
+                grads.append(a.new_empty(shape, dtype=_grad_dtype(t, shape)))
+            else:
+                grads.append(a.new_empty(t.shape, dtype=t.dtype))
+        return out, grads
+
+
+def _torch_reduction(options):
+    return "mean" if options.reduction == "weight_mean" else options.reduction
+
+
+def _kl_div(options, a, b, log_target):
+    if options.reduction == "mean":  # torch's 'mean' (sum / numel), without its warning on every call
+        return F.kl_div(a, b, reduction="sum", log_target=log_target) / torch.broadcast_shapes(a.shape, b.shape).numel()
+    return F.kl_div(a, b, reduction=options.reduction, log_target=log_target)
+
+
+_REFERENCES = {  # the torch call each formula fuses: (options, a, b, c, weight, pos_weight) -> loss
+    "bce": lambda o, a, b, c, w, pw: F.binary_cross_entropy(a, b, w, reduction=o.reduction),
+    "bce_with_logits": lambda o, a, b, c, w, pw: F.binary_cross_entropy_with_logits(
+        a, b, w, reduction=o.reduction, pos_weight=pw),
+    "smooth_l1": lambda o, a, b, c, w, pw: F.smooth_l1_loss(a, b, reduction=o.reduction, beta=o.params[0]),
+    "huber": lambda o, a, b, c, w, pw: F.huber_loss(a, b, reduction=o.reduction, delta=o.params[0], weight=w),
+    "l1": lambda o, a, b, c, w, pw: F.l1_loss(a, b, reduction=_torch_reduction(o), weight=w),
+    "mse": lambda o, a, b, c, w, pw: F.mse_loss(a, b, reduction=_torch_reduction(o), weight=w),
+    "soft_margin": lambda o, a, b, c, w, pw: F.soft_margin_loss(a, b, reduction=o.reduction),
+    "kl_div": lambda o, a, b, c, w, pw: _kl_div(o, a, b, False),
+    "kl_div_log_target": lambda o, a, b, c, w, pw: _kl_div(o, a, b, True),
+    "poisson_nll": lambda o, a, b, c, w, pw: F.poisson_nll_loss(
+        a, b, log_input=False, full=o.full, eps=o.params[0], reduction=o.reduction),
+    "poisson_nll_log_input": lambda o, a, b, c, w, pw: F.poisson_nll_loss(
+        a, b, log_input=True, full=o.full, eps=o.params[0], reduction=o.reduction),
+    "gaussian_nll": lambda o, a, b, c, w, pw: gaussian_nll_loss(
+        a, b, c if c is not None else o.params[1], o.full, o.params[0], o.reduction),
+    "margin_ranking": lambda o, a, b, c, w, pw: F.margin_ranking_loss(a, b, c, margin=o.params[0],
+                                                                      reduction=o.reduction),
+    "hinge_embedding": lambda o, a, b, c, w, pw: F.hinge_embedding_loss(a, b, margin=o.params[0],
+                                                                        reduction=o.reduction),
+    "sigmoid_focal": lambda o, a, b, c, w, pw: sigmoid_focal_loss(a, b, o.params[0], o.params[1], o.reduction),
+}
+
+FAMILY = _scaffold.register(Pointwise())
 
 
 def pointwise_loss(options, a, b, c=None, weight=None, pos_weight=None):
-    """The loss of operands a (input), b (target or input2), c (var or target), validated by the caller.
-
-    The autograd op runs only when a gradient can be asked for; otherwise the kernel writes no gradient.
-    """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, b, c)):
-        return PointwiseLoss.apply(options, a, b, c, weight, pos_weight)
-    loss_output = "elements" if options.reduction == "none" else "partials"
-    return _forward(options, (a, b, c), weight, pos_weight, (False, False, False), loss_output)[0]
+    """The loss of operands a (input), b (target or input2), c (var or target), validated by the caller."""
+    return _scaffold.run(FAMILY, options, (a, b, c, weight, pos_weight))

@@ -1,26 +1,33 @@
-"""Autograd op of the softmax-rows family (cross entropy, NLL) on the Triton kernels.
+"""The softmax-rows family (cross entropy, NLL) on the op scaffold.
 
 Two ways to split the work (kernels/softmax_rows.py has the byte counts):
-  default          forward reads the logits once and saves each row's log-sum-exp; backward recomputes
-                   the softmax and writes the gradient once: 1.5x the minimal traffic for any grad_output.
-  grad_in_forward  forward also writes the gradient for grad_output = 1 (the 'mean' denominator is
-                   computed on the device first); backward rescales only rows whose grad_output is not
-                   1, a check done on the device: 1.0x when grad_output is 1, 2.0x otherwise.
+  default          the forward reads the logits once and saves each row's log-sum-exp; the backward
+                   recomputes the softmax and writes the gradient once: 1.5x the minimal traffic for any
+                   grad_output. One launch each way.
+  grad_in_forward  the forward also writes the gradient for grad_output = 1 (for 'mean' the denominator
+                   is computed first, on the device); the backward rescales only rows whose grad_output
+                   is not 1, a check done on the device: 1.0x when grad_output is 1, 2.0x otherwise.
 Measured on an H100 (bench/NOTES.md) the two cost the same when half of the calls have grad_output 1, so
-the default is the mode that does not depend on it. Reductions stay on the device: no host sync.
+the default is the mode that does not depend on it. Nothing syncs with the host.
+
+Saved for the backward: the inputs (logits, target, weight) and the state (work, grad): the kernels'
+workspace (each row's log-sum-exp and softmax coefficient, the 'mean' denominator: see WORKSPACE in
+kernels/softmax_rows.py) and the gradient written by a grad_in_forward forward (handed to autograd by the
+first backward).
 """
-import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from . import _scaffold
+from ._eager import eager_cross_entropy
 
 
-@dataclasses.dataclass(frozen=True)
-class SoftmaxRowsOptions:
+class SoftmaxRowsOptions(NamedTuple):
     reduction: str  # "none" | "mean" | "sum"
+    out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
     ignore_index: int = -100
-    label_smoothing: float = 0.0  # torch applies smoothing only when > 0
+    label_smoothing: float = 0.0  # applied when > 0 (torch: none at all when <= 0)
     z_loss: float = 0.0
     softcap: Optional[float] = None
     prob_target: bool = False
@@ -29,121 +36,186 @@ class SoftmaxRowsOptions:
     grad_in_forward: bool = False
 
 
-def _kernels():
-    from fusedloss.kernels import softmax_rows  # lazy: Triton is imported on the first Triton-backed call
-
-    return softmax_rows
+_kernels = None
 
 
-def _as_rows(input, target, prob_target):
-    """View input as (N, C, S) and target as (N, S) (or (N, C, S) for probabilities).
+def kernels():
+    """fusedloss.kernels.softmax_rows, imported on the first Triton-backed call (it imports Triton)."""
+    global _kernels
+    if _kernels is None:
+        from fusedloss.kernels import softmax_rows
 
-    (C) -> (1, C, 1); (N, C) -> (N, C, 1); (N, C, d1..dk) -> (N, C, d1*..*dk). ``reshape`` is a view for
-    every layout whose spatial dims merge (all contiguous inputs, transposed (N, C) views); other strided
-    layouts are copied once here because the kernels address a row by a single spatial stride.
+        _kernels = softmax_rows
+    return _kernels
+
+
+def _rows(input, target, prob_target):
+    """The (N, C, S) row view of the logits, as (logits, target, (N, C, S, logits strides, target strides)).
+
+    (C) -> (1, C, 1); (N, C) -> (N, C, 1); (N, C, d1..dk) -> (N, C, d1*..*dk); the target as (N, S)
+    (class indices: strides (n, 0, s)) or (N, C, S) (probabilities). Sizes and strides only: no view is
+    made for (C) and (N, C) inputs, whatever their strides. For (N, C, d1..dk) the spatial dimensions are
+    merged by ``reshape``: a view for every layout where they merge, else one copy (the kernels address
+    a row by a single spatial stride).
     """
-    if input.dim() == 1:
-        logits = input.reshape(1, input.shape[0], 1)
-        target = target.reshape(1, input.shape[0], 1) if prob_target else target.reshape(1, 1)
-    else:
-        n, c = input.shape[0], input.shape[1]
-        s = _spatial(input)
-        logits = input.reshape(n, c, s)
-        target = target.reshape(n, c, s) if prob_target else target.reshape(n, s)
-    return logits, target
+    dim = input.dim()
+    if dim == 2:
+        n, c = input.shape
+        sx = input.stride()
+        st = (*target.stride(), 0) if prob_target else (target.stride(0), 0, 0)
+        return input, target, (n, c, 1, (sx[0], sx[1], 0), st)
+    if dim == 1:
+        st = (0, target.stride(0), 0) if prob_target else (0, 0, 0)
+        return input, target, (1, input.shape[0], 1, (0, input.stride(0), 0), st)
+    n, c = input.shape[0], input.shape[1]
+    s = 1
+    for size in input.shape[2:]:
+        s *= size
+    logits = input.reshape(n, c, s)
+    if prob_target:
+        target = target.reshape(n, c, s)
+        return logits, target, (n, c, s, logits.stride(), target.stride())
+    target = target.reshape(n, s)
+    return logits, target, (n, c, s, logits.stride(), (target.stride(0), 0, target.stride(1)))
 
 
-def _spatial(input):
-    size = 1
-    for d in input.shape[2:]:
-        size *= d
-    return size
+def _contiguous_strides(rows):
+    """Strides over (N, C, S) of a new contiguous tensor of the input's shape."""
+    n, c, s = rows[:3]
+    return (c * s, s, 1) if s > 1 else (c, 1, 0)
 
 
-class SoftmaxRowsLoss(torch.autograd.Function):
-    """Cross entropy / NLL over (N, C, S) logits. Returns the reduced loss, or per-row losses (N*S,)."""
-
-    @staticmethod
-    def forward(ctx, input, target, weight, options):
-        logits, rows_target = _as_rows(input, target, options.prob_target)
-        needs_grad = ctx.needs_input_grad[0]
-        denom = grad = None
-        if needs_grad and options.grad_in_forward:
-            grad = logits if options.inplace_backward else torch.empty(logits.shape, dtype=logits.dtype,
-                                                                       device=logits.device)
-            if options.reduction == "mean":
-                denom = _mean_denominator(logits, rows_target, weight, options)
-        loss, row_weight, lse, p_coef = _kernels().softmax_rows_fwd(
-            logits, rows_target, weight,
-            ignore_index=options.ignore_index, smoothing=max(options.label_smoothing, 0.0),
-            z_loss=options.z_loss, softcap=options.softcap, prob_target=options.prob_target,
-            input_is_logprob=options.input_is_logprob, save_for_backward=needs_grad, grad=grad, denom=denom)
-        # reductions stay on the device: fixed-order torch sums of the per-row buffers, no host sync
-        if options.reduction == "none":
-            out = loss.to(input.dtype)
-        elif options.reduction == "sum":
-            out = loss.sum().to(input.dtype)
-        else:
-            denom = row_weight.sum() if denom is None else denom
-            out = (loss.sum() / denom).to(input.dtype)
-        ctx.options = options
-        ctx.input_shape = input.shape
-        ctx.rows_shape = (logits.shape[0], logits.shape[2])
-        ctx.grad_from_forward = grad  # consumed by the first backward
-        if needs_grad:
-            ctx.save_for_backward(logits, rows_target, weight, lse, p_coef, denom)
-        return out
-
-    @staticmethod
-    @once_differentiable  # the kernel's gradient is not itself differentiable: double backward raises
-    def backward(ctx, grad_output):
-        logits, target, weight, lse, p_coef, denom = ctx.saved_tensors
-        options = ctx.options
-        if options.reduction == "none":
-            grad_rows = grad_output.reshape(ctx.rows_shape)
-        else:
-            grad_rows = grad_output.reshape(()).expand(ctx.rows_shape)  # strides 0: one element for all rows
-        if ctx.grad_from_forward is not None:
-            grad, ctx.grad_from_forward = ctx.grad_from_forward, None  # hand the buffer over, no copy
-            _kernels().softmax_rows_rescale(grad, grad_rows)
-        else:
-            if options.grad_in_forward and options.inplace_backward:
-                raise RuntimeError("fusedloss: a second backward through cross_entropy with grad_in_forward=True "
-                                   "and inplace_backward=True is impossible: the forward overwrote the logits "
-                                   "with their gradient (backward once, or drop one of the two options)")
-            if options.inplace_backward:
-                grad = logits  # opt-in: the caller's logits are overwritten by their gradient
-            else:
-                grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-            _kernels().softmax_rows_bwd(
-                logits, target, weight, lse, p_coef, grad_rows, denom, grad,
-                ignore_index=options.ignore_index, smoothing=max(options.label_smoothing, 0.0),
-                softcap=options.softcap, prob_target=options.prob_target,
-                input_is_logprob=options.input_is_logprob)
-        # one gradient per forward input: (input, target, weight, options); only input is differentiable
-        return grad.reshape(ctx.input_shape), None, None, None
+def _grad_output_strides(grad_output, options, rows):
+    """grad_output addressed over the (N, S) rows: (0, 0) for a reduced loss (one element for all)."""
+    if options.reduction != "none" or grad_output.dim() == 0:
+        return grad_output, (0, 0)
+    if grad_output.dim() == 1:
+        return grad_output, (grad_output.stride(0), 0)
+    g = grad_output.reshape(rows[0], rows[2])
+    return g, g.stride()
 
 
-def _mean_denominator(logits, target, weight, options):
-    """torch's 'mean' denominator on the device (no sync): the summed weights of the counted targets
-    (their count without weights), or the number of rows for probability targets."""
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+def _loss_shape(input, target, options):
+    """torch's shape of the unreduced loss: the target's (class indices), or (N, d1..dk) (probabilities)."""
     if options.prob_target:
-        return torch.full((), target.shape[0] * target.shape[2], dtype=acc, device=logits.device)
+        return (input.shape[0], *input.shape[2:]) if input.dim() > 1 else ()
+    return target.shape
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class SoftmaxRows:
+    name = "softmax_rows"
+    options_type = SoftmaxRowsOptions
+    n_inputs = 3  # input, target, weight
+
+    @staticmethod
+    def forward(options, inputs, needs_grad):
+        input, target, weight = inputs
+        logits, rows_target, rows = _rows(input, target, options.prob_target)
+        grad = grad_strides = denom = None
+        if needs_grad[0] and options.grad_in_forward:
+            if options.inplace_backward:
+                grad, grad_strides = logits, rows[3]
+            else:
+                grad, grad_strides = input.new_empty(input.shape), _contiguous_strides(rows)
+            if options.reduction == "mean":
+                denom = _mean_denominator(rows_target, weight, options, rows, _acc(input.dtype))
+        out, work = kernels().softmax_rows_fwd(
+            logits, rows_target, weight, rows, reduction=options.reduction, out_dtype=options.out_dtype,
+            out_shape=_loss_shape(input, target, options), ignore_index=options.ignore_index,
+            smoothing=max(options.label_smoothing, 0.0), z_loss=options.z_loss, softcap=options.softcap,
+            prob_target=options.prob_target, input_is_logprob=options.input_is_logprob,
+            save_for_backward=needs_grad[0], grad=grad, grad_strides=grad_strides, denom=denom)
+        if grad is not None and options.inplace_backward:
+            work = None  # the forward overwrote the logits: only the gradient it wrote is left to hand over
+        return out, (work, grad)
+
+    @staticmethod
+    def backward(options, inputs, state, grad_output, needs_grad, in_place):
+        input, target, weight = inputs
+        work, grad = state
+        if input.numel() == 0:
+            return torch.zeros_like(input), None, None
+        logits, rows_target, rows = _rows(input, target, options.prob_target)
+        grad_output, g_strides = _grad_output_strides(grad_output, options, rows)
+        if grad is not None and in_place:  # written by the forward for grad_output 1: rescale, hand over
+            state[1] = None
+            strides = rows[3] if options.inplace_backward else _contiguous_strides(rows)
+            kernels().softmax_rows_rescale(grad, strides, rows, grad_output, g_strides)
+            return grad.view(input.shape), None, None
+        if work is None:
+            SoftmaxRows.assert_inputs_intact(options, state)
+        if options.inplace_backward and in_place:
+            grad, strides = logits, rows[3]  # opt-in: the caller's logits are overwritten by their gradient
+            state[0] = None  # ... so nothing may read them again (assert_inputs_intact)
+        else:
+            grad, strides = input.new_empty(input.shape), _contiguous_strides(rows)
+        kernels().softmax_rows_bwd(
+            logits, rows_target, weight, rows, work, grad_output, g_strides, grad, strides,
+            options.reduction == "mean", options.ignore_index, max(options.label_smoothing, 0.0), options.softcap,
+            options.prob_target, options.input_is_logprob)
+        # the logits' own buffer, as a new view (autograd copies a gradient that is the input itself)
+        return (grad.view(input.shape) if grad is logits else grad), None, None
+
+    @staticmethod
+    def assert_inputs_intact(options, state):
+        """Raise if an opt-in in-place write overwrote the logits (the workspace is dropped then)."""
+        if state[0] is None:
+            raise RuntimeError("fusedloss: this cross_entropy's logits were overwritten by their gradient "
+                               "(inplace_backward=True), so a second backward, or a differentiable one "
+                               "(create_graph=True), is impossible: backward once, or drop inplace_backward")
+
+    @staticmethod
+    def compile_options(options):
+        """Under torch.compile the gradient gets its own buffer, computed in the backward (same values):
+        the registered ops own no buffers across calls."""
+        return options._replace(inplace_backward=False, grad_in_forward=False)
+
+    @staticmethod
+    def reference(options, input, target, weight):
+        if input.dtype != options.out_dtype:  # autocast: torch casts to float32 first
+            input = input.to(options.out_dtype)
+            weight = weight.to(options.out_dtype) if weight is not None else None
+        if options.input_is_logprob:
+            return torch.nn.functional.nll_loss(input, target, weight, ignore_index=options.ignore_index,
+                                                reduction=options.reduction)
+        return eager_cross_entropy(input, target, weight, options.ignore_index, options.reduction,
+                                   options.label_smoothing, options.z_loss, options.softcap)
+
+    @staticmethod
+    def fake(options, inputs, needs_grad):
+        input, target, _ = inputs
+        n, c, s = _rows(input, target, options.prob_target)[2][:3]
+        shape = _loss_shape(input, target, options) if options.reduction == "none" else ()
+        out = input.new_empty(shape, dtype=options.out_dtype)
+        n_saved = n * s if needs_grad[0] and not options.input_is_logprob else 0
+        # the workspace's size depends on the launch grid: any size serves the fake (it is only saved)
+        return out, (input.new_empty(2 * n_saved + 1, dtype=_acc(input.dtype)), None)
+
+
+def _mean_denominator(target, weight, options, rows, acc):
+    """torch's 'mean' denominator on the device (no sync), for grad_in_forward: the summed weights of
+    the counted targets (their count without weights; NaN if a counted target is not a class, as the
+    fused reduction gives), or the number of rows for probability targets."""
+    n_rows = rows[0] * rows[2]
+    if options.prob_target:
+        return target.new_full((), n_rows, dtype=acc)
+    n_classes = rows[1]
     counted = target != options.ignore_index
-    if weight is None:
-        return counted.sum(dtype=acc)
-    in_range = torch.where(counted, target, 0).clamp(0, max(logits.shape[1] - 1, 0)).long()
-    return (weight[in_range].to(acc) * counted).sum()
+    in_range = (target >= 0) & (target < n_classes)
+    safe = torch.where(counted & in_range, target, 0).long()
+    row_weight = weight[safe].to(acc) if weight is not None else torch.ones(target.shape, dtype=acc,
+                                                                            device=target.device)
+    row_weight = torch.where(counted, row_weight, 0.0)
+    return torch.where(counted & ~in_range, float("nan"), row_weight).sum()
+
+
+FAMILY = _scaffold.register(SoftmaxRows())
 
 
 def softmax_rows_loss(input, target, weight, options):
-    """Apply the op and shape the result as torch does ('none' -> the target's shape)."""
-    out = SoftmaxRowsLoss.apply(input, target, weight, options)
-    if options.reduction == "none":
-        if options.prob_target:
-            shape = (input.shape[0], *input.shape[2:]) if input.dim() > 1 else ()
-        else:
-            shape = target.shape
-        out = out.reshape(shape)
-    return out
+    """Cross entropy / NLL of validated arguments, in torch's output shape."""
+    return _scaffold.run(FAMILY, options, (input, target, weight))

@@ -1,0 +1,76 @@
+"""The one place fusedloss launches a Triton kernel, and the counters its in-kernel reductions use.
+
+``launch`` puts the launch on the tensors' device (Triton launches on the *current* device) and is the
+single point the host-time benchmark stubs out (``fusedloss bench --host``), so that the Python around
+the kernels can be timed on any machine. Triton's own front end (``JITFunction.run``: argument binding,
+specialisation, the cache lookup) runs as is: bypassing it needs a measurement on a GPU with the Triton
+versions in use (see bench/NOTES.md).
+
+``reduction_counter`` hands out the int32 ticket counter of the grid-wide reductions (kernels/_reduce.py):
+one per (device, stream) on CUDA and one per thread under the interpreter (on the CPU), zero between launches (the
+last program of every launch resets it), so no memset precedes a launch and a captured CUDA graph can
+replay the kernel as it is.
+"""
+import threading
+
+import torch
+import triton.language as tl
+
+_STUB = None  # a callable(kernel, grid, args, constexprs) that replaces every launch (host-time benchmark)
+_counters = {}  # (CUDA device index, stream) -> counter
+_counters_lock = threading.Lock()
+
+
+class _ThreadCounters(threading.local):
+    cpu = None  # the interpreter runs a launch's programs in this thread, one after another
+
+
+_thread = _ThreadCounters()
+
+
+def accumulation_dtypes(dtype):
+    """(Triton, torch) dtype the kernels accumulate in for inputs of ``dtype``: float64 for float64, else
+    float32 (bfloat16 and float16 inputs are read as they are and computed in float32)."""
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def new_tensor(like, shape, dtype):
+    """An uninitialised tensor on ``like``'s device (``new_empty`` without a dtype argument is the cheapest
+    allocation from Python)."""
+    return like.new_empty(shape) if dtype == like.dtype else like.new_empty(shape, dtype=dtype)
+
+
+def set_stub(stub):
+    """Replace every launch by ``stub(kernel, grid, args, constexprs)`` (None restores real launches).
+    Outputs then hold whatever their allocation held: for timing the host path only."""
+    global _STUB
+    _STUB = stub
+
+
+def launch(kernel, grid, args, constexprs, num_warps, device):
+    """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``device``."""
+    if _STUB is not None:
+        _STUB(kernel, grid, args, constexprs)
+        return
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            kernel[grid](*args, **constexprs, num_warps=num_warps)
+        return
+    kernel[grid](*args, **constexprs, num_warps=num_warps)
+
+
+def reduction_counter(tensor):
+    """The zeroed int32 ticket counter for a grid-wide reduction launched now on ``tensor``'s device."""
+    if not tensor.is_cuda:
+        if _thread.cpu is None:
+            _thread.cpu = torch.zeros(1, dtype=torch.int32)
+        return _thread.cpu
+    index = tensor.get_device()
+    key = (index, torch._C._cuda_getCurrentRawStream(index))
+    counter = _counters.get(key)
+    if counter is None:
+        with _counters_lock:
+            counter = _counters.get(key)
+            if counter is None:
+                counter = _counters[key] = torch.zeros(1, dtype=torch.int32, device=tensor.device)
+    return counter

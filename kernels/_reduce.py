@@ -1,0 +1,37 @@
+"""Grid-wide sums inside one launch, deterministic (no float atomics).
+
+Every program stores its partial sum(s) to a buffer of one slot per program, then takes a ticket from an
+int32 counter (an atomic add with acquire-release semantics, after a barrier so that the whole program's
+store is released). The program that draws the last ticket sees every partial, adds them in program
+order (fixed blocks of ``RBLOCK`` and a fixed tree inside each block: the same result on every run,
+whatever order the programs finished in), writes the reduced value and resets the counter to 0 for the
+next launch. CUDA's own reductions finish the same way (last block by a semaphore).
+
+Cost: one 4-byte store and one atomic per program, plus n_programs * 4 bytes read by the last one.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def is_last_program(counter_ptr):
+    """True in exactly one program of the launch: the last to arrive. Call after storing the partials."""
+    tl.debug_barrier()  # every thread's partial store precedes the release below
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    return ticket == tl.num_programs(0) - 1
+
+
+@triton.jit
+def sum_partials(partials_ptr, n_partials, RBLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Sum of ``n_partials`` values in a fixed order (read by the last program, past the L1 cache)."""
+    acc = tl.zeros([RBLOCK], ACC)
+    for start in range(0, n_partials, RBLOCK):
+        offs = start + tl.arange(0, RBLOCK)
+        acc += tl.load(partials_ptr + offs, mask=offs < n_partials, other=0.0, volatile=True).to(ACC)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def release_counter(counter_ptr):
+    """Reset the ticket counter for the next launch (the last program, once it has read the partials)."""
+    tl.store(counter_ptr, 0)
