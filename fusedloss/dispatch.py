@@ -170,10 +170,12 @@ def _device_problem(route, args, requested):
     tensors = [args[i] for i in route.tensors if isinstance(args[i], torch.Tensor)]
     if not tensors:
         return "no tensor arguments"
-    index = tensors[0].get_device()
-    if any(t.get_device() != index for t in tensors) or (index < 0 and any(t.device.type != "cpu" for t in tensors)):
-        return "tensors are on different devices: " + ", ".join(sorted({str(t.device) for t in tensors}))
-    if index >= 0 and tensors[0].is_cuda:
+    first = tensors[0]
+    index = first.get_device()
+    for t in tensors:
+        if t.get_device() != index or (index < 0 and t.device.type != first.device.type):
+            return "tensors are on different devices: " + ", ".join(sorted({str(t.device) for t in tensors}))
+    if index >= 0 and first.is_cuda:
         return None
     device_type = tensors[0].device.type
     if requested == "auto":

@@ -172,12 +172,14 @@ def _unsupported_pointwise(op, input, target, others=(), *, integer_target, trai
     policy = autocast_policy(op, input)
     if policy == "refused":
         return f"{op} under autocast (torch refuses it there)"
-    floats = [t for t in (target, *others) if isinstance(t, Tensor) and (t.is_floating_point() or t is not target)]
-    if policy == "float32":
-        if any(t.dtype == torch.float64 for t in (input, *floats)):
+    dtype = input.dtype
+    for t in (target, *others):
+        if not isinstance(t, Tensor) or t is target and not t.is_floating_point():
+            continue  # an integer target is read as it is (torch promotes it)
+        if policy == "float32" and (t.dtype == torch.float64 or dtype == torch.float64):
             return "a float64 operand under autocast (torch's type promotion runs on the eager path)"
-    elif any(t.dtype != input.dtype for t in floats):
-        return "operands of different dtypes (torch's type promotion runs on the eager path)"
+        if policy != "float32" and t.dtype != dtype:
+            return "operands of different dtypes (torch's type promotion runs on the eager path)"
     if not target.is_floating_point() and (target.is_complex() or not integer_target):
         return f"a {check.c10_name(target.dtype)} target"
     if trainable_weight is not None and trainable_weight.requires_grad and torch.is_grad_enabled():
@@ -271,7 +273,7 @@ def _fused_smooth_l1(input, target, size_average, reduce, reduction, beta):
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     check.check_beta(beta)
     out_dtype = _out_dtype("smooth_l1_loss", input)
-    options = (PointwiseOptions("smooth_l1", reduction, out_dtype, (float(beta),)) if beta
+    options = (PointwiseOptions("smooth_l1", reduction, out_dtype, float(beta)) if beta
                else PointwiseOptions("l1", reduction, out_dtype))
     return pointwise_loss(options, input, target)
 
@@ -297,7 +299,7 @@ def _fused_huber(input, target, reduction, delta, weight):
     reduction = check.reduction_from_args(None, None, reduction)
     check.check_delta(delta)
     check.check_weight_size(input, weight)
-    options = PointwiseOptions("huber", reduction, _out_dtype("huber_loss", input), (float(delta),))
+    options = PointwiseOptions("huber", reduction, _out_dtype("huber_loss", input), float(delta))
     return pointwise_loss(options, input, target, weight=weight)
 
 
@@ -419,7 +421,7 @@ def poisson_nll_loss(
 def _fused_poisson_nll(input, target, log_input, full, size_average, eps, reduce, reduction):
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     options = PointwiseOptions("poisson_nll_log_input" if log_input else "poisson_nll", reduction,
-                               _out_dtype("poisson_nll_loss", input), (float(eps),), bool(full))
+                               _out_dtype("poisson_nll_loss", input), float(eps), 0.0, bool(full))
     return pointwise_loss(options, input, target)
 
 
@@ -449,7 +451,7 @@ def _fused_gaussian_nll(input, target, var, full, eps, reduction):
     var = check.gaussian_nll_var(input, var, check_values=dispatch.debug_enabled())
     check.check_three_reductions(reduction, reduction + " is not valid")
     options = PointwiseOptions("gaussian_nll", reduction, _out_dtype("gaussian_nll_loss", input),
-                               (float(eps), var if isinstance(var, float) else 0.0), bool(full))
+                               float(eps), var if isinstance(var, float) else 0.0, bool(full))
     return pointwise_loss(options, input, target, var if isinstance(var, Tensor) else None)
 
 
@@ -476,7 +478,7 @@ def _fused_margin_ranking(input1, input2, target, margin, size_average, reduce, 
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     check.check_same_dim(input1, input2, target)
     options = PointwiseOptions("margin_ranking", reduction, _out_dtype("margin_ranking_loss", input1),
-                               (float(margin),))
+                               float(margin))
     return pointwise_loss(options, input1, input2, target)
 
 
@@ -501,7 +503,7 @@ def hinge_embedding_loss(
 def _fused_hinge_embedding(input, target, margin, size_average, reduce, reduction):
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     options = PointwiseOptions("hinge_embedding", reduction, _out_dtype("hinge_embedding_loss", input),
-                               (float(margin),))
+                               float(margin))
     # the target only selects a branch: torch's graph has no path to it, so it gets no gradient here either
     return pointwise_loss(options, input, target.detach())
 
@@ -533,7 +535,7 @@ def _fused_sigmoid_focal(inputs, targets, alpha, gamma, reduction):
     check.check_three_reductions(reduction, f"Invalid Value for arg 'reduction': '{reduction} \n Supported "
                                             "reduction modes: 'none', 'mean', 'sum'")
     options = PointwiseOptions("sigmoid_focal", reduction, _out_dtype("sigmoid_focal_loss", inputs),
-                               (float(alpha), float(gamma)))
+                               float(alpha), float(gamma))
     return pointwise_loss(options, inputs, targets)
 
 

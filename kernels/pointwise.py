@@ -51,6 +51,8 @@ per BLOCK elements):
                       1.0x for grad_output == 1; (sum B + 3 sum G) / (sum B + sum G) otherwise, e.g.
                       5/3 = 1.67x for one input and a target of the same dtype with one gradient.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -505,19 +507,18 @@ def _scale_plan(n, dtype):
 _NO_STRIDES = (0,) * _MAX_DIMS
 
 
-def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, shape, params, full, out_dtype, reduce, grad_scale, divisor,
-                  denom, grad_dtypes):
+def pointwise_fwd(loss, a, b, c, weight, pos_weight, shape, p, q, full, out_dtype, reduce, grad_scale, divisor, denom,
+                  grad_dtypes):
     """One pass of the fused pointwise loss over tensors of one broadcast ``shape`` (expanded views).
 
-    ``loss``: a name in FORMULAS. ``c``, ``weight``, ``pos_weight``: tensors or None. ``params``: the
-    formula's scalars (p, q). ``reduce``: the loss summed over every element and divided by ``divisor``
-    (or by the one-element device tensor ``denom`` when given), a 0-d tensor; else the loss per element.
-    Both in ``out_dtype``. ``grad_dtypes``: (dtype or None) per operand a, b, c: its gradient is written in
+    ``loss``: a name in FORMULAS. ``c``, ``weight``, ``pos_weight``: tensors or None. ``p``, ``q``: the
+    formula's scalars. ``reduce``: the loss summed over every element and divided by ``divisor`` (or by
+    the one-element device tensor ``denom`` when given), a 0-d tensor; else the loss per element. Both
+    in ``out_dtype``. ``grad_dtypes``: (dtype or None) per operand a, b, c: its gradient is written in
     that dtype, scaled by ``grad_scale`` (divided by ``denom`` when given).
     Returns (out, [grad_a, grad_b, grad_c]), each gradient a new contiguous tensor of ``shape``, or None.
     """
     n = a.numel()
-    device = a.device
     out = new_tensor(a, () if reduce else shape, out_dtype)
     grads = [None if dt is None else new_tensor(a, shape, dt) for dt in grad_dtypes]
     if n == 0:  # nothing to launch: torch's value of an empty reduction (0, or 0 / 0 for a mean)
@@ -525,25 +526,33 @@ def pointwise_fwd(loss, a, b, c, weight, pos_weight, *, shape, params, full, out
             out.fill_(0.0 if divisor and denom is None else float("nan"))
         return out, grads
     operands = (a, b, c, weight, pos_weight)
-    if all(t is None or t.is_contiguous() for t in operands):  # the common case: one flat dimension
-        ndim, n1, n2 = 1, 1, 1
-        stride_args = [stride for t in operands for stride in ((1, 0, 0) if t is not None else _NO_STRIDES)]
+    if (a.is_contiguous() and b.is_contiguous() and (c is None or c.is_contiguous())
+            and (weight is None or weight.is_contiguous()) and (pos_weight is None or pos_weight.is_contiguous())):
+        ndim, n1, n2 = 1, 1, 1  # the common case: one flat dimension
+        stride_args = _flat_strides(c is not None, weight is not None, pos_weight is not None)
     else:
         operands, ndim, n1, n2, stride_args = _strided_layout(operands)
     grid, num_warps, constexprs = _fwd_plan(
         loss, n, ndim, a.dtype, full, c is not None, weight is not None, pos_weight is not None, reduce,
-        tuple(g is not None for g in grads), denom is not None)
+        (grads[0] is not None, grads[1] is not None, grads[2] is not None), denom is not None)
     partials = new_tensor(a, grid[0], accumulation_dtypes(a.dtype)[1]) if reduce else out
-    p, q = (list(params) + [0.0, 0.0])[:2]
+    ga, gb, gc = grads
     launch(_pointwise_fwd_kernel, grid, (
         *(t if t is not None else a for t in operands),  # absent operands: never read
         denom if denom is not None else a, out, partials,
         reduction_counter(a) if reduce else out,
-        *(g if g is not None else a for g in grads),  # absent gradients: never written
+        ga if ga is not None else a, gb if gb is not None else a, gc if gc is not None else a,  # absent: never written
         *stride_args, n, n1, n2,
         *split_float(p), *split_float(q), *split_float(grad_scale), *split_float(divisor or 1.0),
-    ), constexprs, num_warps, device)
+    ), constexprs, num_warps, a.device)
     return out, grads
+
+
+@functools.lru_cache(maxsize=None)
+def _flat_strides(has_c, has_weight, has_pos_weight):
+    """The stride arguments of contiguous operands addressed as one flat dimension (absent: zeros)."""
+    present = (True, True, has_c, has_weight, has_pos_weight)
+    return tuple(stride for here in present for stride in ((1, 0, 0) if here else _NO_STRIDES))
 
 
 def _strided_layout(operands):

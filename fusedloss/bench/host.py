@@ -10,11 +10,10 @@
                                          sizes a few microseconds)
   fusedloss (eager fallback)             fusedloss's dispatcher choosing torch (CPU tensors, backend auto)
 
-Each figure is the median over rounds of the mean time of a batch of calls, the implementations
-interleaved round by round so that drift of a shared machine hits all of them alike.
+Each figure is the best over rounds of the mean time of a batch of calls (the least disturbed by the
+rest of a shared machine), the implementations interleaved round by round so that drift hits all alike.
 """
 import os
-import statistics
 import time
 
 import torch
@@ -56,7 +55,7 @@ def _time_per_call(step, calls):
 
 
 def measure(rounds=15, calls=200):
-    """{case: {implementation: microseconds per forward+backward}} (medians over rounds)."""
+    """{case: {implementation: microseconds per forward+backward}} (the best round of each)."""
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the forced Triton path on CPU tensors (launches stubbed)
     import fusedloss
     fusedloss.dispatch.reload_environment()
@@ -85,7 +84,7 @@ def measure(rounds=15, calls=200):
                         times[impl].append(_time_per_call(fn, calls))
         finally:
             _launch.set_stub(None)
-        results[case] = {impl: statistics.median(ts) for impl, ts in times.items()}
+        results[case] = {impl: min(ts) for impl, ts in times.items()}
     return results
 
 

@@ -103,9 +103,14 @@ def run(family, options, inputs):
         return _REGISTERED[family.name](family.compile_options(options), inputs)
     if torch._C._are_functorch_transforms_active():
         return _FunctorchLoss.apply(family, options, *inputs)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _EagerLoss.apply(family, options, *inputs)
-    return family.forward(options, inputs, (False,) * len(inputs))[0]
+    if torch.is_grad_enabled():
+        for t in inputs:
+            if t is not None and t.requires_grad:
+                return _EagerLoss.apply(family, options, *inputs)
+    return family.forward(options, inputs, _NO_GRAD[len(inputs)])[0]
+
+
+_NO_GRAD = [(False,) * n for n in range(8)]
 
 
 class _EagerLoss(torch.autograd.Function):

@@ -27,7 +27,8 @@ class PointwiseOptions(NamedTuple):
     # | "weight_mean" (sum(w * l) / sum(w), torch's weighted l1_loss and mse_loss)
     reduction: str
     out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
-    params: tuple = ()  # the formula's scalars (p, q): beta, delta, margin, eps, (eps, var), (alpha, gamma)
+    p: float = 0.0  # the formula's scalars: beta, delta, margin or eps (p); var (q, Gaussian NLL with a float
+    q: float = 0.0  # var); alpha, gamma (focal loss)
     full: bool = False  # Poisson NLL's Stirling term, Gaussian NLL's constant
 
 
@@ -67,10 +68,6 @@ def _reduce_to(grad, operand):
     return grad.sum_to_size(operand.shape).to(operand.dtype)
 
 
-def _grad_dtype(operand, shape):
-    return operand.dtype if operand.shape == shape else _acc(operand.dtype)
-
-
 class Pointwise:
     name = "pointwise"
     options_type = PointwiseOptions
@@ -78,21 +75,26 @@ class Pointwise:
 
     @staticmethod
     def forward(options, inputs, needs_grad):
-        shape = _broadcast_shape(inputs)
-        a = inputs[0]
+        a, b, c, weight, pos_weight = inputs
+        shape = a.shape
+        broadcast = (b.shape != shape or c is not None and c.shape != shape or weight is not None and weight.shape != shape
+                     or pos_weight is not None and pos_weight.shape != shape)
+        if broadcast:
+            shape = _broadcast_shape(inputs)
+            inputs = [_expand(t, shape) for t in inputs]
         reduction = options.reduction
         denom, divisor = None, 1
         if reduction == "weight_mean":
-            denom = inputs[3].sum(dtype=_acc(a.dtype))  # torch.sum(weight): over the weight's own shape
-        else:
+            denom = weight.sum(dtype=_acc(a.dtype))  # torch.sum(weight): over the weight's own shape
+        elif reduction != "none" and reduction != "sum":
             divisor = _scaffold.reduction_divisor(reduction, shape.numel(), a.shape[0] if a.dim() else 1)
-        grad_dtypes = [_grad_dtype(t, shape) if need else None for t, need in zip(inputs[:3], needs_grad[:3])]
+        grad_dtypes = [None if not need else t.dtype if t.shape == shape else _acc(t.dtype)
+                       for t, need in zip((a, b, c), needs_grad)]
         out, grads = kernels().pointwise_fwd(
-            options.loss, *(_expand(t, shape) for t in inputs), shape=shape, params=options.params, full=options.full,
-            out_dtype=options.out_dtype, reduce=reduction != "none", grad_scale=1.0 / divisor if divisor else 1.0,
-            divisor=divisor, denom=denom, grad_dtypes=grad_dtypes)
-        if reduction != "none" and any(t is not None and t.shape != shape for t in inputs[:3]):
-            grads = [None if g is None else _reduce_to(g, t) for g, t in zip(grads, inputs)]  # broadcast operands
+            options.loss, *inputs, shape, options.p, options.q, options.full, options.out_dtype, reduction != "none",
+            1.0 / divisor if divisor else 1.0, divisor, denom, grad_dtypes)
+        if broadcast and reduction != "none":
+            grads = [None if g is None else _reduce_to(g, t) for g, t in zip(grads, (a, b, c))]  # broadcast operands
         return out, grads
 
     @staticmethod
@@ -140,7 +142,7 @@ class Pointwise:
             if not need:
                 grads.append(None)
             elif options.reduction == "none":
-                grads.append(a.new_empty(shape, dtype=_grad_dtype(t, shape)))
+                grads.append(a.new_empty(shape, dtype=t.dtype if t.shape == shape else _acc(t.dtype)))
             else:
                 grads.append(a.new_empty(t.shape, dtype=t.dtype))
         return out, grads
@@ -160,24 +162,24 @@ _REFERENCES = {  # the torch call each formula fuses: (options, a, b, c, weight,
     "bce": lambda o, a, b, c, w, pw: F.binary_cross_entropy(a, b, w, reduction=o.reduction),
     "bce_with_logits": lambda o, a, b, c, w, pw: F.binary_cross_entropy_with_logits(
         a, b, w, reduction=o.reduction, pos_weight=pw),
-    "smooth_l1": lambda o, a, b, c, w, pw: F.smooth_l1_loss(a, b, reduction=o.reduction, beta=o.params[0]),
-    "huber": lambda o, a, b, c, w, pw: F.huber_loss(a, b, reduction=o.reduction, delta=o.params[0], weight=w),
+    "smooth_l1": lambda o, a, b, c, w, pw: F.smooth_l1_loss(a, b, reduction=o.reduction, beta=o.p),
+    "huber": lambda o, a, b, c, w, pw: F.huber_loss(a, b, reduction=o.reduction, delta=o.p, weight=w),
     "l1": lambda o, a, b, c, w, pw: F.l1_loss(a, b, reduction=_torch_reduction(o), weight=w),
     "mse": lambda o, a, b, c, w, pw: F.mse_loss(a, b, reduction=_torch_reduction(o), weight=w),
     "soft_margin": lambda o, a, b, c, w, pw: F.soft_margin_loss(a, b, reduction=o.reduction),
     "kl_div": lambda o, a, b, c, w, pw: _kl_div(o, a, b, False),
     "kl_div_log_target": lambda o, a, b, c, w, pw: _kl_div(o, a, b, True),
     "poisson_nll": lambda o, a, b, c, w, pw: F.poisson_nll_loss(
-        a, b, log_input=False, full=o.full, eps=o.params[0], reduction=o.reduction),
+        a, b, log_input=False, full=o.full, eps=o.p, reduction=o.reduction),
     "poisson_nll_log_input": lambda o, a, b, c, w, pw: F.poisson_nll_loss(
-        a, b, log_input=True, full=o.full, eps=o.params[0], reduction=o.reduction),
+        a, b, log_input=True, full=o.full, eps=o.p, reduction=o.reduction),
     "gaussian_nll": lambda o, a, b, c, w, pw: gaussian_nll_loss(
-        a, b, c if c is not None else o.params[1], o.full, o.params[0], o.reduction),
-    "margin_ranking": lambda o, a, b, c, w, pw: F.margin_ranking_loss(a, b, c, margin=o.params[0],
+        a, b, c if c is not None else o.q, o.full, o.p, o.reduction),
+    "margin_ranking": lambda o, a, b, c, w, pw: F.margin_ranking_loss(a, b, c, margin=o.p,
                                                                       reduction=o.reduction),
-    "hinge_embedding": lambda o, a, b, c, w, pw: F.hinge_embedding_loss(a, b, margin=o.params[0],
+    "hinge_embedding": lambda o, a, b, c, w, pw: F.hinge_embedding_loss(a, b, margin=o.p,
                                                                         reduction=o.reduction),
-    "sigmoid_focal": lambda o, a, b, c, w, pw: sigmoid_focal_loss(a, b, o.params[0], o.params[1], o.reduction),
+    "sigmoid_focal": lambda o, a, b, c, w, pw: sigmoid_focal_loss(a, b, o.p, o.q, o.reduction),
 }
 
 FAMILY = _scaffold.register(Pointwise())
