@@ -90,10 +90,9 @@ def _eager_cross_entropy(input, target, weight, size_average, ignore_index, redu
 def _unsupported_softmax_rows(input, target, weight, *unused):
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         return "a non-tensor input or target"
-    if target.is_floating_point() and target.requires_grad and torch.is_grad_enabled():
-        return "a gradient with respect to the probability target"
-    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-        return "a class weight that requires grad"
+    if weight is not None and weight.requires_grad and target.is_floating_point() and torch.is_grad_enabled():
+        # torch differentiates the weight only with probability targets (class indices: it raises)
+        return "a class weight that requires grad, with probability targets"
     return None
 
 
@@ -105,6 +104,8 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
     out_dtype = _out_dtype("cross_entropy", input)
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
                                             autocast=out_dtype != input.dtype)
+    if not prob_target:
+        check.check_not_differentiable("nll_loss_forward", "weight", weight)
     if input.dim() == 1 and not prob_target:
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
     if not prob_target and dispatch.debug_enabled():
@@ -139,6 +140,7 @@ def _fused_nll_loss(input, target, weight, size_average, ignore_index, reduce, r
     check.check_tensor("target", target)
     out_dtype = _out_dtype("nll_loss", input)
     check.check_nll_nd(input, target, weight, autocast=out_dtype != input.dtype)
+    check.check_not_differentiable("nll_loss_forward", "weight", weight)
     if input.dim() == 1:
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
     if dispatch.debug_enabled():

@@ -7,25 +7,29 @@ takes strides, so (N, C) rows, transposed views and the class-strided (N, C, S) 
 Math, per row r with logits x (after the optional softcap x <- cap * tanh(x / cap)), class weights w
 (all 1 without ``weight``), smoothing eps, C classes, z-loss coefficient z:
 
-  (1) lse = log sum_c exp(x_c)                      online: running max m and sum d of exp(x - m)
+  (1) lse = log sum_c exp(x_c) = m + log d          online: running max m and sum d of exp(x - m)
   (2) class-index target y (not ignored):
-        loss = (1 - eps) w_y (lse - x_y) + (eps / C) (lse * sum_c w_c - sum_c w_c x_c) + z w_y lse**2
+        loss = (1 - eps) w_y ((m - x_y) + log d) + (eps / C) (lse * sum_c w_c - sum_c w_c x_c) + z w_y lse**2
         row_weight = w_y                             (the row's share of the 'mean' denominator)
+      (lse - x_y computed as torch does, (m - x_y) + log d: a confident row, x_y = m, does not cancel;
+      the smoothing sums are kept relative to m too)
       probability target t, smoothed t' = (1 - eps) t + eps / C:
         loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c + z lse**2,   row_weight = 1
   (3) gradient, with p = softmax(x) = exp(x - lse) and g the row's grad_output (over the denominator
-      for 'mean'):
-        dloss/dx_c = g * (p_coef * p_c - target_part_c) * (1 - (x_c / cap)**2 if softcap)
-      class index: p_coef = (1 - eps) w_y + (eps / C) sum_c w_c + 2 z w_y lse
-                   target_part_c = (1 - eps) w_y [c == y] + (eps / C) w_c
-      probability: p_coef = sum_c w_c t'_c + 2 z lse,   target_part_c = w_c t'_c
+      for 'mean'), times (1 - (x_c / cap)**2) with a softcap:
+      class index:  dloss/dx_c = g * (y_coef (p_c - [c == y]) + coef p_c - (eps / C) w_c)
+                    y_coef = (1 - eps) w_y,   coef = (eps / C) sum_c w_c + 2 z w_y lse
+                    (the terms kept apart as torch's (1 - eps)(p - y) + eps (p - 1/C): exact cases
+                    stay exact, e.g. C = 1 gives 0)
+      probability:  dloss/dx_c = g * (coef p_c - w_c t'_c),   coef = sum_c w_c t'_c + 2 z lse
+                    dloss/dt_c = g * (1 - eps) w_c (lse - x_c)      (when the target requires grad)
   NLL (input already log-probabilities): loss = -w_y x_y, gradient -g w_y [c == y].
 
 A target outside [0, C) that is not ``ignore_index`` makes the row's loss, weight and gradient NaN:
 no host sync, no out-of-bounds access.
 
 WORKSPACE. The forward writes one float buffer (the accumulation dtype) that the backward reads, laid
-out as [lse (n_saved) | p_coef (n_saved) | denom (1) | partial sums (2 per program)]: n_saved is N*S
+out as [lse (n_saved) | coef (n_saved) | denom (1) | partial sums (2 per program)]: n_saved is N*S
 when a gradient will be needed (0 for NLL, whose gradient needs neither); denom is the 'mean'
 denominator; the partial sums are the per-program sums of loss and row weight that the last program
 reduces (kernels/_reduce.py). One allocation, no views on the host.
@@ -39,8 +43,8 @@ Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per 
                       a program re-reads from L2 right after the first); the backward checks g on the
                       device and rescales only rows whose g is not 1 (read and write C*B). 1.0x when
                       grad_output is 1, 2.0x otherwise.
-  Probability targets add C*Bt per pass that reads the row. NLL: the forward reads one element per
-  row; the backward writes C*B without reading the input.
+  Probability targets add C*Bt per pass that reads the row, and C*Bt written when they require grad.
+  NLL: the forward reads one element per row; the backward writes C*B without reading the input.
 """
 import torch
 import triton
@@ -78,17 +82,24 @@ def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_clas
 
 @triton.jit
 def _write_row_gradients(
-    logits_ptr, target_ptr, weight_ptr, grad_ptr,
-    x_row, t_row, d_row, row_mask, stride_xc, stride_tc, stride_dc, n_classes,
-    lse, p_coef, y, y_coef, g, smoothing, softcap,
+    logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr,
+    x_row, t_row, d_row, e_row, row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes,
+    lse, coef, y, y_coef, g, smoothing, softcap,
     BLOCK_C: tl.constexpr, PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, ACC: tl.constexpr,
 ):
-    """(3) One sweep over the rows' columns: grad_c = g * (p_coef * p_c - target_part_c) * softcap'.
+    """(3) One sweep over the rows' columns, with p = exp(x - lse) recomputed from the logits and g the
+    row's grad_output over the 'mean' denominator (0 for ignored rows, NaN for invalid targets):
 
-    p = exp(x - lse) is recomputed from the logits; y_coef is the coefficient of [c == y] (class-index
-    targets); g is the row's grad_output over the 'mean' denominator (0 for ignored rows, NaN for
-    invalid targets). Reads C*B (nothing for NLL), writes C*B.
+      class index y   grad_c = g * (y_coef (p_c - [c == y]) + coef p_c - (eps / C) w_c) * softcap'
+                      (y_coef = (1 - eps) w_y, coef = (eps / C) sum_c w_c + 2 z w_y lse: kept apart so
+                      that exact cases stay exact, e.g. C = 1: 0, as torch)
+      probabilities   grad_c = g * (coef p_c - w_c t'_c) * softcap'      (coef = sum_c w_c t'_c + 2 z lse)
+                      and, with GRAD_TARGET, d loss / d t_c = g (1 - eps) w_c (lse - x_c)
+      NLL             grad_c = -g w_y [c == y]
+
+    Reads C*B (nothing for NLL; the targets too for probabilities), writes C*B (and C*Bt for the target).
     """
     for c0 in range(0, n_classes, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
@@ -101,7 +112,7 @@ def _write_row_gradients(
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
                 x = softcap * tanh(x / softcap)
-            grad = p_coef[:, None] * tl.exp(x - lse[:, None])
+            p = tl.exp(x - lse[:, None])
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
                     w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(ACC)
@@ -111,16 +122,25 @@ def _write_row_gradients(
                 t = tl.load(target_ptr + t_row[:, None] + cols64 * stride_tc, mask=mask, other=0.0).to(ACC)
                 if HAS_SMOOTHING:
                     t = t * (1.0 - smoothing) + smoothing / n_classes
-                grad -= w[None, :] * t
+                grad = coef[:, None] * p - w[None, :] * t
+                if GRAD_TARGET:
+                    tgrad = (lse[:, None] - x) * w[None, :] * g[:, None]
+                    if HAS_SMOOTHING:
+                        tgrad = tgrad * (1.0 - smoothing)
+                    tl.store(tgrad_ptr + e_row[:, None] + cols64 * stride_ec, tgrad.to(tgrad_ptr.dtype.element_ty),
+                             mask=mask)
             else:
-                grad -= tl.where(cols64 == y[:, None], y_coef[:, None], 0.0)
+                is_y = cols64 == y[:, None]
+                grad = tl.where(is_y, y_coef[:, None] * (p - 1.0) + coef[:, None] * p,
+                                (y_coef + coef)[:, None] * p)
                 if HAS_SMOOTHING:
                     grad -= (smoothing / n_classes) * w[None, :]
             if HAS_SOFTCAP:
                 capped = x / softcap
                 grad = grad * (1.0 - capped * capped)
-        grad = grad * g[:, None]
-        tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        if GRAD_INPUT:
+            grad = grad * g[:, None]
+            tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -230,17 +250,17 @@ def _softmax_rows_fwd_kernel(
         gather = row_mask & counted & in_range
         x_y = tl.load(logits_ptr + x_row + y * stride_xc, mask=gather, other=0.0).to(ACC)
         x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
-        y_coef = w_y  # coefficient of [c == y] in the gradient
+        y_coef = w_y  # coefficient of (p_c - [c == y]) in the gradient
+        p_coef = tl.zeros([BLOCK_R], ACC)  # the further coefficient of p_c (see _write_row_gradients)
         if INPUT_IS_LOGPROB:
             loss = -w_y * x_y
-            p_coef = w_y  # unused: the NLL gradient needs no softmax
         else:
-            loss = w_y * (lse - x_y)
-            p_coef = w_y
+            # lse - x_y as torch computes it, (m - x_y) + log(d): a confident row does not cancel
+            loss = w_y * ((m - x_y) + log_d)
             if HAS_SMOOTHING:
                 smooth = (log_d * sum_a - sum_ad) * (smoothing / n_classes)
                 loss = (1.0 - smoothing) * loss + smooth
-                p_coef = (1.0 - smoothing) * w_y + (smoothing / n_classes) * sum_a
+                p_coef = (smoothing / n_classes) * sum_a
                 y_coef = (1.0 - smoothing) * w_y
             if HAS_ZLOSS:
                 loss += z_loss * w_y * lse * lse
@@ -261,10 +281,10 @@ def _softmax_rows_fwd_kernel(
     # (3) gradient for grad_output = 1, while the row is still in L2
     if WRITE_GRAD:
         d_row = n * stride_dn + s * stride_ds
-        _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, x_row, t_row, d_row, row_mask,
-                             stride_xc, stride_tc, stride_dc, n_classes, lse, p_coef, y, y_coef, g,
-                             smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
-                             HAS_SMOOTHING, HAS_SOFTCAP, ACC)
+        _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, grad_ptr, x_row, t_row, d_row, d_row,
+                             row_mask, stride_xc, stride_tc, stride_dc, stride_dc, n_classes, lse, p_coef, y, y_coef,
+                             g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
+                             HAS_SMOOTHING, HAS_SOFTCAP, True, False, ACC)
 
     # (4) the loss: per row, or reduced over the whole grid in this launch (kernels/_reduce.py): every
     #     program stores its sums of loss and row weight; the last one adds them in program order and
@@ -300,12 +320,14 @@ def _softmax_rows_bwd_kernel(
     weight_ptr,  # (C,) class weights, read when HAS_WEIGHT
     work_ptr,  # float workspace of the forward, see WORKSPACE: lse, p_coef, denom (read when MEAN)
     grad_out_ptr,  # grad_output: (N, S) for reduction 'none', a single element otherwise (strides 0)
-    grad_ptr,  # (N, C, S) gradient (out); may alias logits_ptr (in-place backward)
+    grad_ptr,  # (N, C, S) gradient of the logits (out, GRAD_INPUT); may alias logits_ptr (in-place backward)
+    tgrad_ptr,  # (N, C, S) gradient of probability targets (out, GRAD_TARGET)
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
     stride_tn, stride_tc, stride_ts,  # target
     stride_gn, stride_gs,  # grad_output
-    stride_dn, stride_dc, stride_ds,  # gradient
+    stride_dn, stride_dc, stride_ds,  # gradient of the logits
+    stride_en, stride_ec, stride_es,  # gradient of the target
     # sizes
     n_rows, n_classes, n_spatial,
     n_saved,  # as in the forward: N*S, or 0 for NLL
@@ -314,7 +336,8 @@ def _softmax_rows_bwd_kernel(
     # constexprs
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MEAN: tl.constexpr,
+    GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, ACC: tl.constexpr,
 ):
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     softcap = join_float(softcap_hi, softcap_lo, ACC)
@@ -322,6 +345,7 @@ def _softmax_rows_bwd_kernel(
     rows, row_mask, n, s, x_row = _row_offsets(pid, n_rows, n_spatial, stride_xn, stride_xs, BLOCK_R)
     t_row = n * stride_tn + s * stride_ts
     d_row = n * stride_dn + s * stride_ds
+    e_row = n * stride_en + s * stride_es
 
     # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
@@ -344,10 +368,10 @@ def _softmax_rows_bwd_kernel(
         y_coef = w_y
         if HAS_SMOOTHING:
             y_coef = (1.0 - smoothing) * w_y
-    _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, x_row, t_row, d_row, row_mask,
-                         stride_xc, stride_tc, stride_dc, n_classes, lse, p_coef, y, y_coef, g,
+    _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr, x_row, t_row, d_row, e_row,
+                         row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, lse, p_coef, y, y_coef, g,
                          smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
-                         HAS_SMOOTHING, HAS_SOFTCAP, ACC)
+                         HAS_SMOOTHING, HAS_SOFTCAP, GRAD_INPUT, GRAD_TARGET, ACC)
 
 
 @triton.jit
@@ -402,12 +426,13 @@ def _fwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, in
 
 @plan_cache
 def _bwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
-              has_smoothing, has_softcap, mean):
+              has_smoothing, has_softcap, mean, grad_input, grad_target):
     block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
                                                     per_class_sums=prob_target or has_smoothing)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob,
         HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing, HAS_SOFTCAP=has_softcap, MEAN=mean,
+        GRAD_INPUT=grad_input, GRAD_TARGET=grad_target,
         ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
@@ -459,25 +484,28 @@ def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_
 
 
 def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_output_strides, grad, grad_strides,
-                     mean, ignore_index, smoothing, softcap, prob_target, input_is_logprob):
+                     mean, ignore_index, smoothing, softcap, prob_target, input_is_logprob, target_grad=None,
+                     target_grad_strides=None):
     """Write d(loss)/d(logits) into ``grad`` (addressed by ``grad_strides`` over (N, C, S); it may be the
-    logits themselves). ``grad_output`` is addressed by ``grad_output_strides`` over (N, S): (0, 0) for a
-    reduced loss. ``mean``: divide by the denominator the forward left in ``work``.
+    logits themselves; None: no gradient for the logits), and with ``target_grad`` d(loss)/d(target) of
+    probability targets. ``grad_output`` is addressed by ``grad_output_strides`` over (N, S): (0, 0) for
+    a reduced loss. ``mean``: divide by the denominator the forward left in ``work``.
     """
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
     if n_rows == 0 or n_classes == 0:
-        return grad
-    grid, num_warps, constexprs = _bwd_plan(n_rows, n_classes, n_spatial, logits.element_size(), grad.dtype,
+        return
+    grid, num_warps, constexprs = _bwd_plan(n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype,
                                             prob_target, input_is_logprob, weight is not None, smoothing > 0,
-                                            softcap is not None, mean)
+                                            softcap is not None, mean, grad is not None, target_grad is not None)
     launch(_softmax_rows_bwd_kernel, grid, (
-        logits, target, weight if weight is not None else logits, work, grad_output, grad,
-        *x_strides, *t_strides, *grad_output_strides, *grad_strides,
+        logits, target, weight if weight is not None else logits, work, grad_output,
+        grad if grad is not None else logits, target_grad if target_grad is not None else logits,
+        *x_strides, *t_strides, *grad_output_strides, *(grad_strides or (0, 0, 0)),
+        *(target_grad_strides or (0, 0, 0)),
         n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows,
         ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
     ), constexprs, num_warps, logits.device)
-    return grad
 
 
 def softmax_rows_rescale(grad, grad_strides, rows, grad_output, grad_output_strides):

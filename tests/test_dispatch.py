@@ -68,22 +68,38 @@ def test_forced_triton_on_cpu_without_interpreter_says_why(fusedloss_env):
 
 
 def test_forced_triton_with_unsupported_option_says_why():
+    """A trainable class weight with probability targets (torch differentiates it; the kernels do not)."""
     x = torch.randn(3, 4, device=DEVICE)
-    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1).requires_grad_()
-    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="probability target"):
-        FL.cross_entropy(x, soft)
-    decision = fusedloss.explain(FL.cross_entropy, x, soft)  # auto: eager torch, with the reason
+    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1)
+    weight = torch.rand(4, device=DEVICE).requires_grad_()
+    with fusedloss.backend("triton"), pytest.raises(RuntimeError, match="class weight that requires grad"):
+        FL.cross_entropy(x, soft, weight)
+    decision = fusedloss.explain(FL.cross_entropy, x, soft, weight)  # auto: eager torch, with the reason
     if DEVICE == "cuda":
-        assert decision.backend == "torch" and "probability target" in decision.reason
+        assert decision.backend == "torch" and "class weight that requires grad" in decision.reason
 
 
 def test_unsupported_option_falls_back_to_torch_with_correct_result():
     x = torch.randn(3, 4, device=DEVICE, requires_grad=True)
-    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1).requires_grad_()
-    loss = FL.cross_entropy(x, soft)
-    torch.testing.assert_close(loss, F.cross_entropy(x, soft))
+    soft = torch.softmax(torch.randn(3, 4, device=DEVICE), 1)
+    weight = torch.rand(4, device=DEVICE).requires_grad_()
+    loss = FL.cross_entropy(x, soft, weight)
+    torch.testing.assert_close(loss, F.cross_entropy(x, soft, weight))
     loss.backward()
-    assert soft.grad is not None
+    expected = torch.autograd.grad(F.cross_entropy(x, soft, weight), weight)[0]
+    torch.testing.assert_close(weight.grad, expected)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_class_weight_requiring_grad_with_class_targets_raises_as_torch(backend):
+    x = torch.randn(3, 4, device=DEVICE, requires_grad=True)
+    y = torch.tensor([0, 3, 1], device=DEVICE)
+    weight = torch.rand(4, device=DEVICE).requires_grad_()
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        F.cross_entropy(x, y, weight)
+    for fn in (FL.cross_entropy, FL.nll_loss):
+        with fusedloss.backend(backend), pytest.raises(RuntimeError, match="not differentiable with respect to"):
+            fn(x, y, weight)
 
 
 @pytest.mark.gpu

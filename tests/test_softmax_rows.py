@@ -646,3 +646,130 @@ def test_grad_in_forward_no_grad_is_plain_forward():
         loss = FL.cross_entropy(x, target, grad_in_forward=True, inplace_backward=True)
     torch.testing.assert_close(loss, F.cross_entropy(x, target))
     assert torch.isfinite(x).all() and x.abs().max() > 0.5, "no gradient written without autograd"
+
+
+# ------------------------------------------------------------------ gradients of probability targets
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(37, 1000), (5, 4099), (13, 7, 6), (11,)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", ["plain", "weight+smoothing", "z+cap", "target only"])
+def test_probability_target_gradient(shape, dtype, reduction, options):
+    """Soft labels that require grad (mutual learning, a trainable teacher): d loss / d target fused in the
+    backward's pass, against torch (float64 and the same dtype), with or without the logits' gradient."""
+    kwargs = dict(reduction=reduction)
+    if "weight" in options:
+        kwargs.update(weight=(torch.rand(n_classes(shape), device=DEVICE) + 0.1).to(dtype), label_smoothing=0.15)
+    if "z" in options:
+        kwargs.update(z_loss=1e-2, softcap=2.5)
+    x = logits_of(shape, dtype).requires_grad_(options != "target only")
+    target = prob_target(shape, dtype).requires_grad_()
+    diff = [target] if options == "target only" else [x, target]
+
+    def grads(fn, x, target, upstream, **kw):
+        loss = fn(x, target, **kw)
+        return loss, torch.autograd.grad(loss, [t for t in (x, target) if t.requires_grad], upstream.to(loss.dtype))
+
+    x64, t64 = (t.detach().double().requires_grad_(t.requires_grad) for t in (x, target))
+    k64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+    with torch.no_grad():
+        shape = eager_extras(x64, t64, **k64).shape
+    upstream = torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.5
+    ref, ref_grads = grads(eager_extras, x64, t64, upstream, **k64)
+    same, same_grads = grads(eager_extras, x, target, upstream, **kwargs)
+    with fusedloss.backend("triton"):
+        loss, our_grads = grads(FL.cross_entropy, x, target, upstream, **kwargs)
+    assert len(our_grads) == len(diff)
+    assert_matches_torch(loss, same, ref, dtype, "loss")
+    for ours, theirs, reference, what in zip(our_grads, same_grads, ref_grads, ["grad", "target grad"][-len(diff):]):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert_matches_torch(ours, theirs, reference, dtype, what)
+
+
+def test_probability_target_gradient_non_contiguous_and_gradcheck():
+    x = torch.randn(9, 13, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    target = strided_like(torch.softmax(torch.randn(9, 13, dtype=torch.float64, device=DEVICE), 1),
+                          "transposed").requires_grad_()
+    assert not target.is_contiguous()
+    with fusedloss.backend("triton"):
+        assert torch.autograd.gradcheck(lambda a, t: FL.cross_entropy(a, t, label_smoothing=0.1, reduction="sum"),
+                                        (x, target))
+
+
+# ------------------------------------------------------------------ exact where torch is exact
+
+
+CONFIDENT = [(30.0, 8.0), (30.0, 14.0), (300.0, 3.0), (1e4, 20.0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("base,gap", CONFIDENT, ids=str)
+@pytest.mark.parametrize("options", ["plain", "smoothing", "probability", "z_loss", "softcap", "nll"])
+def test_confident_rows_keep_their_precision(base, gap, options, dtype):
+    """Rows whose target is the largest logit by far: the loss is (m - x_y) + log(sum exp(x - m)), as torch
+    computes it, not lse - x_y (which cancels: 0.0 instead of 8.3e-7 at base 30, gap 14). No further from
+    float64 than torch at the same dtype, for every option."""
+    if dtype == torch.float16 and base > 6e4:
+        pytest.skip("beyond float16's range")
+    x = torch.tensor([[base, base - gap], [base - gap, base], [-base, -base - gap]], device=DEVICE).to(dtype)
+    target = torch.tensor([0, 1, 0], device=DEVICE)
+    kwargs = {"reduction": "none"}
+    fn = FL.cross_entropy
+    if options == "smoothing":
+        kwargs["label_smoothing"] = 0.05
+    elif options == "probability":
+        target = torch.nn.functional.one_hot(target, 2).to(dtype)
+    elif options == "z_loss":
+        kwargs["z_loss"] = 1e-6
+    elif options == "softcap":
+        kwargs["softcap"] = 2.0 * base
+    elif options == "nll":
+        fn = FL.nll_loss
+        x = (x.double() - x.double().logsumexp(1, keepdim=True)).to(dtype)
+    x = x.requires_grad_()
+    reference_fn = F.nll_loss if options == "nll" else eager_extras
+    ref = reference_fn(x.detach().double(), target.double() if target.is_floating_point() else target, **kwargs)
+    same = reference_fn(x.detach(), target, **kwargs)
+    with fusedloss.backend("triton"):
+        loss = fn(x, target, **kwargs)
+    # these losses are tiny (8e-7) next to lse (30-1e4): what is left of them is a few ulp of log(1 + e),
+    # so "as good as torch" is the measure, element by element, plus two ulp of the loss itself
+    error, torch_error = (loss.double() - ref).abs(), (same.double() - ref).abs()
+    assert loss.dtype == same.dtype and torch.isfinite(loss).all()
+    assert (error <= 2 * torch_error + 2 * torch.finfo(dtype).eps * ref.abs() + 1e-30).all(), (loss, same, ref)
+
+
+@pytest.mark.parametrize("weight", [False, True])
+def test_exact_zero_gradient_with_one_class(weight):
+    """C = 1 with smoothing: torch's (1 - eps)(p - y) + eps (p - 1/C) is exactly 0; so is fusedloss's
+    (p - 0.95 - 0.05 in float32 would leave 1.1e-8)."""
+    x = torch.randn(6, 1, device=DEVICE, requires_grad=True)
+    target = torch.zeros(6, dtype=torch.long, device=DEVICE)
+    kwargs = dict(label_smoothing=0.05, weight=torch.full((1,), 0.7, device=DEVICE) if weight else None)
+    expected, = torch.autograd.grad(F.cross_entropy(x, target, **kwargs), x)
+    with fusedloss.backend("triton"):
+        grad, = torch.autograd.grad(FL.cross_entropy(x, target, **kwargs), x)
+    assert torch.equal(expected, torch.zeros_like(expected))
+    assert torch.equal(grad, expected)
+
+
+# ------------------------------------------------------------------ one NaN behaviour for out-of-range targets
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_out_of_range_target_nan_is_the_same_in_both_modes(reduction, grad_in_forward):
+    """torch raises on the host; fusedloss (no sync) poisons what the bad row reaches: its own loss and
+    gradient row for 'sum' and 'none'; for 'mean' the denominator, so the loss and every counted row's
+    gradient (ignored rows keep their 0), in the default mode and with grad_in_forward alike."""
+    x = logits_of((5, 12), torch.float32)
+    target = torch.tensor([1, 12, 3, -100, 4], device=DEVICE)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(x, target, reduction=reduction, grad_in_forward=grad_in_forward)
+    grad, = torch.autograd.grad(loss.sum(), x)
+    if reduction == "mean":
+        assert torch.isnan(loss) and torch.isnan(grad[[0, 1, 2, 4]]).all() and (grad[3] == 0).all()
+    else:
+        assert torch.isnan(loss).any() and torch.isnan(grad[1]).all()
+        assert torch.isfinite(grad[[0, 2, 3, 4]]).all()

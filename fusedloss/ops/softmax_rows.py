@@ -116,7 +116,7 @@ class SoftmaxRows:
         input, target, weight = inputs
         logits, rows_target, rows = _rows(input, target, options.prob_target)
         grad = grad_strides = denom = None
-        if needs_grad[0] and options.grad_in_forward:
+        if needs_grad[0] and options.grad_in_forward and not needs_grad[1]:
             if options.inplace_backward:
                 grad, grad_strides = logits, rows[3]
             else:
@@ -128,7 +128,7 @@ class SoftmaxRows:
             out_shape=_loss_shape(input, target, options), ignore_index=options.ignore_index,
             smoothing=max(options.label_smoothing, 0.0), z_loss=options.z_loss, softcap=options.softcap,
             prob_target=options.prob_target, input_is_logprob=options.input_is_logprob,
-            save_for_backward=needs_grad[0], grad=grad, grad_strides=grad_strides, denom=denom)
+            save_for_backward=needs_grad[0] or needs_grad[1], grad=grad, grad_strides=grad_strides, denom=denom)
         if grad is not None and options.inplace_backward:
             work = None  # the forward overwrote the logits: only the gradient it wrote is left to hand over
         return out, (work, grad)
@@ -137,8 +137,10 @@ class SoftmaxRows:
     def backward(options, inputs, state, grad_output, needs_grad, in_place):
         input, target, weight = inputs
         work, grad = state
+        want_target = needs_grad[1] and options.prob_target  # class indices are not differentiable
         if input.numel() == 0:
-            return torch.zeros_like(input), None, None
+            return (torch.zeros_like(input) if needs_grad[0] else None,
+                    torch.zeros_like(target) if want_target else None, None)
         logits, rows_target, rows = _rows(input, target, options.prob_target)
         grad_output, g_strides = _grad_output_strides(grad_output, options, rows)
         if grad is not None and in_place:  # written by the forward for grad_output 1: rescale, hand over
@@ -148,17 +150,22 @@ class SoftmaxRows:
             return grad.view(input.shape), None, None
         if work is None:
             SoftmaxRows.assert_inputs_intact(options, state)
-        if options.inplace_backward and in_place:
+        grad = strides = target_grad = None
+        if needs_grad[0] and options.inplace_backward and in_place:
             grad, strides = logits, rows[3]  # opt-in: the caller's logits are overwritten by their gradient
             state[0] = None  # ... so nothing may read them again (assert_inputs_intact)
-        else:
+        elif needs_grad[0]:
             grad, strides = input.new_empty(input.shape), _contiguous_strides(rows)
+        if want_target:
+            target_grad = target.new_empty(target.shape)
         kernels().softmax_rows_bwd(
             logits, rows_target, weight, rows, work, grad_output, g_strides, grad, strides,
             options.reduction == "mean", options.ignore_index, max(options.label_smoothing, 0.0), options.softcap,
-            options.prob_target, options.input_is_logprob)
-        # the logits' own buffer, as a new view (autograd copies a gradient that is the input itself)
-        return (grad.view(input.shape) if grad is logits else grad), None, None
+            options.prob_target, options.input_is_logprob, target_grad,
+            _contiguous_strides(rows) if want_target else None)
+        if grad is not None and grad is logits:
+            grad = grad.view(input.shape)  # the logits' own buffer, as a new view (autograd copies the input itself)
+        return grad, target_grad, None
 
     @staticmethod
     def assert_inputs_intact(options, state):
@@ -191,7 +198,7 @@ class SoftmaxRows:
         n, c, s = _rows(input, target, options.prob_target)[2][:3]
         shape = _loss_shape(input, target, options) if options.reduction == "none" else ()
         out = input.new_empty(shape, dtype=options.out_dtype)
-        n_saved = n * s if needs_grad[0] and not options.input_is_logprob else 0
+        n_saved = n * s if (needs_grad[0] or needs_grad[1]) and not options.input_is_logprob else 0
         # the workspace's size depends on the launch grid: any size serves the fake (it is only saved)
         return out, (input.new_empty(2 * n_saved + 1, dtype=_acc(input.dtype)), None)
 
