@@ -9,10 +9,10 @@ torch would make followed by the fused op.
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import _validation as check
+from ._torch import F
 from . import dispatch
 from .dispatch import Route
 from .ops import _eager

@@ -3,7 +3,8 @@ implementation and the differentiable reference of the fused ops (their second-o
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .._torch import F
 
 
 def eager_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):

@@ -15,8 +15,8 @@ Saved for the backward: the inputs, and the state: the three gradient buffers of
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from .._torch import F
 from . import _scaffold
 from ._eager import gaussian_nll_loss, sigmoid_focal_loss
 

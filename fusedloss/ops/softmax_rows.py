@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .._torch import F
 from . import _scaffold
 from ._eager import eager_cross_entropy
 
@@ -187,7 +188,7 @@ class SoftmaxRows:
             input = input.to(options.out_dtype)
             weight = weight.to(options.out_dtype) if weight is not None else None
         if options.input_is_logprob:
-            return torch.nn.functional.nll_loss(input, target, weight, ignore_index=options.ignore_index,
+            return F.nll_loss(input, target, weight, ignore_index=options.ignore_index,
                                                 reduction=options.reduction)
         return eager_cross_entropy(input, target, weight, options.ignore_index, options.reduction,
                                    options.label_smoothing, options.z_loss, options.softcap)
