@@ -4,6 +4,7 @@
     loss = FL.cross_entropy(logits, target)            # Triton on CUDA tensors, eager torch elsewhere
     with fusedloss.backend("torch"): ...               # force a backend ("auto" | "triton" | "torch")
     fusedloss.explain(FL.cross_entropy, logits, target)  # which backend ran, and why
+    fusedloss.patch()                                  # existing torch.nn code uses fusedloss's losses
 """
 import os as _os
 
@@ -17,7 +18,9 @@ if (not _os.path.isdir(_os.path.join(__path__[0], "kernels"))
     __path__.append(_root)
 
 from . import functional, nn  # noqa: E402
+from ._patch import is_patched, patch, patched, unpatch  # noqa: E402
 from .dispatch import Decision, backend, decisions, explain  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "backend", "explain", "decisions", "Decision", "__version__"]
+__all__ = ["functional", "nn", "backend", "explain", "decisions", "Decision", "patch", "unpatch", "patched",
+           "is_patched", "__version__"]

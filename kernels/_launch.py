@@ -11,10 +11,14 @@ one per (device, stream) on CUDA and one per thread under the interpreter (on th
 last program of every launch resets it), so no memset precedes a launch and a captured CUDA graph can
 replay the kernel as it is.
 """
+import contextlib
 import threading
 
+import numpy as np
 import torch
 import triton.language as tl
+
+from ._config import interpreting
 
 _STUB = None  # a callable(kernel, grid, args, constexprs) that replaces every launch (host-time benchmark)
 _counters = {}  # (CUDA device index, stream) -> counter
@@ -47,6 +51,12 @@ def set_stub(stub):
     _STUB = stub
 
 
+# Under Triton's interpreter the kernels run as numpy code, which warns (RuntimeWarning) for the inf and
+# NaN that masked-off lanes and -inf logits legitimately produce; those warnings are the emulator's, not
+# the user's business, so they are silenced here, around fusedloss's own launches only.
+_QUIET = (lambda: np.errstate(all="ignore")) if interpreting() else contextlib.nullcontext
+
+
 def launch(kernel, grid, args, constexprs, num_warps, device):
     """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``device``."""
     if _STUB is not None:
@@ -56,7 +66,8 @@ def launch(kernel, grid, args, constexprs, num_warps, device):
         with torch.cuda.device(device):
             kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
-    kernel[grid](*args, **constexprs, num_warps=num_warps)
+    with _QUIET():
+        kernel[grid](*args, **constexprs, num_warps=num_warps)
 
 
 def reduction_counter(tensor):

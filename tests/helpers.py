@@ -10,13 +10,15 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # (rtol, atol relative to the reference's largest magnitude) against a float64 reference.
-# float32/float64: tight. bf16/fp16: a coarse ceiling, plus "no further from float64 than torch at the
-# same dtype" (assert_matches_torch).
+# float32/float64: tight. bf16/fp16: about two ulp (the kernels compute in float32 and round once; the
+# interpreter rounds to nearest even as the GPU does, tests/conftest.py), plus "no further from float64
+# than torch at the same dtype, to the ulp" (assert_matches_torch). fp16's atol stays at two ulp of the
+# largest value because 'mean' gradients of 4097 elements fall among fp16's subnormals.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (2e-5, 2e-6),
-    torch.bfloat16: (3e-2, 2e-2),
-    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 8e-3),
+    torch.float16: (2e-3, 2e-3),
 }
 
 
@@ -64,7 +66,7 @@ def _assert_parity(actual, torch_same_dtype, reference64, dtype, what, ulps):
     if dtype in LOW_PRECISION:
         ours, theirs = max_error(actual, reference64), max_error(torch_same_dtype, reference64)
         ulp = torch.finfo(dtype).eps * _scale(reference64.detach())
-        assert ours <= 1.5 * theirs + ulps * ulp, f"{what}: error {ours:.3g} vs torch's {theirs:.3g} at {dtype}"
+        assert ours <= theirs + ulps * ulp, f"{what}: error {ours:.3g} vs torch's {theirs:.3g} at {dtype}"
 
 
 def backend_context(name):
