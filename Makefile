@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # The benchmark demo at a quick size on whatever device is present.
 demo: $(STAMP)
-	$(PY) -m fusedloss bench --quick
+	$(PY) -m fusedloss demo
 
 bench: $(STAMP)
 	$(PY) -m fusedloss bench

@@ -86,3 +86,127 @@ def test_markdown_table_speedups():
     ]}
     table = report.markdown_table(doc)
     assert "| l | bfloat16 | 4x8 | forward+backward | 1.000 | 50 | 2.500 (2.50x) | out of memory | 1 | 3 |" in table
+
+
+# ------------------------------------------------------------------ the demo, the CLI's honesty
+
+
+def test_demo_on_cpu_shows_what_it_can_check(tmp_path):
+    """`make demo` without a GPU: traffic, parity, the committed GPU results with their device, the eager
+    overhead labelled as such, and a PNG; never a torch-vs-torch race labelled fusedloss."""
+    import shutil
+
+    folder = tmp_path / "bench" / "results"
+    folder.mkdir(parents=True)
+    committed = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "results",
+                             "nvidia-h100-80gb-hbm3-cross-entropy.json")
+    shutil.copy(committed, folder)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU demo even where a GPU exists
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(__file__)), env.get("PYTHONPATH")) if p)
+    run = subprocess.run([sys.executable, "-m", "fusedloss", "demo", "--loss", "cross_entropy", "mse_loss"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    for section in ("## Memory traffic", "## Parity", "## Committed GPU results (not measured on this machine)",
+                    "NVIDIA H100 80GB HBM3", "## Eager fallback overhead", "the compute is torch's"):
+        assert section in out, section
+    assert "| cross_entropy | fusedloss | bfloat16 | 64x3001 |" in out and "| mse_loss | fusedloss |" in out
+    assert "speedup" not in out.split("## Committed GPU results")[0].lower()  # no CPU race above
+    assert (folder / "cpu-demo.png").stat().st_size > 10_000 and (folder / "cpu-demo.md").exists()
+
+
+def test_demo_plot_has_one_nonempty_panel_per_question(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    from fusedloss.bench import demo
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    traffic_rows = [{"loss": "mse_loss", "impl": "fusedloss", "fusedloss_ratio": 1.0, "torch_ratio": 1.67}]
+    parity_rows = [{"loss": "mse_loss", "dtype": "float32", "fusedloss": 1e-7, "torch": 2e-7}]
+    doc = {"device": "GPU X", "results": [
+        {"loss": "mse_loss", "dtype": "float32", "shape": [8], "mode": "forward+backward", "impl": impl,
+         "median_ms": ms} for impl, ms in (("fusedloss", 1.0), ("torch", 2.5))]}
+    assert demo.plot(traffic_rows, parity_rows, [doc], str(tmp_path / "x.png"))
+    axes = figures[0].axes
+    assert [ax.get_title().split(" ")[0] for ax in axes] == ["Memory", "Largest", "Speed-up"]
+    for ax in axes:
+        assert ax.patches and any(p.get_width() > 0 for p in ax.patches)
+        assert all(label.get_rotation() == 0 for label in ax.get_yticklabels())
+    figures.clear()
+    demo.plot(traffic_rows, [], [], str(tmp_path / "y.png"))  # a question without data gets no panel
+    assert len(figures[0].axes) == 1
+
+
+def test_bench_help_lists_losses_and_implementations(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "losses: " in text and "cross_entropy[smoothing+weight]" in text
+    assert "implementations: fusedloss, torch, torch.compile" in text and "liger" in text
+    assert "--no-progress" in text and "every 10%" in text
+
+
+def test_progress_without_a_terminal_prints_a_line_per_tenth(capsys):
+    progress = harness._Progress(40, True)
+    progress.tty = False
+    for i in range(1, 41):
+        progress.step(i, f"item {i}")
+    progress.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("40/40 (100%)")
+
+
+def test_bench_shape_option_runs_the_users_shapes(tmp_path, tiny_registry):
+    out = tmp_path / "results.json"
+    assert main(["bench", "--loss", "mse_loss", "cross_entropy", "--dtype", "float32", "--device", "cpu", "--shape",
+                 "37", "--shape", "5x11", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    shapes = {(r["loss"], tuple(r["shape"])) for r in doc["results"]}
+    assert shapes == {("mse_loss", (37,)), ("cross_entropy", (5, 11))}
+
+
+def test_bench_compare(tmp_path, capsys):
+    def doc(device, ms):
+        return {"device": device, "torch": "2.13", "triton": "3.8", "results": [
+            {"loss": "mse_loss", "dtype": "float32", "shape": [8], "mode": "forward+backward", "impl": "fusedloss",
+             "median_ms": ms, "status": "ok"}]}
+    old, new, other = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "other.json"
+    old.write_text(json.dumps(doc("GPU A", 2.0)))
+    new.write_text(json.dumps(doc("GPU A", 1.5)))
+    other.write_text(json.dumps(doc("GPU B", 1.0)))
+    assert main(["bench", "compare", str(old), str(new)]) == 0
+    text = capsys.readouterr().out
+    assert "| mse_loss | float32 | 8 | forward+backward | fusedloss | 2.000 | 1.500 | 0.750 |" in text
+    assert "Not comparable" not in text
+    main(["bench", "compare", str(old), str(other)])
+    assert "Not comparable as is (different device: GPU A -> GPU B)" in capsys.readouterr().out.replace("**", "")
+
+
+def test_bench_without_matplotlib_says_so(tmp_path, tiny_registry, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    out = tmp_path / "r.json"
+    assert main(["bench", "--loss", "mse_loss", "--dtype", "float32", "--device", "cpu", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "no plot: matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_info_with_triton_forced_reports_instead_of_crashing(fusedloss_env, capsys):
+    fusedloss_env("FUSEDLOSS_BACKEND", "triton")
+    fusedloss_env("TRITON_INTERPRET", "0")
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "requested backend: triton (forced" in text
+    assert "cross_entropy" in text and ("cannot run" in text or "triton" in text)

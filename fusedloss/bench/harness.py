@@ -146,14 +146,42 @@ def fits(bench, shape, dtype, device):
     return need < torch.cuda.get_device_properties(0).total_memory / 1.5
 
 
-def shapes_for(bench, device, quick):
+def shapes_for(bench, device, quick, shapes=None):
+    """The shapes to run: the user's (those with the entry's number of dimensions), else the registry's."""
+    if shapes:
+        return [tuple(s) for s in shapes if len(s) == len(bench.traffic_shapes[0])]
     if device != "cuda":
         return bench.cpu_shapes
     return bench.quick_shapes if quick else bench.gpu_shapes
 
 
-def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, progress=True):
-    """Run the selected entries; returns the results document (a dict, JSON-ready)."""
+class _Progress:
+    """A bar redrawn in place on a terminal; without one (a log), a line every 10% of the plan."""
+
+    def __init__(self, total, enabled):
+        self.total, self.enabled = total, enabled and total > 0
+        self.tty = sys.stderr.isatty()
+        self.next_line = 0.1
+
+    def step(self, i, label):
+        if not self.enabled:
+            return
+        if self.tty:
+            bar = "#" * int(30 * i / self.total)
+            print(f"\r[{bar:<30}] {i}/{self.total} {label[:70]:<70}", end="", file=sys.stderr, flush=True)
+        elif i / self.total >= self.next_line or i == self.total:
+            print(f"{i}/{self.total} ({100 * i // self.total}%) {label}", file=sys.stderr, flush=True)
+            while self.next_line <= i / self.total:
+                self.next_line += 0.1
+
+    def close(self):
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, progress=True, shapes=None):
+    """Run the selected entries; returns the results document (a dict, JSON-ready). ``shapes``: run these
+    instead of the registry's (each loss at those with its number of dimensions)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     benches = registry.select(losses)
     bandwidth = copy_bandwidth_gbps(device)
@@ -168,7 +196,11 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
         for dtype in bench.dtypes:
             if dtypes and str(dtype).replace("torch.", "") not in dtypes:
                 continue
-            for shape in shapes_for(bench, device, quick):
+            chosen = shapes_for(bench, device, quick, shapes)
+            if shapes and not chosen:
+                notes[f"{bench.label}"] = (f"skipped: none of the shapes asked for has its {len(bench.traffic_shapes[0])} "
+                                           "dimension(s)")
+            for shape in chosen:
                 if not fits(bench, shape, dtype, device):
                     notes[f"{bench.label} {dtype} {shape}"] = "skipped: too large for this device"
                     continue
@@ -178,14 +210,11 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
                             continue  # the in-place variants differ from fusedloss only in the backward
                         plan.append((bench, shape, dtype, impl_name, impl, mode))
     results = []
+    bar = _Progress(len(plan), progress)
     for i, (bench, shape, dtype, impl_name, impl, mode) in enumerate(plan, 1):
-        if progress:
-            label = f"{bench.label} {str(dtype).replace('torch.', '')} {'x'.join(map(str, shape))} {mode} {impl_name}"
-            bar = "#" * int(30 * i / len(plan))
-            print(f"\r[{bar:<30}] {i}/{len(plan)} {label[:70]:<70}", end="", file=sys.stderr, flush=True)
+        bar.step(i, f"{bench.label} {str(dtype).replace('torch.', '')} {'x'.join(map(str, shape))} {mode} {impl_name}")
         results.append(measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth))
-    if progress and plan:
-        print(file=sys.stderr)
+    bar.close()
     return {
         "device": device_name(device),
         "device_type": device,

@@ -182,6 +182,14 @@ REGISTRY = [
 ]
 
 
+def implementation_names():
+    """Every implementation name the suite knows (which ones run depends on the device and what is installed)."""
+    names = ["fusedloss", "torch", "torch.compile"]
+    for bench in REGISTRY:
+        names += [f"fusedloss ({label})" for label in bench.variants] + list(bench.peers)
+    return list(dict.fromkeys(names))
+
+
 def select(names=None):
     """Entries whose name or label is in ``names`` (all when None)."""
     if not names:

@@ -112,37 +112,75 @@ def save(doc, out_path):
 
 
 def plot(doc, path):
-    """Time and peak memory per shape, fusedloss vs each baseline (forward+backward)."""
+    """Forward+backward time per implementation and, where measured (GPU), peak extra memory: one
+    horizontal-bar panel per quantity that has data, a row per (loss, dtype, shape)."""
+    groups = [(k, v) for k, v in grouped(doc).items() if k[3] == "forward+backward"]
+    impls = list(dict.fromkeys(name for _, by_impl in groups for name in by_impl))
+    labels = [f"{loss} {dtype} {_shape(shape)}" for (loss, dtype, shape, _), _ in groups]
+    panels = []
+    for title, field, scale in ((f"forward+backward, median ms (log scale), {doc['device']}", "median_ms", "log"),
+                                ("peak extra memory, MB", "peak_extra_mb", "linear")):
+        series = {name: [by_impl.get(name, {}).get(field) or 0 for _, by_impl in groups] for name in impls}
+        series = {name: values for name, values in series.items() if any(values)}
+        if series:
+            panels.append((title, labels, series, scale))
+    return barh_panels(panels, path)
+
+
+def barh_panels(panels, path):
+    """Panels of grouped horizontal bars, [(title, labels, {series: values}, x scale)], to a PNG. Returns the
+    path, or None when there is nothing to draw or matplotlib is not installed."""
+    if not panels:
+        return None
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except Exception:
+    except ImportError:
         return None
-    groups = [(k, v) for k, v in grouped(doc).items() if k[3] == "forward+backward"]
-    if not groups:
-        return None
-    impls = []
-    for _, by_impl in groups:
-        impls += [name for name in by_impl if name not in impls]
-    labels = [f"{loss}\n{dtype} {_shape(shape)}" for (loss, dtype, shape, _), _ in groups]
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.1 * len(groups)), 8), sharex=True)
-    width = 0.8 / len(impls)
-    for j, name in enumerate(impls):
-        xs = [i + j * width for i in range(len(groups))]
-        times = [by_impl.get(name, {}).get("median_ms") or 0 for _, by_impl in groups]
-        mems = [by_impl.get(name, {}).get("peak_extra_mb") or 0 for _, by_impl in groups]
-        axes[0].bar(xs, times, width, label=name)
-        axes[1].bar(xs, mems, width, label=name)
-    axes[0].set_ylabel("forward+backward, median ms")
-    axes[0].set_yscale("log")
-    axes[1].set_ylabel("peak extra memory, MB")
-    axes[1].set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
-    axes[1].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title(f"fusedloss vs baselines on {doc['device']}")
+    heights = [max(2.5, 0.25 * len(labels) * len(series) + 1) for _, labels, series, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.5), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, labels, series, scale) in zip(axes[:, 0], panels):
+        bar = 0.8 / len(series)
+        for j, (name, values) in enumerate(series.items()):
+            ax.barh([i + j * bar for i in range(len(labels))], values, bar, label=name)
+        ax.set_yticks([i + bar * (len(series) - 1) / 2 for i in range(len(labels))])
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale(scale)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def compare_table(old, new):
+    """Both times and new / old for every (loss, dtype, shape, mode, implementation) the two documents
+    share; a warning line first when they come from different devices or versions."""
+    lines = []
+    differs = [f"{key}: {old.get(key)} -> {new.get(key)}" for key in ("device", "torch", "triton")
+               if old.get(key) != new.get(key)]
+    if differs:
+        lines += ["**Not comparable as is** (different " + "; ".join(differs) + ")", ""]
+    key = lambda r: (r["loss"], r["dtype"], tuple(r["shape"]), r["mode"], r["impl"])  # noqa: E731
+    before = {key(r): r for r in old["results"]}
+    lines += ["| loss | dtype | shape | mode | implementation | old ms | new ms | new / old |",
+              "|---|---|---|---|---|---|---|---|"]
+    shared = 0
+    for r in new["results"]:
+        o = before.get(key(r))
+        if o is None:
+            continue
+        shared += 1
+        ratio = (f"{r['median_ms'] / o['median_ms']:.3f}" if r.get("median_ms") and o.get("median_ms")
+                 else "-")
+        lines.append(f"| {r['loss']} | {r['dtype']} | {_shape(r['shape'])} | {r['mode']} | {r['impl']} | "
+                     f"{_fmt(o.get('median_ms'), '.3f') if o.get('median_ms') else o.get('status')} | "
+                     f"{_fmt(r.get('median_ms'), '.3f') if r.get('median_ms') else r.get('status')} | {ratio} |")
+    if not shared:
+        lines.append("| (no row in common) | | | | | | | |")
+    return "\n".join(lines)

@@ -150,8 +150,9 @@ def measure_traffic(impl, inputs, grad_scale=None):
     return meter
 
 
-def run_traffic(losses=None):
-    """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU."""
+def run_traffic(losses=None, shapes=None):
+    """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU (at
+    ``shapes`` instead of the entries' traffic shapes when given, those with the entry's dimensions)."""
     if "fusedloss.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the traffic meter needs Triton's interpreter from the start of the process: "
                            "run `TRITON_INTERPRET=1 python -m fusedloss bench --traffic`")
@@ -159,7 +160,8 @@ def run_traffic(losses=None):
     fusedloss.dispatch.reload_environment()
     rows = []
     for bench in registry.select(losses):
-        for shape in bench.traffic_shapes:
+        chosen = [s for s in shapes if len(s) == len(bench.traffic_shapes[0])] if shapes else bench.traffic_shapes
+        for shape in chosen:
             dtype = bench.dtypes[0]
             torch.manual_seed(0)
             inputs = bench.make_inputs(shape, dtype, "cpu")

@@ -1,0 +1,169 @@
+"""``make demo`` (``python -m fusedloss demo``): what fusedloss brings, shown honestly on the machine at hand.
+
+On a GPU: the measured race (the benchmark suite at its quick sizes). Without one there is nothing to
+race (fusedloss runs torch's own kernels on the CPU), so the demo shows what can be checked here and
+labels what cannot:
+  1. memory traffic: the bytes each implementation moves, over the minimal, fusedloss's kernels run
+     through Triton's interpreter against torch eager (the figure GPU speed follows);
+  2. parity: the largest error of each loss and gradient against float64, fusedloss's kernels next to
+     torch at the same dtype;
+  3. the GPU results committed in bench/results/, with the device that measured them;
+  4. the eager fallback's overhead on this CPU (fusedloss's dispatcher calling torch).
+A PNG has one panel per question that has data: traffic, parity, GPU speed-ups.
+"""
+import glob
+import json
+import os
+import time
+
+import torch
+
+from . import registry, report
+
+SECTIONS = ("Memory traffic", "Parity", "Committed GPU results", "Eager fallback overhead")
+
+
+def _parity(losses=None, dtypes=(torch.float32, torch.bfloat16)):
+    """Rows of (loss, dtype, fusedloss's and torch's largest relative error vs float64, over the loss and
+    every gradient), each registry entry at its traffic shape, fusedloss on the Triton backend."""
+    import fusedloss
+
+    rows = []
+    for bench in registry.select(losses):
+        for dtype in dtypes:
+            if dtype not in bench.dtypes and dtype != torch.float32:
+                continue
+            torch.manual_seed(0)
+            inputs = bench.make_inputs(bench.traffic_shapes[0], dtype, "cpu")
+            exact = _loss_and_grads(registry.torch_impl(bench), _as_float64(inputs))
+            with fusedloss.backend("triton"):
+                ours = _loss_and_grads(registry.fusedloss_impl(bench), inputs)
+            theirs = _loss_and_grads(registry.torch_impl(bench), inputs)
+            rows.append({"loss": bench.label, "dtype": str(dtype).replace("torch.", ""),
+                         "fusedloss": _worst_error(ours, exact), "torch": _worst_error(theirs, exact)})
+    return rows
+
+
+def _as_float64(inputs):
+    def cast(t):
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            return t
+        return t.detach().double().requires_grad_(t.requires_grad)
+    args = tuple(cast(a) for a in inputs.args)
+    kwargs = {k: cast(v) for k, v in inputs.kwargs.items()}
+    grads = tuple(a for a in args if torch.is_tensor(a) and a.requires_grad)
+    return registry.Inputs(args, kwargs, grads)
+
+
+def _loss_and_grads(impl, inputs):
+    loss = impl(*inputs.args, **inputs.kwargs)
+    grads = torch.autograd.grad(loss.sum() if loss.dim() else loss, inputs.grad_tensors)
+    return [loss.detach(), *grads]
+
+
+def _worst_error(values, exact):
+    worst = 0.0
+    for value, reference in zip(values, exact):
+        scale = reference.abs().max().item() or 1.0
+        worst = max(worst, ((value.double() - reference).abs().max().item()) / scale)
+    return worst
+
+
+def _committed_gpu_results(folder):
+    """The newest committed GPU result document per results file stem, newest first."""
+    docs = []
+    for path in glob.glob(os.path.join(folder, "*.json")):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("device_type") == "cuda" and doc.get("results"):
+            docs.append((doc.get("date", ""), path, doc))
+    return sorted(docs, key=lambda d: d[0], reverse=True)
+
+
+def _fallback_overhead(rounds=7, calls=100):
+    """fusedloss's eager fallback against torch directly, cross entropy 256 x 4000 forward+backward."""
+    import torch.nn.functional as F
+
+    import fusedloss.functional as FL
+
+    x = torch.randn(256, 4000, requires_grad=True)
+    y = torch.randint(0, 4000, (256,))
+    times = {"fusedloss": [], "torch": []}
+    for _ in range(rounds):
+        for name, fn in (("fusedloss", FL.cross_entropy), ("torch", F.cross_entropy)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                torch.autograd.grad(fn(x, y), x)
+            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
+    """The CPU demo (``losses``: a subset of the registry, default all): returns its text, and writes it
+    as Markdown and a PNG beside ``out_stem``."""
+    from . import traffic
+
+    lines = ["# fusedloss on this machine (no GPU)", "",
+             "Without a GPU fusedloss runs torch's own kernels (the eager fallback), so nothing here races. "
+             "What the kernels bring is checked below through Triton's interpreter; GPU speed is shown from "
+             "committed results, labelled with the device that measured them.", ""]
+    traffic_rows = traffic.run_traffic(losses)
+    lines += [f"## {SECTIONS[0]} (forward+backward, bytes moved / minimal; through Triton's interpreter)", "",
+              traffic.traffic_table(traffic_rows), ""]
+    parity_rows = _parity(losses)
+    lines += [f"## {SECTIONS[1]} (largest error vs float64, relative to the largest value; loss and every "
+              "gradient)", "", "| loss | dtype | fusedloss kernels | torch |", "|---|---|---|---|"]
+    lines += [f"| {r['loss']} | {r['dtype']} | {r['fusedloss']:.2e} | {r['torch']:.2e} |" for r in parity_rows]
+    lines.append("")
+    gpu_docs = _committed_gpu_results(results_folder)
+    lines += [f"## {SECTIONS[2]} (not measured on this machine)", ""]
+    if gpu_docs:
+        for _, path, doc in gpu_docs:
+            lines += [f"From `{path}`: **{doc['device']}**, torch {doc['torch']}, triton {doc['triton']}, "
+                      f"{doc['date']}.", "", report.summary_table(doc), ""]
+    else:
+        lines += [f"No committed GPU results in {results_folder}/.", ""]
+    overhead = _fallback_overhead()
+    ratio = overhead["fusedloss"] / overhead["torch"]
+    lines += [f"## {SECTIONS[3]}", "",
+              f"cross_entropy 256 x 4000 forward+backward on this CPU: fusedloss {overhead['fusedloss']:.3f} ms, "
+              f"torch {overhead['torch']:.3f} ms ({ratio:.3f}x: the dispatcher's cost; the compute is torch's).",
+              ""]
+    text = "\n".join(lines)
+    written = []
+    if out_stem:
+        os.makedirs(os.path.dirname(os.path.abspath(out_stem)), exist_ok=True)
+        with open(out_stem + ".md", "w") as f:
+            f.write(text + "\n")
+        written.append(out_stem + ".md")
+        png = plot(traffic_rows, parity_rows, [doc for _, _, doc in gpu_docs[:1]], out_stem + ".png")
+        written.append(png or "no PNG (matplotlib is not installed)")
+    return text, written
+
+
+def plot(traffic_rows, parity_rows, gpu_docs, path):
+    """One panel per question that has data (traffic, parity, committed GPU speed-ups); the path, or None
+    without matplotlib."""
+    panels = []
+    if traffic_rows:
+        labels = [f"{r['loss']} {r['impl'].replace('fusedloss', '').strip()}".strip() for r in traffic_rows]
+        panels.append(("Memory traffic, forward+backward (x the minimal; lower is better)", labels,
+                       {"fusedloss": [r["fusedloss_ratio"] for r in traffic_rows],
+                        "torch eager": [r["torch_ratio"] for r in traffic_rows]}, "linear"))
+    if parity_rows:
+        labels = [f"{r['loss']} {r['dtype']}" for r in parity_rows]
+        panels.append(("Largest error vs float64 (log scale; lower is better)", labels,
+                       {"fusedloss kernels": [max(r["fusedloss"], 1e-17) for r in parity_rows],
+                        "torch": [max(r["torch"], 1e-17) for r in parity_rows]}, "log"))
+    for doc in gpu_docs:
+        rows = [(k, v) for k, v in report.grouped(doc).items() if k[3] == "forward+backward"
+                and v.get("fusedloss", {}).get("median_ms") and v.get("torch", {}).get("median_ms")]
+        if rows:
+            panels.append((f"Speed-up over torch eager, forward+backward, measured on {doc['device']} (committed "
+                           "results)", [f"{loss} {dtype} {report._shape(shape)}" for (loss, dtype, shape, _), _ in rows],
+                           {"fusedloss": [v["torch"]["median_ms"] / v["fusedloss"]["median_ms"] for _, v in rows]},
+                           "linear"))
+    return report.barh_panels(panels, path)
