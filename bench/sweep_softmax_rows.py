@@ -30,30 +30,38 @@ def main():
     for (n, c), dtype, option in itertools.product(SHAPES, [torch.bfloat16, torch.float32], OPTIONS):
         if dtype == torch.float32 and option != "plain":
             continue
-        logits = torch.randn(n, c, 1, device="cuda", dtype=dtype)
-        target = torch.randint(0, c, (n, 1), device="cuda")
+        logits = torch.randn(n, c, device="cuda", dtype=dtype)
+        target = torch.randint(0, c, (n,), device="cuda")
         weight = torch.rand(c, device="cuda", dtype=dtype) if OPTIONS[option].get("weight") else None
         smoothing = OPTIONS[option].get("smoothing", 0.0)
         grad = torch.empty_like(logits)
-        g = torch.ones((), device="cuda").expand(n, 1)
+        g = torch.ones((), device="cuda")
+        rows_view = (n, c, 1, (c, 1, 0), (1, 0, 0))  # (N, C, S, logits strides, target strides)
         nbytes = logits.numel() * logits.element_size()
         default = original(c, 1, logits.element_size())
         common = dict(ignore_index=-100, smoothing=smoothing, softcap=None, prob_target=False, input_is_logprob=False)
         rows = []
         for tile in TILES:
             sr.softmax_rows_tile = lambda *_, **__: tile
+            for plan in (sr._fwd_plan, sr._bwd_plan):
+                plan.cache_clear()
             try:
-                fwd = lambda: sr.softmax_rows_fwd(logits, target, weight, z_loss=0.0, save_for_backward=True, **common)
-                _, _, lse, p_coef = fwd()
-                bwd = lambda: sr.softmax_rows_bwd(logits, target, weight, lse, p_coef, g, None, grad, **common)
-                single = lambda: sr.softmax_rows_fwd(logits, target, weight, z_loss=0.0, save_for_backward=True,
-                                                     grad=grad, **common)
-                t_fwd, t_bwd, t_single = time_fn(fwd, "cuda"), time_fn(bwd, "cuda"), time_fn(single, "cuda")
+                def fwd(grad=None):
+                    return sr.softmax_rows_fwd(logits, target, weight, rows_view, reduction="mean", out_dtype=dtype,
+                                               out_shape=(n,), z_loss=0.0, save_for_backward=True, grad=grad,
+                                               grad_strides=(c, 1, 0) if grad is not None else None, **common)
+                _, work = fwd()
+                bwd = lambda: sr.softmax_rows_bwd(logits, target, weight, rows_view, work, g, (0, 0), grad,  # noqa: E731
+                                                  (c, 1, 0), False, **{k: v for k, v in common.items()})
+                t_fwd, t_bwd = time_fn(fwd, "cuda"), time_fn(bwd, "cuda")
+                t_single = time_fn(lambda: fwd(grad), "cuda") if weight is None else float("nan")
             except Exception as exc:  # too many registers / shared memory for this tile
-                print(f"  {tile}: {type(exc).__name__}")
+                print(f"  {tile}: {type(exc).__name__}: {str(exc)[:100]}")
                 continue
             rows.append((t_fwd + t_bwd, tile, t_fwd, t_bwd, t_single))
         sr.softmax_rows_tile = original
+        for plan in (sr._fwd_plan, sr._bwd_plan):
+            plan.cache_clear()
         rows.sort()
         print(f"\n{dtype} {n}x{c} {option}: default tile {default}; best two-pass first")
         for total, tile, t_fwd, t_bwd, t_single in rows:
