@@ -50,6 +50,7 @@ def cross_entropy(
     softcap: Optional[float] = None,
     inplace_backward: bool = False,
     grad_in_forward: bool = False,
+    loss_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """``torch.nn.functional.cross_entropy``, fused (softmax + NLL in one pass over the logits).
 
@@ -65,9 +66,13 @@ def cross_entropy(
         Forward+backward traffic: 1.0x the minimal when the loss is back-propagated as is, 2.0x when it is
         scaled first (loss scaling, loss / accumulation_steps); the default moves 1.5x either way. With
         ``inplace_backward`` too, the logits are overwritten by their gradient during the forward.
+      loss_dtype: the dtype of the loss (default: the input's, or float32 under autocast). float32 with
+        16-bit logits gives what ``cross_entropy(logits.float(), ...)`` gives (Hugging Face's causal-LM loss
+        upcasts so) without the float32 copy of the logits: the kernels compute in float32 anyway; the
+        gradient keeps the logits' dtype.
     """
     return dispatch.call(_CROSS_ENTROPY, input, target, weight, size_average, ignore_index, reduce, reduction,
-                         label_smoothing, z_loss, softcap, inplace_backward, grad_in_forward)
+                         label_smoothing, z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype)
 
 
 def _check_extras(z_loss, softcap):
@@ -78,7 +83,10 @@ def _check_extras(z_loss, softcap):
 
 
 def _eager_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
-                         z_loss, softcap, inplace_backward, grad_in_forward):
+                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype):
+    if loss_dtype is not None and isinstance(input, Tensor) and loss_dtype != input.dtype:
+        input = input.to(loss_dtype)  # the eager path's way to that dtype: torch computes in the input's
+        weight = weight.to(loss_dtype) if isinstance(weight, Tensor) and weight.is_floating_point() else weight
     if not z_loss and softcap is None:
         return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
     _check_extras(z_loss, softcap)
@@ -97,11 +105,11 @@ def _unsupported_softmax_rows(input, target, weight, *unused):
 
 
 def _fused_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
-                         z_loss, softcap, inplace_backward, grad_in_forward):
+                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype):
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     if z_loss or softcap is not None:
         _check_extras(z_loss, softcap)
-    out_dtype = _out_dtype("cross_entropy", input)
+    out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
                                             autocast=out_dtype != input.dtype)
     if not prob_target:

@@ -44,23 +44,24 @@ __all__ = ["CrossEntropyLoss", "NLLLoss",
 class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss`` on the fused kernels; extras as in ``fusedloss.functional.cross_entropy``."""
 
-    _extras = {"z_loss": 0.0, "softcap": None, "inplace_backward": False, "grad_in_forward": False}
+    _extras = {"z_loss": 0.0, "softcap": None, "inplace_backward": False, "grad_in_forward": False, "loss_dtype": None}
 
     def __init__(self, weight: Optional[Tensor] = None, size_average=None, ignore_index: int = -100,
                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
                  z_loss: float = 0.0, softcap: Optional[float] = None, inplace_backward: bool = False,
-                 grad_in_forward: bool = False):
+                 grad_in_forward: bool = False, loss_dtype: Optional[torch.dtype] = None):
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         self.z_loss = z_loss
         self.softcap = softcap
         self.inplace_backward = inplace_backward
         self.grad_in_forward = grad_in_forward
+        self.loss_dtype = loss_dtype
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
-                               z_loss=self.z_loss, softcap=self.softcap,
-                               inplace_backward=self.inplace_backward, grad_in_forward=self.grad_in_forward)
+                               z_loss=self.z_loss, softcap=self.softcap, inplace_backward=self.inplace_backward,
+                               grad_in_forward=self.grad_in_forward, loss_dtype=self.loss_dtype)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)}" for name, default in self._extras.items()

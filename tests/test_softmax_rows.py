@@ -773,3 +773,20 @@ def test_out_of_range_target_nan_is_the_same_in_both_modes(reduction, grad_in_fo
     else:
         assert torch.isnan(loss).any() and torch.isnan(grad[1]).all()
         assert torch.isfinite(grad[[0, 2, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_dtype_float32_from_16_bit_logits(reduction, backend):
+    """loss_dtype=float32: what cross_entropy(logits.float()) gives (Hugging Face's causal-LM loss), the
+    gradient in the logits' dtype, and no float32 copy of the logits on the Triton path."""
+    x = logits_of((37, 1000), torch.bfloat16)
+    target = class_target(x.shape)
+    expected = F.cross_entropy(x.float(), target, reduction=reduction, label_smoothing=0.1)
+    expected_grad, = torch.autograd.grad(expected.sum(), x)
+    with backend_context(backend):
+        loss = FL.cross_entropy(x, target, reduction=reduction, label_smoothing=0.1, loss_dtype=torch.float32)
+    grad, = torch.autograd.grad(loss.sum(), x)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, expected, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=8e-3, atol=1e-6)

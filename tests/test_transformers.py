@@ -1,0 +1,124 @@
+"""Hugging Face Transformers integration (fusedloss.integrations.transformers), on tiny randomly initialised
+models (no downloads): the loss and every parameter's gradient equal to the unpatched model's, with
+num_items_in_batch and -100 padding, a few optimizer steps in lockstep, restore().
+
+The vocabulary (1031) is larger than every other dimension, so a tensor of tokens x vocabulary elements
+is easy to tell apart from the decoder's own activations."""
+import copy
+
+import pytest
+import torch
+
+import fusedloss
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (the [test] extra installs it: pip install -e '.[test]')")
+from fusedloss.integrations import transformers as hf  # noqa: E402
+
+from helpers import DEVICE  # noqa: E402
+
+VOCAB = 1031
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64)
+FAMILIES = {
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON)),
+    "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, head_dim=16)),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        **COMMON, head_dim=16, final_logit_softcapping=5.0, attn_logit_softcapping=None)),
+}
+
+
+def make_model(family, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return FAMILIES[family]().to(DEVICE, dtype)
+
+
+def batch(seed=1, size=(2, 13), pad=True):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, size, generator=generator).to(DEVICE)
+    labels = input_ids.clone()
+    if pad:
+        labels[0, -4:] = -100  # padding
+        labels[1, :2] = -100  # a masked prompt
+    return input_ids, labels
+
+
+def loss_and_grads(model, input_ids, labels, **kwargs):
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=input_ids, labels=labels, **kwargs).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("num_items", [None, 37])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_use_fused_loss_matches_transformers(family, num_items):
+    """The loss and every parameter's gradient as transformers' own loss gives them (float32), with the
+    fused kernels (forced Triton backend) computing the cross entropy."""
+    reference = make_model(family)
+    model = hf.use_fused_loss(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items, device=DEVICE)}
+    expected, expected_grads = loss_and_grads(reference, input_ids, labels, **kwargs)
+    with fusedloss.backend("triton"):
+        decisions = fusedloss.decisions(lambda: model(input_ids=input_ids, labels=labels, **kwargs))
+        loss, grads = loss_and_grads(model, input_ids, labels, **kwargs)
+    assert [d.op for d in decisions] == ["cross_entropy"] and decisions[0].backend == "triton"
+    assert loss.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_use_fused_loss_bfloat16_no_worse_than_transformers():
+    reference = make_model("llama", torch.bfloat16)
+    exact = make_model("llama", torch.float64)
+    model = hf.use_fused_loss(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    with torch.no_grad():
+        truth = exact(input_ids=input_ids, labels=labels).loss
+        theirs = reference(input_ids=input_ids, labels=labels).loss
+        with fusedloss.backend("triton"):
+            ours = model(input_ids=input_ids, labels=labels).loss
+    assert ours.dtype == torch.float32
+    # the same bf16 logits feed both: the losses agree to float32 rounding
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert abs(ours.double() - truth) <= abs(theirs.double() - truth) + 1e-5
+
+
+def test_training_steps_in_lockstep_and_restore():
+    reference = make_model("qwen2")
+    model = hf.use_fused_loss(copy.deepcopy(reference))
+    assert hf.use_fused_loss(model) is model  # twice is harmless
+    # SGD: Adam would turn the float32 noise of gradients that are exactly 0 in exact arithmetic (the key
+    # projection's bias: softmax ignores a shift shared by all keys) into full-size, diverging steps
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, model)]
+    for step in range(3):
+        input_ids, labels = batch(seed=step)
+        for m, opt in zip((reference, model), optimizers):
+            opt.zero_grad()
+            with fusedloss.backend("triton"):
+                m(input_ids=input_ids, labels=labels).loss.backward()
+            opt.step()
+    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    hf.restore(model)
+    assert model.loss_function is reference.loss_function is transformers.loss.loss_utils.ForCausalLMLoss
+    assert "_loss_function" not in model.__dict__ and "forward" not in model.__dict__
+
+
+def test_use_fused_loss_refuses_other_models():
+    classifier = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**COMMON, pad_token_id=0))
+    with pytest.raises(ValueError, match="causal language models"):
+        hf.use_fused_loss(classifier)
+    with pytest.raises(TypeError, match="loss_function"):
+        hf.use_fused_loss(torch.nn.Linear(3, 4))
+
+
+def test_import_fusedloss_does_not_import_transformers():
+    import subprocess
+    import sys
+    code = "import sys, fusedloss, fusedloss.functional; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
