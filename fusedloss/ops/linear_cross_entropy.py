@@ -41,7 +41,7 @@ import torch
 
 from . import _scaffold, _vocab_parallel
 from ._eager import linear_logits
-from .softmax_rows import kernels, launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
+from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
 
 # Bytes of the chunk's logits buffer, the one large temporary: 224 MiB keeps the peak extra memory (the
 # buffer, a float32 column-sum for the bias, the kernels' workspaces) under 256 MiB at any vocabulary.
@@ -216,12 +216,11 @@ def _finish(grads, input, linear_weight, bias):
 
 
 def _scale_in_place(grad, grad_output):
-    """grad *= grad_output (a 0-d tensor) on the device; rows are skipped when it is 1 (the softmax-rows
-    rescale kernel over grad viewed as rows)."""
-    rows = grad.view(-1, grad.shape[-1]) if grad.dim() > 1 else grad.view(1, -1)
-    strides = (rows.stride(0), 1, 0)
-    kernels().softmax_rows_rescale(rows, strides, (rows.shape[0], rows.shape[1], 1), grad_output, (0, 0))
-    return grad
+    """grad *= grad_output (a 0-d tensor) on the device, nothing moved when it is 1 (the pointwise
+    family's flat rescale kernel: the gradients here are contiguous)."""
+    from fusedloss.kernels.pointwise import scale_by_grad_output
+
+    return scale_by_grad_output(grad, grad_output)
 
 
 # ----------------------------------------------------------------------------------------------------
