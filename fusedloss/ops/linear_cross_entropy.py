@@ -174,13 +174,15 @@ _MIXED_ADDMM = {}  # (device, dtype) -> whether addmm(float32, 16-bit, 16-bit, o
 def _add_weight_gradient(acc, dlogits, xc):
     """acc += dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
     writes the float32 accumulator (``addmm(..., out_dtype=torch.float32)``, where this torch has it);
-    elsewhere (the CPU, older torch) the chunk's operands are cast to float32 first (chunk-sized copies)."""
+    elsewhere (the CPU, a torch without it) float32 copies of a quarter of the chunk at a time."""
     if acc.dtype == dlogits.dtype:
         acc.addmm_(dlogits.t(), xc)
     elif acc.is_cuda and _mixed_addmm(acc.device, dlogits.dtype):
         torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, out=acc)
-    else:
-        acc.addmm_(dlogits.t().to(acc.dtype), xc.to(acc.dtype))
+    else:  # float32 copies of a quarter of the chunk's rows at a time: half the chunk buffer's bytes
+        step = max(1, dlogits.shape[0] // 4)
+        for r0 in range(0, dlogits.shape[0], step):
+            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype))
 
 
 def _mixed_addmm(device, dtype):
