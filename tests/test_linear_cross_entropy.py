@@ -30,6 +30,20 @@ from helpers import (DEVICE, DTYPES, assert_matches, assert_matches_torch, asser
 
 BACKENDS = ["triton", "torch"]
 REDUCTIONS = ["mean", "sum", "none"]
+TORCH_HAS_IT = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
+needs_torchs = pytest.mark.skipif(not TORCH_HAS_IT, reason="compares with torch 2.13's own linear_cross_entropy API")
+
+
+def torch_reference(input, linear_weight, target, *, linear_bias=None, ignore_index=None, **kwargs):
+    """torch's reference path: F.linear_cross_entropy with options=None on torch >= 2.13; the same
+    F.linear then F.cross_entropy on older torches (the GPU image's 2.11)."""
+    if TORCH_HAS_IT:
+        return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, ignore_index=ignore_index,
+                                      **kwargs)
+    from fusedloss.ops._eager import linear_logits
+
+    return F.cross_entropy(linear_logits(input, linear_weight, linear_bias), target,
+                           ignore_index=-100 if ignore_index is None else ignore_index, **kwargs)
 SHAPES = [(37, 19, 300), (3, 33, 4099), (1, 8, 13), (None, 8, 13)]  # None: a 1-D input
 
 
@@ -71,7 +85,7 @@ def eager_extras(x, w, target, **kwargs):
         return FL.linear_cross_entropy(x, w, target, **kwargs)
 
 
-def check_parity(x, w, target, b, backend, reference=F.linear_cross_entropy, grad_scale=0.37, **kwargs):
+def check_parity(x, w, target, b, backend, reference=torch_reference, grad_scale=0.37, **kwargs):
     """fusedloss vs the reference at the same dtype vs the reference in float64: loss and every gradient."""
     dtype = x.dtype
 
@@ -92,7 +106,7 @@ def check_parity(x, w, target, b, backend, reference=F.linear_cross_entropy, gra
     twice = kwargs.get("reduction", "mean") != "none"  # grads written for grad_output 1, then scaled
     for got, theirs, exact, name in zip([ours[0], *ours[1]], [same[0], *same[1]], [ref[0], *ref[1]], names):
         assert got.dtype == theirs.dtype and got.shape == theirs.shape, name
-        if backend == "torch" and reference is F.linear_cross_entropy:
+        if backend == "torch" and reference is torch_reference:
             assert_matches(got, theirs.double(), dtype, name)  # torch's own function runs
         elif twice and name != "loss":
             assert_twice_rounded_matches_torch(got, theirs, exact, dtype, name)
@@ -194,7 +208,7 @@ def test_no_gradient_work_without_grad():
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b)
     assert loss.grad_fn is None
     assert max(recorder.sizes) < w.numel(), "no weight-sized gradient or accumulator"
-    torch.testing.assert_close(loss, F.linear_cross_entropy(x, w, target, linear_bias=b), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(loss, torch_reference(x, w, target, linear_bias=b), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("upstream", [1.0, 2.0**16, 1 / 7])
@@ -213,7 +227,7 @@ def test_backward_twice_recomputes():
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1)
     first = torch.autograd.grad(loss * 3.0, (x, w, b), retain_graph=True)
     second = torch.autograd.grad(loss * 0.5, (x, w, b))
-    expected = torch.autograd.grad(F.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1), (x, w, b))
+    expected = torch.autograd.grad(torch_reference(x, w, target, linear_bias=b, label_smoothing=0.1), (x, w, b))
     for f, s, e in zip(first, second, expected):
         torch.testing.assert_close(f, 3.0 * e, rtol=2e-5, atol=1e-6)
         torch.testing.assert_close(s, 0.5 * e, rtol=2e-5, atol=1e-6)
@@ -241,7 +255,7 @@ def test_chunk_size_does_not_change_the_result(chunk):
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, options=options)
         grads = torch.autograd.grad(loss, (x, w, b))
     assert max(s for s in recorder.sizes if s != w.numel()) <= max(chunk * 300, x.numel()), "one chunk of logits"
-    ref = F.linear_cross_entropy(x, w, target, linear_bias=b)
+    ref = torch_reference(x, w, target, linear_bias=b)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
     for got, expected in zip(grads, torch.autograd.grad(ref, (x, w, b))):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
@@ -315,7 +329,7 @@ def test_no_tensor_of_n_by_c_elements(reduction, dtype):
     chunk = lce._chunk_rows(n, c, x.element_size(), 0)
     assert 1 < chunk < n
     for backend, expect_whole in (("triton", False), (None, True)):
-        fn = F.linear_cross_entropy if backend is None else FL.linear_cross_entropy
+        fn = torch_reference if backend is None else FL.linear_cross_entropy
         with backend_context(backend), _AllocationRecorder() as recorder:
             loss = fn(x, w, target, linear_bias=b, reduction=reduction)
             torch.autograd.grad(loss.sum(), (x, w, b))
@@ -333,7 +347,7 @@ def test_no_tokens(reduction, backend):
     x, w, target, b = make_inputs((0, 8, 13), torch.float32, bias=True)
     with backend_context(backend):
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction)
-    expected = F.linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction)
+    expected = torch_reference(x, w, target, linear_bias=b, reduction=reduction)
     torch.testing.assert_close(loss, expected, equal_nan=True)
     grads = torch.autograd.grad(loss.sum(), (x, w, b))
     for got, t in zip(grads, (x, w, b)):
@@ -374,6 +388,7 @@ BAD_CALLS = {
 }
 
 
+@needs_torchs
 @pytest.mark.parametrize("case", BAD_CALLS)
 @pytest.mark.parametrize("backend", ["triton", "auto"])
 def test_errors_match_torch(case, backend):
@@ -390,6 +405,7 @@ def test_errors_match_torch(case, backend):
 # ------------------------------------------------------------------ the drop-in API
 
 
+@needs_torchs
 def test_functional_signature_matches_torch():
     ours = list(inspect.signature(FL.linear_cross_entropy).parameters.values())
     theirs = list(inspect.signature(F.linear_cross_entropy).parameters.values())
@@ -399,6 +415,7 @@ def test_functional_signature_matches_torch():
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
+@needs_torchs
 @pytest.mark.parametrize("cls", ["LinearCrossEntropyLoss", "StandaloneLinearCrossEntropyLoss"])
 @pytest.mark.parametrize("kwargs", [dict(), dict(out_features=(2,), bias=True, reduction="sum", ignore_index=1,
                                                  label_smoothing=0.1)], ids=["plain", "k_dim+bias+options"])
@@ -427,6 +444,7 @@ def test_module_drop_in(cls, kwargs):
         torch.testing.assert_close(got, exp, rtol=2e-5, atol=1e-6)
 
 
+@needs_torchs
 def test_module_extras_and_errors():
     module = FN.LinearCrossEntropyLoss(4, 5, z_loss=1e-3, softcap=30.0)
     assert "z_loss=0.001, softcap=30.0" in repr(module)
@@ -438,6 +456,7 @@ def test_module_extras_and_errors():
         assert str(ours.value) == str(theirs.value)
 
 
+@needs_torchs
 def test_fallback_without_torchs_linear_cross_entropy(monkeypatch):
     """On a torch without F.linear_cross_entropy (2.11) the eager path is fusedloss's own reference:
     F.linear, then cross entropy; the same values and gradients as 2.13's reference path."""
@@ -445,12 +464,13 @@ def test_fallback_without_torchs_linear_cross_entropy(monkeypatch):
     for kwargs in (dict(reduction="none", label_smoothing=0.1), dict(ignore_index=None, reduction="sum"),
                    dict(weight=torch.rand(300, device=DEVICE, dtype=torch.float64) + 0.1)):
         x, w, target, b = make_inputs((37, 19, 300), torch.float64, bias=True)
-        check_parity(x, w, target, b, "torch", reference=F.linear_cross_entropy, **kwargs)
+        check_parity(x, w, target, b, "torch", **kwargs)
     x, w, target, b = make_inputs((4, 5, 7), torch.float64, prob=True)
     with pytest.raises(RuntimeError, match="ignore_index cannot be specified"), fusedloss.backend("torch"):
         FL.linear_cross_entropy(x, w, target, ignore_index=-100)
 
 
+@needs_torchs
 def test_import_and_run_on_a_torch_without_linear_cross_entropy(tmp_path):
     """A fresh process whose torch lacks F.linear_cross_entropy, nn.LinearCrossEntropyLoss and
     nn.LinearCrossEntropyOptions (as 2.11): fusedloss imports, offers both with 2.13's signature, and
@@ -491,7 +511,7 @@ def test_autocast_16_bit_linear_float32_loss():
     results = []
     for backend in ("triton", None):
         with torch.autocast(device_type, dtype=torch.bfloat16), backend_context(backend):
-            fn = F.linear_cross_entropy if backend is None else FL.linear_cross_entropy
+            fn = torch_reference if backend is None else FL.linear_cross_entropy
             loss = fn(x, w, target, linear_bias=b, label_smoothing=0.1)
         results.append((loss, torch.autograd.grad(loss, (x, w, b))))
     (loss, grads), (expected, expected_grads) = results
