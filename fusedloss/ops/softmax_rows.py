@@ -10,6 +10,12 @@ Two ways to split the work (kernels/softmax_rows.py has the byte counts):
 Measured on an H100 (bench/NOTES.md) the two cost the same when half of the calls have grad_output 1, so
 the default is the mode that does not depend on it. Nothing syncs with the host.
 
+Vocabulary parallel (``process_group``): the logits hold one rank's block of the classes. The forward
+launches twice around two collectives (fusedloss/ops/_vocab_parallel.py): the shard's row statistics,
+combined over the ranks, then the loss and lse from them; the backward is the usual one, with the class
+offset. linear_cross_entropy (fusedloss/ops/linear_cross_entropy.py) runs these kernels on each chunk
+of its logits through ``launch_forward``.
+
 Saved for the backward: the inputs (logits, target, weight) and the state (work, grad): the kernels'
 workspace (each row's log-sum-exp and softmax coefficient, the 'mean' denominator: see WORKSPACE in
 kernels/softmax_rows.py) and the gradient written by a grad_in_forward forward (handed to autograd by the
