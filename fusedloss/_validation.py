@@ -56,9 +56,11 @@ def check_floating_input(input, op):
 
 
 def check_class_weight(input, weight, n_classes, prefix="", autocast=False):
+    """``n_classes`` None: the input holds one shard of the classes (vocab parallel), whose total the op
+    checks once it knows it."""
     if weight is None:
         return
-    if weight.dim() != 1 or weight.numel() != n_classes:
+    if weight.dim() != 1 or n_classes is not None and weight.numel() != n_classes:
         raise RuntimeError(
             f"{prefix}weight tensor should be defined either for all {n_classes} classes or no classes "
             f"but got weight tensor of shape: {_shape(weight)}")
@@ -66,7 +68,7 @@ def check_class_weight(input, weight, n_classes, prefix="", autocast=False):
         raise RuntimeError(f"expected scalar type {c10_name(input.dtype)} but found {c10_name(weight.dtype)}")
 
 
-def check_nll_nd(input, target, weight, autocast=False):
+def check_nll_nd(input, target, weight, autocast=False, sharded=False):
     """torch's nll_loss_nd / nll_loss / nll_loss2d checks for class-index targets."""
     dim, target_dim = input.dim(), target.dim()
     if dim == 2 and target_dim == 1 and input.shape[0] == target.shape[0]:
@@ -74,7 +76,8 @@ def check_nll_nd(input, target, weight, autocast=False):
     else:
         _check_nll_shapes(input, target, dim, target_dim)
     if weight is not None:
-        check_class_weight(input, weight, input.shape[-1] if dim <= 2 else input.shape[1], autocast=autocast)
+        n_classes = None if sharded else input.shape[-1] if dim <= 2 else input.shape[1]
+        check_class_weight(input, weight, n_classes, autocast=autocast)
     # shapes first (ATen's meta checks), then the kernels' dtype dispatch
     if target.dtype is not torch.int64 and target.dtype is not torch.uint8:
         if input.is_cuda:  # torch's CUDA kernels dispatch on the target type
@@ -111,10 +114,13 @@ def _check_nll_shapes(input, target, dim, target_dim):
         raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
 
 
-def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False):
+def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False, sharded=False):
     """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices.
-    (The devices were checked by the dispatcher.)"""
-    check_tensor("input", input)
+    (The devices were checked by the dispatcher.) ``input`` needs only ``shape``, ``dim()``, ``dtype``,
+    ``is_floating_point()`` and ``is_cuda`` (linear_cross_entropy passes its logits' shape). ``sharded``:
+    the input holds one block of the classes (vocab parallel)."""
+    if not isinstance(input, LogitsShape):
+        check_tensor("input", input)
     check_tensor("target", target)
     if input.shape == target.shape:
         if not target.is_floating_point():
@@ -124,7 +130,7 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
             raise RuntimeError("ignore_index is not supported for floating point target")
         if input.dim() == 0:
             raise IndexError("Dimension specified as 1 but tensor has no dimensions")
-        n_classes = input.shape[0 if input.dim() == 1 else 1]
+        n_classes = None if sharded else input.shape[0 if input.dim() == 1 else 1]
         check_class_weight(input, weight, n_classes, prefix="cross_entropy: ", autocast=autocast)
         check_label_smoothing(label_smoothing)
         check_floating_input(input, "log_softmax_lastdim_kernel_impl")
@@ -133,7 +139,7 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
     if input.dim() == 0:
         raise IndexError("Dimension specified as 0 but tensor has no dimensions")
     check_floating_input(input, "log_softmax_lastdim_kernel_impl")
-    check_nll_nd(input, target, weight, autocast)
+    check_nll_nd(input, target, weight, autocast, sharded)
     return False
 
 
@@ -266,3 +272,52 @@ def check_unit_interval(tensor, name):
     """Host-side check of BCE values (debug mode only: it synchronises), torch's CPU error."""
     if not bool(((tensor >= 0) & (tensor <= 1)).all()):
         raise RuntimeError(f"all elements of {name} should be between 0 and 1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear_cross_entropy (torch 2.13's Python checks, in its order and words; then cross entropy's on the
+# logits' shape)
+# ----------------------------------------------------------------------------------------------------
+
+class LogitsShape:
+    """What cross entropy's checks read of linear_cross_entropy's logits: their shape and dtype. No tensor
+    of N x C elements is made for it, not even on the meta device."""
+
+    __slots__ = ("shape", "dtype", "is_cuda")
+
+    def __init__(self, shape, dtype, is_cuda):
+        self.shape, self.dtype, self.is_cuda = torch.Size(shape), dtype, is_cuda
+
+    def dim(self):
+        return len(self.shape)
+
+    def is_floating_point(self):
+        return self.dtype.is_floating_point
+
+
+def check_linear_cross_entropy(input, linear_weight, target, linear_bias, ignore_index):
+    """torch.nn.functional.linear_cross_entropy's checks before its linear. Returns (the logits' shape,
+    whether the target holds probabilities, ignore_index with torch's default -100 for None)."""
+    for name, value in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        check_tensor(name, value)
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    in_features = input.shape[-1]
+    if in_features != linear_weight.shape[-1]:
+        raise RuntimeError(
+            "expected equal input and linear_weight last dimensions (in_features), "
+            f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively")
+    n_classes, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (n_classes, *out_features):
+        raise RuntimeError(f"expected linear_bias shape {(n_classes, *out_features)}, got {tuple(linear_bias.shape)}")
+    if out_features and input.dim() == 1:
+        raise RuntimeError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} requires"
+            f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}")
+    logits_shape = (*input.shape[:-1], n_classes, *out_features)
+    prob_target = tuple(target.shape) == logits_shape
+    if prob_target and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    return logits_shape, prob_target, -100 if ignore_index is None else ignore_index

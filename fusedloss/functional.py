@@ -15,12 +15,13 @@ from . import _validation as check
 from ._torch import F
 from . import dispatch
 from .dispatch import Route
-from .ops import _eager
+from .ops import _eager, _vocab_parallel
 from .ops._scaffold import autocast_policy
+from .ops.linear_cross_entropy import LinearCrossEntropyOptions, linear_cross_entropy_loss
 from .ops.pointwise import PointwiseOptions, pointwise_loss
 from .ops.softmax_rows import SoftmaxRowsOptions, softmax_rows_loss
 
-__all__ = ["cross_entropy", "nll_loss",
+__all__ = ["cross_entropy", "nll_loss", "linear_cross_entropy",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss", "huber_loss", "l1_loss",
            "mse_loss", "soft_margin_loss", "kl_div", "poisson_nll_loss", "gaussian_nll_loss",
            "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss"]
@@ -51,6 +52,7 @@ def cross_entropy(
     inplace_backward: bool = False,
     grad_in_forward: bool = False,
     loss_dtype: Optional[torch.dtype] = None,
+    process_group=None,
 ) -> Tensor:
     """``torch.nn.functional.cross_entropy``, fused (softmax + NLL in one pass over the logits).
 
@@ -70,9 +72,18 @@ def cross_entropy(
         16-bit logits gives what ``cross_entropy(logits.float(), ...)`` gives (Hugging Face's causal-LM loss
         upcasts so) without the float32 copy of the logits: the kernels compute in float32 anyway; the
         gradient keeps the logits' dtype.
+      process_group: vocabulary-parallel cross entropy over a ``torch.distributed`` group. The logits hold
+        this rank's contiguous block of the classes (rank r the r-th block; sizes may differ, as
+        ``torch.tensor_split`` makes them); target and ``weight`` are global (class indices and weights
+        of every class; probability targets: this rank's block, like the logits). Every rank gets the
+        global loss and the gradient of its block. Collectives: one all_reduce MAX and one all_reduce SUM
+        of N floats each per call (2N or 4N for the SUM with smoothing or probabilities), none in the
+        backward, plus one all_gather of the block sizes the first time a local size is seen (see
+        fusedloss/ops/_vocab_parallel.py).
     """
     return dispatch.call(_CROSS_ENTROPY, input, target, weight, size_average, ignore_index, reduce, reduction,
-                         label_smoothing, z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype)
+                         label_smoothing, z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype,
+                         process_group)
 
 
 def _check_extras(z_loss, softcap):
@@ -83,14 +94,22 @@ def _check_extras(z_loss, softcap):
 
 
 def _eager_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
-                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype):
+                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype, process_group):
     if loss_dtype is not None and isinstance(input, Tensor) and loss_dtype != input.dtype:
         input = input.to(loss_dtype)  # the eager path's way to that dtype: torch computes in the input's
         weight = weight.to(loss_dtype) if isinstance(weight, Tensor) and weight.is_floating_point() else weight
-    if not z_loss and softcap is None:
+    if not z_loss and softcap is None and process_group is None:
         return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
     _check_extras(z_loss, softcap)
     reduction = check.reduction_from_args(size_average, reduce, reduction)
+    if process_group is not None:
+        prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
+                                                autocast=_out_dtype("cross_entropy", input) != input.dtype,
+                                                sharded=True)
+        if input.dim() == 1 and not prob_target:
+            target = target.reshape(())
+        return _eager.vocab_parallel_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                                                   z_loss, softcap, _vocab_parallel.group_name(process_group))
     return _eager.eager_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                                       softcap)
 
@@ -105,23 +124,23 @@ def _unsupported_softmax_rows(input, target, weight, *unused):
 
 
 def _fused_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
-                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype):
+                         z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype, process_group):
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     if z_loss or softcap is not None:
         _check_extras(z_loss, softcap)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
-                                            autocast=out_dtype != input.dtype)
+                                            autocast=out_dtype != input.dtype, sharded=process_group is not None)
     if not prob_target:
         check.check_not_differentiable("nll_loss_forward", "weight", weight)
     if input.dim() == 1 and not prob_target:
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
-    if not prob_target and dispatch.debug_enabled():
+    if not prob_target and dispatch.debug_enabled() and process_group is None:
         check.check_class_targets(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
     options = SoftmaxRowsOptions(  # positional: the fields in their order (cheaper than keywords)
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, False, bool(inplace_backward),
-        bool(grad_in_forward))
+        bool(grad_in_forward), "" if process_group is None else _vocab_parallel.group_name(process_group))
     return softmax_rows_loss(input, target, weight, options)
 
 
@@ -159,6 +178,129 @@ def _fused_nll_loss(input, target, weight, size_average, ignore_index, reduce, r
 
 
 _NLL = Route("nll_loss", F.nll_loss, _fused_nll_loss, _unsupported_softmax_rows, (0, 1, 2))
+
+
+# ----------------------------------------------------------------------------------------------------
+# matmul rows: linear_cross_entropy, the logits never whole (fusedloss.ops.linear_cross_entropy)
+# ----------------------------------------------------------------------------------------------------
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    options=None,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    process_group=None,
+) -> Tensor:
+    """``torch.nn.functional.linear_cross_entropy`` (torch >= 2.13; the same signature on older torches):
+    ``cross_entropy(linear(input, linear_weight, linear_bias), target, ...)`` without ever holding the
+    logits whole. Inputs (N, H) or (H); linear_weight (C, H) or (C, d1..dk, H) (K-dimensional loss);
+    class-index or probability targets; every cross_entropy option. ``ignore_index=None`` is torch's
+    -100 for class indices (and must stay None for probabilities).
+
+    On the Triton path the work runs in chunks of tokens around the GEMMs, the fused cross-entropy
+    kernel writing each chunk's gradient over its logits (fusedloss/ops/linear_cross_entropy.py): the
+    largest temporary is one chunk of logits (<= 224 MiB), plus a float32 accumulator of the weight's
+    gradient for 16-bit weights; deterministic, no host sync. ``options``: the eager path passes it to
+    torch as given (torch's chunked path); the Triton path takes only its ``batch_chunk_size`` (rows per
+    chunk; default: the memory budget) and always accumulates in float32, supporting double backward,
+    torch.func and torch.compile.
+
+    Keyword-only extras, as ``cross_entropy``'s: ``z_loss``, ``softcap`` (applied to the logits, its
+    gradient included), ``process_group`` (vocabulary-parallel: ``linear_weight`` and ``linear_bias`` hold
+    this rank's contiguous block of the classes; the gradient of ``input`` is this rank's term, to be
+    summed over the group like a column-parallel linear's input gradient).
+    """
+    return dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
+                         ignore_index, label_smoothing, options, z_loss, softcap, process_group)
+
+
+def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                label_smoothing, options, z_loss, softcap, process_group):
+    torch_linear_cross_entropy = getattr(F, "linear_cross_entropy", None)  # torch >= 2.13
+    if not z_loss and softcap is None and process_group is None and torch_linear_cross_entropy is not None:
+        return torch_linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                                          reduction=reduction, ignore_index=ignore_index,
+                                          label_smoothing=label_smoothing, options=options)
+    _check_extras(z_loss, softcap)
+    reduction, prob_target, ignore_index = _check_linear_cross_entropy(
+        input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group)
+    return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                       label_smoothing, z_loss, softcap,
+                                       "" if process_group is None else _vocab_parallel.group_name(process_group))
+
+
+def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                label_smoothing, process_group, autocast=False):
+    """torch's checks of linear_cross_entropy, in its order: its own, the reduction, cross entropy's on the
+    logits' shape. Returns (reduction, probability targets, ignore_index)."""
+    logits_shape, prob_target, ignore_index = check.check_linear_cross_entropy(
+        input, linear_weight, target, linear_bias, ignore_index)
+    reduction = check.reduction_from_args(None, None, reduction)
+    logits = check.LogitsShape(logits_shape, input.dtype, input.is_cuda)
+    check.check_cross_entropy(logits, target, weight, ignore_index, label_smoothing, autocast=autocast,
+                              sharded=process_group is not None)
+    return reduction, prob_target, ignore_index
+
+
+def _autocast_linear(input, linear_weight, linear_bias):
+    """torch.autocast's casts of the linear's operands (16-bit GEMMs), or the operands as they are."""
+    device_type = input.device.type
+    if input.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return input, linear_weight, linear_bias
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = [t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (input, linear_weight, linear_bias)]
+    return tuple(cast)
+
+
+def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                label_smoothing, options, z_loss, softcap, process_group):
+    out_dtype = _out_dtype("cross_entropy", input)
+    autocast = out_dtype != input.dtype or torch.is_autocast_enabled(input.device.type)
+    reduction, prob_target, ignore_index = _check_linear_cross_entropy(
+        input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group,
+        autocast)
+    if z_loss or softcap is not None:
+        _check_extras(z_loss, softcap)
+    check.check_not_differentiable("nll_loss_forward", "weight", None if prob_target else weight)
+    input, linear_weight, linear_bias = _autocast_linear(input, linear_weight, linear_bias)
+    if input.dim() == 1 and not prob_target:
+        target = target.reshape(())  # torch takes a (1,) target for an unbatched input as a 0-d one
+    if not prob_target and dispatch.debug_enabled() and process_group is None:
+        check.check_class_targets(target, linear_weight.shape[0], ignore_index)
+    chunk_rows = getattr(options, "batch_chunk_size", None) or 0
+    lce_options = LinearCrossEntropyOptions(
+        reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap), prob_target, int(chunk_rows),
+        "" if process_group is None else _vocab_parallel.group_name(process_group))
+    return linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, lce_options)
+
+
+def _unsupported_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, *unused):
+    tensors = (input, linear_weight, target)
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return "a non-tensor input, linear_weight or target"
+    if not input.is_floating_point():
+        return f"a {check.c10_name(input.dtype)} input"
+    operands = [t for t in (input, linear_weight, linear_bias) if t is not None]
+    if not torch.is_autocast_enabled(input.device.type) and any(t.dtype != input.dtype for t in operands):
+        return "operands of different dtypes (torch's linear raises on the eager path)"
+    if target.requires_grad and target.is_floating_point() and torch.is_grad_enabled():
+        return "probability targets that require grad"
+    return _unsupported_softmax_rows(input, target, weight)
+
+
+_LINEAR_CROSS_ENTROPY = Route("linear_cross_entropy", _eager_linear_cross_entropy, _fused_linear_cross_entropy,
+                              _unsupported_linear_cross_entropy, (0, 1, 2, 3, 4))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ with the same parameters and options: TorchScript cannot compile fusedloss's Pyt
 computes the loss with torch's kernels (values identical). A module using a fusedloss extra has no
 torch equivalent and raises, naming torch.compile, which runs the fused kernels in a compiled model.
 """
-from typing import Optional, Union
+import math
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.nn.modules.loss import _WeightedLoss
 
 from . import functional as F
 
@@ -35,7 +37,14 @@ class _Scriptable:
         module.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self._extras})
         return module
 
-__all__ = ["CrossEntropyLoss", "NLLLoss",
+
+def _extras_repr(module):
+    """The extras that differ from their defaults, for ``extra_repr``."""
+    return ", ".join(f"{name}={getattr(module, name)}" for name, default in module._extras.items()
+                     if getattr(module, name) != default)
+
+
+__all__ = ["CrossEntropyLoss", "NLLLoss", "LinearCrossEntropyLoss",
            "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss", "L1Loss", "MSELoss", "SoftMarginLoss",
            "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss", "MarginRankingLoss", "HingeEmbeddingLoss",
            "SigmoidFocalLoss"]
@@ -44,28 +53,114 @@ __all__ = ["CrossEntropyLoss", "NLLLoss",
 class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss`` on the fused kernels; extras as in ``fusedloss.functional.cross_entropy``."""
 
-    _extras = {"z_loss": 0.0, "softcap": None, "inplace_backward": False, "grad_in_forward": False, "loss_dtype": None}
+    _extras = {"z_loss": 0.0, "softcap": None, "inplace_backward": False, "grad_in_forward": False, "loss_dtype": None,
+               "process_group": None}
 
     def __init__(self, weight: Optional[Tensor] = None, size_average=None, ignore_index: int = -100,
                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
                  z_loss: float = 0.0, softcap: Optional[float] = None, inplace_backward: bool = False,
-                 grad_in_forward: bool = False, loss_dtype: Optional[torch.dtype] = None):
+                 grad_in_forward: bool = False, loss_dtype: Optional[torch.dtype] = None, process_group=None):
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         self.z_loss = z_loss
         self.softcap = softcap
         self.inplace_backward = inplace_backward
         self.grad_in_forward = grad_in_forward
         self.loss_dtype = loss_dtype
+        self.process_group = process_group
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
                                z_loss=self.z_loss, softcap=self.softcap, inplace_backward=self.inplace_backward,
-                               grad_in_forward=self.grad_in_forward, loss_dtype=self.loss_dtype)
+                               grad_in_forward=self.grad_in_forward, loss_dtype=self.loss_dtype,
+                               process_group=self.process_group)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={getattr(self, name)}" for name, default in self._extras.items()
-                         if getattr(self, name) != default)
+        return _extras_repr(self)
+
+
+class _LinearCrossEntropyMixin:
+    """fusedloss's forward and extras for ``LinearCrossEntropyLoss``, on torch's class or on the stand-in."""
+
+    _extras = {"z_loss": 0.0, "softcap": None, "process_group": None}
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError("torch.jit.script cannot compile fusedloss.nn.LinearCrossEntropyLoss (nor torch's "
+                           "own: its options and chunked path are Python). Use torch.compile, which runs "
+                           "fusedloss's linear_cross_entropy in a compiled model.")
+
+    def _set_extras(self, z_loss, softcap, process_group):
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.process_group = process_group
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        linear = self.linear
+        linear_weight = linear.weight.reshape((self.num_classes, *self.out_features, linear.in_features))
+        linear_bias = (linear.bias.reshape((self.num_classes, *self.out_features)) if linear.bias is not None
+                       else None)
+        return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+                                      reduction=self.reduction, ignore_index=self.ignore_index,
+                                      label_smoothing=self.label_smoothing, options=self.options,
+                                      z_loss=self.z_loss, softcap=self.softcap, process_group=self.process_group)
+
+    def _extras_repr(self):
+        return _extras_repr(self)
+
+
+class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
+    """torch 2.13's ``nn.LinearCrossEntropyLoss`` for torches without it (``LinearCrossEntropyLoss`` is this
+    class there): the same constructor, checks, parameters (``linear``: a ``Linear(in_features,
+    num_classes * prod(out_features))``), buffers and repr."""
+
+    def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (), bias: bool = False,
+                 device=None, dtype=None, reduction: str = "mean", weight: Optional[Tensor] = None,
+                 ignore_index: Optional[int] = None, label_smoothing: float = 0.0, options=None,
+                 z_loss: float = 0.0, softcap: Optional[float] = None, process_group=None):
+        if weight is not None and weight.shape != (num_classes,):
+            raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
+        if label_smoothing < 0 or label_smoothing > 1.0:
+            raise RuntimeError(f"expected label_smoothing to be in range [0, 1], got {label_smoothing}")
+        super().__init__(weight=weight, size_average=None, reduce=None, reduction=reduction)
+        self.num_classes = num_classes
+        self.out_features = out_features
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.linear = torch.nn.Linear(in_features, math.prod(out_features, start=num_classes), bias=bias,
+                                      device=device, dtype=dtype)
+        self.options = options
+        self._set_extras(z_loss, softcap, process_group)
+
+    def extra_repr(self) -> str:
+        text = (f"in_features={self.linear.in_features}, num_classes={self.num_classes},"
+                f" out_features={self.out_features}, bias={self.linear.bias is not None},"
+                f" reduction={self.reduction}, ignore_index={self.ignore_index},"
+                f" label_smoothing={self.label_smoothing}, options={self.options}")
+        extras = self._extras_repr()
+        return f"{text}, {extras}" if extras else text
+
+
+if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
+    class LinearCrossEntropyLoss(_LinearCrossEntropyMixin, torch.nn.LinearCrossEntropyLoss):
+        """``torch.nn.LinearCrossEntropyLoss`` (it owns its linear weight) on fusedloss's
+        ``linear_cross_entropy``; extras as there (``z_loss``, ``softcap``, ``process_group``: the module's
+        linear then holds this rank's block of the classes)."""
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (),
+                     bias: bool = False, device=None, dtype=None, reduction: str = "mean",
+                     weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                     label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
+                     softcap: Optional[float] = None, process_group=None):
+            super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
+                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, options=options)
+            self._set_extras(z_loss, softcap, process_group)
+
+        def extra_repr(self) -> str:
+            extras = self._extras_repr()
+            return f"{super().extra_repr()}, {extras}" if extras else super().extra_repr()
+else:
+    LinearCrossEntropyLoss = StandaloneLinearCrossEntropyLoss
 
 
 class NLLLoss(_Scriptable, torch.nn.NLLLoss):

@@ -34,6 +34,16 @@ when a gradient will be needed (0 for NLL, whose gradient needs neither); denom 
 denominator; the partial sums are the per-program sums of loss and row weight that the last program
 reduces (kernels/_reduce.py). One allocation, no views on the host.
 
+VOCAB PARALLEL. A rank may hold only the columns [o, o + C_r) of every row (o = ``class_offset``, the
+classes of all ranks ``n_total``; targets and class weights stay global). Then (1) and the target's logit
+cannot be finished on one rank. The forward runs twice: STATS "write" stores the shard's per-row
+statistics [m_r | d_r | x_y (0 where the target is elsewhere) | sum_a | sum_ad (relative to m_r)]; the
+caller combines them over the ranks (M = max_r m_r; d = sum_r d_r exp(m_r - M), sum_ad = sum_r
+(sum_ad_r + (m_r - M) sum_a_r), x_y and sum_a summed: one all-reduce MAX and one SUM of N floats each,
+fusedloss/ops/_vocab_parallel.py); STATS "read" loads them in place of (1) and finishes (2)-(4) as for
+a whole row. The backward needs nothing more: lse and the coefficients are global, and (3) writes the
+shard's columns.
+
 Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per row), two modes:
   two-pass (default)  forward reads C*B and saves lse and p_coef (8 bytes per row); backward reads C*B
                       and writes C*B. Forward+backward 3*C*B against the minimal 2*C*B (read once, write
@@ -65,13 +75,14 @@ def _softcapped(x, mask, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_classes, HAS_WEIGHT: tl.constexpr,
+def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_total, HAS_WEIGHT: tl.constexpr,
                    ACC: tl.constexpr):
-    """Per row: the target class y, whether it counts (not ignore_index), whether it is a class, and w_y
-    (0 when it does not count or is out of range)."""
+    """Per row: the target class y, whether it counts (not ignore_index), whether it is a class (of all
+    ``n_total`` classes, every shard's), and w_y (0 when it does not count or is out of range; the class
+    weight vector holds every class)."""
     y = tl.load(target_ptr + t_row, mask=row_mask, other=0).to(tl.int64)
     counted = y != ignore_index
-    in_range = (y >= 0) & (y < n_classes)
+    in_range = (y >= 0) & (y < n_total)
     gather = row_mask & counted & in_range
     if HAS_WEIGHT:
         w_y = tl.load(weight_ptr + y, mask=gather, other=0.0).to(ACC)
@@ -83,8 +94,8 @@ def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_clas
 @triton.jit
 def _write_row_gradients(
     logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr,
-    x_row, t_row, d_row, e_row, row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes,
-    lse, coef, y, y_coef, g, smoothing, softcap,
+    x_row, t_row, d_row, e_row, row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset,
+    n_total, lse, coef, y, y_coef, g, smoothing, softcap,
     BLOCK_C: tl.constexpr, PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, ACC: tl.constexpr,
@@ -99,15 +110,18 @@ def _write_row_gradients(
                       and, with GRAD_TARGET, d loss / d t_c = g (1 - eps) w_c (lse - x_c)
       NLL             grad_c = -g w_y [c == y]
 
+    Column c of these logits is class ``class_offset + c`` of ``n_total`` (a vocabulary shard; 0 and C
+    otherwise): the class weights and the target are global, lse and the coefficients too.
     Reads C*B (nothing for NLL; the targets too for probabilities), writes C*B (and C*Bt for the target).
     """
+    y_local = y - class_offset
     for c0 in range(0, n_classes, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         col_mask = cols < n_classes
         mask = row_mask[:, None] & col_mask[None, :]
         cols64 = cols[None, :].to(tl.int64)
         if INPUT_IS_LOGPROB:
-            grad = tl.where(cols64 == y[:, None], -y_coef[:, None], 0.0)
+            grad = tl.where(cols64 == y_local[:, None], -y_coef[:, None], 0.0)
         else:
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
@@ -115,13 +129,13 @@ def _write_row_gradients(
             p = tl.exp(x - lse[:, None])
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
-                    w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+                    w = tl.load(weight_ptr + class_offset + cols, mask=col_mask, other=0.0).to(ACC)
                 else:
                     w = tl.full([BLOCK_C], 1.0, ACC)
             if PROB_TARGET:
                 t = tl.load(target_ptr + t_row[:, None] + cols64 * stride_tc, mask=mask, other=0.0).to(ACC)
                 if HAS_SMOOTHING:
-                    t = t * (1.0 - smoothing) + smoothing / n_classes
+                    t = t * (1.0 - smoothing) + smoothing / n_total
                 grad = coef[:, None] * p - w[None, :] * t
                 if GRAD_TARGET:
                     tgrad = (lse[:, None] - x) * w[None, :] * g[:, None]
@@ -130,11 +144,11 @@ def _write_row_gradients(
                     tl.store(tgrad_ptr + e_row[:, None] + cols64 * stride_ec, tgrad.to(tgrad_ptr.dtype.element_ty),
                              mask=mask)
             else:
-                is_y = cols64 == y[:, None]
+                is_y = cols64 == y_local[:, None]
                 grad = tl.where(is_y, y_coef[:, None] * (p - 1.0) + coef[:, None] * p,
                                 (y_coef + coef)[:, None] * p)
                 if HAS_SMOOTHING:
-                    grad -= (smoothing / n_classes) * w[None, :]
+                    grad -= (smoothing / n_total) * w[None, :]
             if HAS_SOFTCAP:
                 capped = x / softcap
                 grad = grad * (1.0 - capped * capped)
@@ -154,24 +168,29 @@ def _row_offsets(pid, n_rows, n_spatial, stride_n, stride_s, BLOCK_R: tl.constex
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "z_loss_hi", "z_loss_lo",
-                            "softcap_hi", "softcap_lo"])
+                            "softcap_hi", "softcap_lo", "class_offset", "n_total", "stats_stride"])
 def _softmax_rows_fwd_kernel(
     # pointers
     logits_ptr,  # (N, C, S) logits, or log-probabilities when INPUT_IS_LOGPROB
     target_ptr,  # (N, S) int64/uint8 class indices, or (N, C, S) probabilities when PROB_TARGET
-    weight_ptr,  # (C,) class weights, read when HAS_WEIGHT
+    weight_ptr,  # (n_total,) class weights, read when HAS_WEIGHT
     out_ptr,  # REDUCTION "none": (N*S,) per-row loss; else () the reduced loss; in the output dtype (out)
     work_ptr,  # float workspace (out), see WORKSPACE: [lse | p_coef | denom | partial sums]
     grad_ptr,  # (N, C, S) gradient for grad_output = 1 (out, when WRITE_GRAD); may alias logits_ptr
     given_denom_ptr,  # () float: the 'mean' denominator computed before the launch (DENOM_GIVEN)
     counter_ptr,  # () int32 ticket counter, zero between launches (REDUCTION != "none")
+    stats_ptr,  # (5, stats_stride) float row statistics [m | d | x_y | sum_a | sum_ad] (STATS, see VOCAB PARALLEL)
+    grad_scale_ptr,  # (N, S) grad_output of the rows, multiplies the written gradient (SCALE_GRAD)
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
     stride_tn, stride_tc, stride_ts,  # target (stride_tc unused for class indices)
     stride_dn, stride_dc, stride_ds,  # gradient
+    stride_gn, stride_gs,  # grad_scale
     # sizes
     n_rows, n_classes, n_spatial,  # N*S, C, S
     n_saved,  # N*S when the backward needs lse and p_coef (SAVE_FOR_BACKWARD, not NLL), else 0
+    class_offset, n_total,  # column c is class class_offset + c of n_total (0 and C without a shard)
+    stats_stride,  # distance between the statistics' rows
     # per-call scalars; each float as an fp32 (hi, lo) pair so float64 inputs keep full precision
     ignore_index, smoothing_hi, smoothing_lo, z_loss_hi, z_loss_lo, softcap_hi, softcap_lo,
     # constexprs
@@ -181,6 +200,8 @@ def _softmax_rows_fwd_kernel(
     SAVE_FOR_BACKWARD: tl.constexpr, WRITE_GRAD: tl.constexpr,
     REDUCTION: tl.constexpr,  # "none" | "sum" | "mean"
     DENOM_GIVEN: tl.constexpr,  # 'mean' with WRITE_GRAD: the denominator was computed before the launch
+    STATS: tl.constexpr,  # "": compute (1) here; "write": store (1) and x_y and stop; "read": load them instead
+    SCALE_GRAD: tl.constexpr,  # WRITE_GRAD for each row's grad_output (read from grad_scale_ptr), not 1
     ACC: tl.constexpr,
 ):
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
@@ -194,11 +215,17 @@ def _softmax_rows_fwd_kernel(
     #     coefficient a_c (w_c for smoothing, w_c t'_c for soft targets), sum_a = sum_c a_c and
     #     sum_ad = sum_c a_c (x_c - m), kept relative to the running max m so that huge logits neither
     #     overflow nor cancel: sum_c a_c (lse - x_c) = log(d) * sum_a - sum_ad.
+    #     (STATS "read": the statistics of every shard, combined after the launch that wrote them.)
     m = tl.full([BLOCK_R], float("-inf"), ACC)  # running max
     d = tl.zeros([BLOCK_R], ACC)  # running sum of exp(x - m)
     sum_a = tl.zeros([BLOCK_R], ACC)
     sum_ad = tl.zeros([BLOCK_R], ACC)
-    if not INPUT_IS_LOGPROB:
+    if STATS == "read":
+        m = tl.load(stats_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        d = tl.load(stats_ptr + stats_stride + rows, mask=row_mask, other=1.0).to(ACC)
+        sum_a = tl.load(stats_ptr + 3 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
+        sum_ad = tl.load(stats_ptr + 4 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
+    elif not INPUT_IS_LOGPROB:
         for c0 in range(0, n_classes, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             col_mask = cols < n_classes
@@ -211,30 +238,33 @@ def _softmax_rows_fwd_kernel(
             d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
-                    a = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+                    a = tl.load(weight_ptr + class_offset + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
                 else:
                     a = tl.full([1, BLOCK_C], 1.0, ACC)
                 if PROB_TARGET:
                     t = tl.load(target_ptr + t_row[:, None] + cols[None, :].to(tl.int64) * stride_tc,
                                 mask=mask, other=0.0).to(ACC)
                     if HAS_SMOOTHING:
-                        t = t * (1.0 - smoothing) + smoothing / n_classes
+                        t = t * (1.0 - smoothing) + smoothing / n_total
                     a = a * t
                 a = tl.where(mask, a, 0.0)
                 shift = tl.where((m_new > m) & (sum_a != 0), (m_new - m) * sum_a, 0.0)
                 sum_ad = sum_ad - shift + tl.sum(tl.where(mask, a * (x - m_safe[:, None]), 0.0), axis=1)
                 sum_a += tl.sum(a, axis=1)
             m = m_new
-        log_d = tl.log(d)
-        lse = m + log_d
-    else:
+    if INPUT_IS_LOGPROB:
         log_d = d  # unused: NLL needs no log-sum-exp
         lse = d
+    else:
+        log_d = tl.log(d)
+        lse = m + log_d
 
     # (2) the row's loss, its share of the 'mean' denominator, and the gradient's row coefficients
     g = tl.full([BLOCK_R], 1.0, ACC)  # the row's gradient scale for grad_output = 1 (WRITE_GRAD)
     if DENOM_GIVEN:
         g = g / tl.load(given_denom_ptr).to(ACC)
+    if SCALE_GRAD:
+        g = g * tl.load(grad_scale_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if PROB_TARGET:
         loss = log_d * sum_a - sum_ad
         row_weight = tl.full([BLOCK_R], 1.0, ACC)
@@ -244,12 +274,17 @@ def _softmax_rows_fwd_kernel(
             p_coef += 2.0 * z_loss * lse
         y = rows  # unused for probability targets
         y_coef = p_coef
+        x_y = tl.zeros([BLOCK_R], ACC)  # unused
     else:
         y, counted, in_range, w_y = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index,
-                                                   n_classes, HAS_WEIGHT, ACC)
-        gather = row_mask & counted & in_range
-        x_y = tl.load(logits_ptr + x_row + y * stride_xc, mask=gather, other=0.0).to(ACC)
-        x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
+                                                   n_total, HAS_WEIGHT, ACC)
+        y_local = y - class_offset
+        gather = row_mask & counted & in_range & (y_local >= 0) & (y_local < n_classes)  # the target is here
+        if STATS == "read":
+            x_y = tl.load(stats_ptr + 2 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
+        else:
+            x_y = tl.load(logits_ptr + x_row + y_local * stride_xc, mask=gather, other=0.0).to(ACC)
+            x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
         y_coef = w_y  # coefficient of (p_c - [c == y]) in the gradient
         p_coef = tl.zeros([BLOCK_R], ACC)  # the further coefficient of p_c (see _write_row_gradients)
         if INPUT_IS_LOGPROB:
@@ -258,9 +293,9 @@ def _softmax_rows_fwd_kernel(
             # lse - x_y as torch computes it, (m - x_y) + log(d): a confident row does not cancel
             loss = w_y * ((m - x_y) + log_d)
             if HAS_SMOOTHING:
-                smooth = (log_d * sum_a - sum_ad) * (smoothing / n_classes)
+                smooth = (log_d * sum_a - sum_ad) * (smoothing / n_total)
                 loss = (1.0 - smoothing) * loss + smooth
-                p_coef = (smoothing / n_classes) * sum_a
+                p_coef = (smoothing / n_total) * sum_a
                 y_coef = (1.0 - smoothing) * w_y
             if HAS_ZLOSS:
                 loss += z_loss * w_y * lse * lse
@@ -274,50 +309,58 @@ def _softmax_rows_fwd_kernel(
         row_weight = tl.where(invalid, float("nan"), row_weight)
         g = tl.where(counted, g, 0.0)
         g = tl.where(invalid, float("nan"), g)
-    if SAVE_FOR_BACKWARD and not INPUT_IS_LOGPROB:
-        tl.store(work_ptr + rows, lse, mask=row_mask)
-        tl.store(work_ptr + n_saved + rows, p_coef, mask=row_mask)
-
-    # (3) gradient for grad_output = 1, while the row is still in L2
-    if WRITE_GRAD:
-        d_row = n * stride_dn + s * stride_ds
-        _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, grad_ptr, x_row, t_row, d_row, d_row,
-                             row_mask, stride_xc, stride_tc, stride_dc, stride_dc, n_classes, lse, p_coef, y, y_coef,
-                             g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
-                             HAS_SMOOTHING, HAS_SOFTCAP, True, False, ACC)
-
-    # (4) the loss: per row, or reduced over the whole grid in this launch (kernels/_reduce.py): every
-    #     program stores its sums of loss and row weight; the last one adds them in program order and
-    #     divides by the 'mean' denominator (the summed weights of counted rows: NaN if any row is NaN,
-    #     0 / 0 = NaN if none counts, as torch), which it also stores for the backward.
-    if REDUCTION == "none":
-        tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
+    if STATS == "write":  # this shard's statistics (x_y: 0 unless the target is one of its classes)
+        tl.store(stats_ptr + rows, m, mask=row_mask)
+        tl.store(stats_ptr + stats_stride + rows, d, mask=row_mask)
+        tl.store(stats_ptr + 2 * stats_stride + rows, x_y, mask=row_mask)
+        tl.store(stats_ptr + 3 * stats_stride + rows, sum_a, mask=row_mask)
+        tl.store(stats_ptr + 4 * stats_stride + rows, sum_ad, mask=row_mask)
     else:
-        n_programs = tl.num_programs(0)
-        denom_ptr = work_ptr + 2 * n_saved
-        partials_ptr = denom_ptr + 1
-        tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
-        if REDUCTION == "mean" and not DENOM_GIVEN:
-            tl.store(partials_ptr + n_programs + pid, tl.sum(tl.where(row_mask, row_weight, 0.0), axis=0))
-        if is_last_program(counter_ptr):
-            total = sum_partials(partials_ptr, n_programs, RBLOCK, ACC)
-            if REDUCTION == "mean":
-                if DENOM_GIVEN:
-                    denom = tl.load(given_denom_ptr).to(ACC)
-                else:
-                    denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
-                tl.store(denom_ptr, denom)  # for the backward
-                total = total / denom
-            tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
-            release_counter(counter_ptr)
+        if SAVE_FOR_BACKWARD and not INPUT_IS_LOGPROB:
+            tl.store(work_ptr + rows, lse, mask=row_mask)
+            tl.store(work_ptr + n_saved + rows, p_coef, mask=row_mask)
+
+        # (3) gradient for grad_output = 1 (or the rows' own, SCALE_GRAD), while the row is still in L2
+        if WRITE_GRAD:
+            d_row = n * stride_dn + s * stride_ds
+            _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, grad_ptr, x_row, t_row, d_row, d_row,
+                                 row_mask, stride_xc, stride_tc, stride_dc, stride_dc, n_classes, class_offset,
+                                 n_total, lse, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET,
+                                 INPUT_IS_LOGPROB, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, True, False, ACC)
+
+        # (4) the loss: per row, or reduced over the whole grid in this launch (kernels/_reduce.py): every
+        #     program stores its sums of loss and row weight; the last one adds them in program order and
+        #     divides by the 'mean' denominator (the summed weights of counted rows: NaN if any row is NaN,
+        #     0 / 0 = NaN if none counts, as torch), which it also stores for the backward.
+        if REDUCTION == "none":
+            tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
+        else:
+            n_programs = tl.num_programs(0)
+            denom_ptr = work_ptr + 2 * n_saved
+            partials_ptr = denom_ptr + 1
+            tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
+            if REDUCTION == "mean" and not DENOM_GIVEN:
+                tl.store(partials_ptr + n_programs + pid, tl.sum(tl.where(row_mask, row_weight, 0.0), axis=0))
+            if is_last_program(counter_ptr):
+                total = sum_partials(partials_ptr, n_programs, RBLOCK, ACC)
+                if REDUCTION == "mean":
+                    if DENOM_GIVEN:
+                        denom = tl.load(given_denom_ptr).to(ACC)
+                    else:
+                        denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
+                    tl.store(denom_ptr, denom)  # for the backward
+                    total = total / denom
+                tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+                release_counter(counter_ptr)
 
 
-@triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo"])
+@triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo",
+                            "class_offset", "n_total"])
 def _softmax_rows_bwd_kernel(
     # pointers
     logits_ptr,  # (N, C, S) logits (log-probabilities when INPUT_IS_LOGPROB: not read)
     target_ptr,  # (N, S) class indices, or (N, C, S) probabilities when PROB_TARGET
-    weight_ptr,  # (C,) class weights, read when HAS_WEIGHT
+    weight_ptr,  # (n_total,) class weights, read when HAS_WEIGHT
     work_ptr,  # float workspace of the forward, see WORKSPACE: lse, p_coef, denom (read when MEAN)
     grad_out_ptr,  # grad_output: (N, S) for reduction 'none', a single element otherwise (strides 0)
     grad_ptr,  # (N, C, S) gradient of the logits (out, GRAD_INPUT); may alias logits_ptr (in-place backward)
@@ -331,6 +374,7 @@ def _softmax_rows_bwd_kernel(
     # sizes
     n_rows, n_classes, n_spatial,
     n_saved,  # as in the forward: N*S, or 0 for NLL
+    class_offset, n_total,  # column c is class class_offset + c of n_total (0 and C without a shard)
     # per-call scalars, floats as (hi, lo) pairs
     ignore_index, smoothing_hi, smoothing_lo, softcap_hi, softcap_lo,
     # constexprs
@@ -362,15 +406,15 @@ def _softmax_rows_bwd_kernel(
         y_coef = p_coef
     else:
         y, counted, in_range, w_y = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index,
-                                                   n_classes, HAS_WEIGHT, ACC)
+                                                   n_total, HAS_WEIGHT, ACC)
         g = tl.where(counted, g, 0.0)
         g = tl.where(counted & ~in_range, float("nan"), g)
         y_coef = w_y
         if HAS_SMOOTHING:
             y_coef = (1.0 - smoothing) * w_y
     _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr, x_row, t_row, d_row, e_row,
-                         row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, lse, p_coef, y, y_coef, g,
-                         smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
+                         row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset, n_total, lse,
+                         p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
                          HAS_SMOOTHING, HAS_SOFTCAP, GRAD_INPUT, GRAD_TARGET, ACC)
 
 
@@ -405,22 +449,22 @@ def _softmax_rows_rescale_kernel(
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
-
-
-
 @plan_cache
 def _fwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
-              has_smoothing, has_zloss, has_softcap, save_for_backward, write_grad, reduction, denom_given):
+              has_smoothing, has_zloss, has_softcap, save_for_backward, write_grad, reduction, denom_given,
+              stats_mode, scale_grad):
     """(grid, num_warps, constexprs) of the forward kernel for one signature."""
     per_class_sums = prob_target or has_smoothing
     block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
-                                                    gather_only=input_is_logprob and not write_grad,
+                                                    gather_only=(input_is_logprob and not write_grad
+                                                                 or stats_mode == "read" and not write_grad),
                                                     per_class_sums=per_class_sums)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=_RBLOCK, PROB_TARGET=prob_target,
         INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing,
         HAS_ZLOSS=has_zloss, HAS_SOFTCAP=has_softcap, SAVE_FOR_BACKWARD=save_for_backward,
-        WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, ACC=accumulation_dtypes(dtype)[0])
+        WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, STATS=stats_mode,
+        SCALE_GRAD=scale_grad, ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
@@ -446,22 +490,30 @@ def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
 
 def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_shape, ignore_index, smoothing,
                      z_loss, softcap, prob_target, input_is_logprob, save_for_backward, grad=None, grad_strides=None,
-                     denom=None):
+                     denom=None, out=None, shard=None, stats=None, stats_mode="", grad_scale=None,
+                     grad_scale_strides=(0, 0)):
     """Cross entropy (or NLL when ``input_is_logprob``) over the rows of ``logits``, in one launch.
 
     ``rows``: (N, C, S, logits strides, target strides), the (N, C, S) view of the logits and the
     (N, S) view of class-index targets (target strides (n, 0, s)) or (N, C, S) view of probabilities,
     strides in elements. Returns (out, work): out is the loss per row, shaped ``out_shape``, for reduction
-    "none", else the reduced loss (0-d), in ``out_dtype``; work is the float workspace (WORKSPACE) the
-    backward reads. With ``grad`` (a buffer addressed by ``grad_strides``, possibly the logits
-    themselves) the kernel also writes the gradient for grad_output = 1; for 'mean' the denominator must
-    then be given as ``denom``.
+    "none", else the reduced loss (0-d), in ``out_dtype`` (written into ``out`` when given: a view of a
+    larger buffer); work is the float workspace (WORKSPACE) the backward reads. With ``grad`` (a buffer
+    addressed by ``grad_strides``, possibly the logits themselves) the kernel also writes the gradient for
+    grad_output = 1, or for the rows' own grad_output with ``grad_scale`` (addressed over (N, S) by
+    ``grad_scale_strides``); for 'mean' the denominator must then be given as ``denom``.
+
+    Vocabulary shards (VOCAB PARALLEL): ``shard`` = (class_offset, n_total) says that column c is class
+    class_offset + c of n_total. ``stats_mode`` "write" stores the shard's row statistics into ``stats``
+    (a (5, >= N*S) float view: [m | d | x_y | sum_a | sum_ad]) and nothing else; "read" takes them from
+    there (combined over the shards) instead of sweeping the logits for them.
     """
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
-    reduce = reduction != "none"
-    out = new_tensor(logits, () if reduce else out_shape, out_dtype)
-    n_saved = n_rows if save_for_backward and not input_is_logprob else 0
+    reduce = reduction != "none" and stats_mode != "write"
+    if out is None and stats_mode != "write":
+        out = new_tensor(logits, () if reduce else out_shape, out_dtype)
+    n_saved = n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
     acc = accumulation_dtypes(logits.dtype)[1]
     if n_rows == 0:  # nothing to launch: torch's value of an empty reduction (sum 0, mean 0 / 0)
         if reduce:
@@ -470,14 +522,16 @@ def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_
     grid, num_warps, constexprs = _fwd_plan(
         n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype, prob_target, input_is_logprob,
         weight is not None, smoothing > 0, z_loss != 0, softcap is not None, save_for_backward, grad is not None,
-        reduction, denom is not None)
+        reduction if reduce else "none", denom is not None, stats_mode, grad_scale is not None)
     work = new_tensor(logits, 2 * n_saved + 1 + (2 * grid[0] if reduce else 0), acc)
+    class_offset, n_total = shard or (0, n_classes)
     launch(_softmax_rows_fwd_kernel, grid, (
-        logits, target, weight if weight is not None else logits, out, work,
+        logits, target, weight if weight is not None else logits, out if out is not None else work, work,
         grad if grad is not None else logits, denom if denom is not None else work,
-        reduction_counter(logits) if reduce else work,
-        *x_strides, *t_strides, *(grad_strides or (0, 0, 0)),
-        n_rows, n_classes, n_spatial, n_saved,
+        reduction_counter(logits) if reduce else work, stats if stats is not None else work,
+        grad_scale if grad_scale is not None else work,
+        *x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *grad_scale_strides,
+        n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats.stride(0) if stats is not None else 0,
         ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
     ), constexprs, num_warps, logits.device)
     return out, work
@@ -485,11 +539,12 @@ def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_
 
 def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_output_strides, grad, grad_strides,
                      mean, ignore_index, smoothing, softcap, prob_target, input_is_logprob, target_grad=None,
-                     target_grad_strides=None):
+                     target_grad_strides=None, shard=None):
     """Write d(loss)/d(logits) into ``grad`` (addressed by ``grad_strides`` over (N, C, S); it may be the
     logits themselves; None: no gradient for the logits), and with ``target_grad`` d(loss)/d(target) of
     probability targets. ``grad_output`` is addressed by ``grad_output_strides`` over (N, S): (0, 0) for
-    a reduced loss. ``mean``: divide by the denominator the forward left in ``work``.
+    a reduced loss. ``mean``: divide by the denominator the forward left in ``work``. ``shard``: as in
+    ``softmax_rows_fwd`` (``work`` then holds the lse of every shard's classes).
     """
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
@@ -503,7 +558,7 @@ def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_outpu
         grad if grad is not None else logits, target_grad if target_grad is not None else logits,
         *x_strides, *t_strides, *grad_output_strides, *(grad_strides or (0, 0, 0)),
         *(target_grad_strides or (0, 0, 0)),
-        n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows,
+        n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows, *(shard or (0, n_classes)),
         ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
     ), constexprs, num_warps, logits.device)
 

@@ -84,6 +84,15 @@ SAMPLES = {
     "cross_entropy[z_loss+softcap]": Sample(
         "cross_entropy", lambda: ([_normal(5, 7), _classes(5, 7)], {"z_loss": 0.01, "softcap": 3.0}), (0,),
         reference=_eager_fusedloss("cross_entropy")),
+    "linear_cross_entropy": Sample(
+        "linear_cross_entropy", lambda: ([_normal(5, 4), _normal(7, 4), _classes(5, 7)],
+                                         {"linear_bias": _normal(7), "weight": _positive(7)}), (0, 1),
+        reference=None if hasattr(F, "linear_cross_entropy") else _eager_fusedloss("linear_cross_entropy")),
+    "linear_cross_entropy[z_loss+softcap+smoothing,none]": Sample(
+        "linear_cross_entropy", lambda: ([_normal(5, 4), _normal(7, 4), _classes(5, 7)],
+                                         {"z_loss": 0.01, "softcap": 3.0, "label_smoothing": 0.1,
+                                          "reduction": "none"}), (0, 1),
+        reference=_eager_fusedloss("linear_cross_entropy")),
     "nll_loss": Sample("nll_loss", lambda: ([_normal(5, 7).log_softmax(1), _classes(5, 7)],
                                             {"weight": _positive(7)}), (0,)),
     "binary_cross_entropy": Sample("binary_cross_entropy", lambda: ([_probability(4, 6), _probability(4, 6)], {}),

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fusedloss.__main__ import main
 from fusedloss.bench import harness, registry, report
@@ -210,3 +211,20 @@ def test_info_with_triton_forced_reports_instead_of_crashing(fusedloss_env, caps
     text = capsys.readouterr().out
     assert "requested backend: triton (forced" in text
     assert "cross_entropy" in text and ("cannot run" in text or "triton" in text)
+
+
+def test_linear_cross_entropy_entry(tmp_path, tiny_registry):
+    """The matmul-rows entry: its FLOPs (three GEMMs of 2 N H C forward+backward, one forward), the cuBLAS
+    floor's gradients (the shapes of the inputs'), and a CPU run of the CLI with TFLOP/s in the results."""
+    bench = registry.select(["linear_cross_entropy"])[0]
+    inputs = bench.make_inputs((6, 5, 7), torch.float32, "cpu")
+    assert bench.flops(inputs, True) == 3 * bench.flops(inputs, False) == 3 * 2 * 6 * 5 * 7
+    floor = registry.three_gemm_floor(bench)(*inputs.args)
+    grads = torch.autograd.grad(floor, inputs.grad_tensors)
+    assert [g.shape for g in grads] == [t.shape for t in inputs.grad_tensors]
+    assert set(bench.peers) == {"cuBLAS 3-GEMM floor", "torch chunked", "liger", "cut-cross-entropy"}
+    out = tmp_path / "lce.json"
+    assert main(["bench", "--loss", "linear_cross_entropy", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert {r["impl"] for r in results} == {"fusedloss", "torch"}
+    assert all(r["status"] == "ok" and r["tflops"] > 0 for r in results)

@@ -208,9 +208,12 @@ def test_parity(case_id, reduction, shape, dtype, backend):
     check_parity(case.fn, args, {**kwargs, "reduction": reduction}, backend)
 
 
+NOT_POINTWISE = {"cross_entropy", "nll_loss", "linear_cross_entropy"}  # the softmax-rows and matmul-rows families
+
+
 def test_parity_grid_covers_every_loss():
     covered = {case.fn for case in CASES.values()}
-    assert covered == set(FL.__all__) - {"cross_entropy", "nll_loss"}
+    assert covered == set(FL.__all__) - NOT_POINTWISE
 
 
 # ------------------------------------------------------------------ broadcasting
@@ -580,7 +583,7 @@ POINTWISE_BENCHES = [b for b in registry.REGISTRY if b.family == "pointwise"]
 
 
 def test_every_pointwise_loss_is_benchmarked():
-    assert {b.name for b in POINTWISE_BENCHES} == set(FL.__all__) - {"cross_entropy", "nll_loss"}
+    assert {b.name for b in POINTWISE_BENCHES} == set(FL.__all__) - NOT_POINTWISE
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the traffic meter hooks Triton's interpreter")

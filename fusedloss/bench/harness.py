@@ -35,6 +35,7 @@ class Result:
     minimal_bytes: int = 0
     gbps: Optional[float] = None
     roofline_fraction: Optional[float] = None
+    tflops: Optional[float] = None  # the entry's floating-point operations per second (compute-bound losses)
     status: str = "ok"
 
 
@@ -119,6 +120,7 @@ def measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth):
     input_sets = [probe] + [bench.make_inputs(shape, dtype, device) for _ in range(n_sets - 1)]
     result = Result(bench.label, str(dtype).replace("torch.", ""), tuple(shape), mode, impl_name,
                     minimal_bytes=bench.minimal_bytes(probe, mode == "forward+backward"))
+    flops = bench.flops(probe, mode == "forward+backward") if bench.flops is not None else None
     step = make_step(impl, input_sets, mode)
     try:
         result.median_ms = time_fn(step, device)
@@ -134,6 +136,8 @@ def measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth):
     if result.median_ms:
         result.gbps = result.minimal_bytes / (result.median_ms * 1e-3) / 1e9
         result.roofline_fraction = result.gbps / bandwidth
+        if flops is not None:
+            result.tflops = flops / (result.median_ms * 1e-3) / 1e12
     return result
 
 
@@ -141,8 +145,8 @@ def fits(bench, shape, dtype, device):
     """Skip shapes whose logits and gradient would not fit in a third of the device's memory."""
     if device != "cuda":
         return True
-    elements = math.prod(shape)
-    need = 3 * elements * torch.empty((), dtype=dtype).element_size()
+    element_size = torch.empty((), dtype=dtype).element_size()
+    need = bench.footprint(shape, element_size) if bench.footprint else 3 * math.prod(shape) * element_size
     return need < torch.cuda.get_device_properties(0).total_memory / 1.5
 
 

@@ -50,6 +50,10 @@ class LossBench:
     variants: Dict[str, dict] = dataclasses.field(default_factory=dict)
     # the eager torch implementation when torch.nn.functional has no ``name`` (torchvision's focal loss)
     reference: Optional[Callable] = None
+    # floating-point operations of one call (forward, or forward+backward): the compute-bound losses
+    flops: Optional[Callable[[Inputs, bool], int]] = None
+    # bytes the largest implementation needs at a shape and element size (default: 3 x the shape's elements)
+    footprint: Optional[Callable[[Shape, int], int]] = None
 
     @property
     def label(self):
@@ -287,3 +291,89 @@ REGISTRY.extend([
               reference=eager_sigmoid_focal_loss, make_inputs=pointwise_inputs(_normal, _probability),
               **_PW_SHAPES),
 ])
+
+
+# ------------------------------------------------------------------ linear_cross_entropy (matmul rows)
+# Shapes (N tokens, H features, C classes): Llama 3 (H 4096, C 128256) at 8192 and 16384 tokens, Gemma 2 2B
+# (H 2304, C 256000: the shape Cut Cross-Entropy publishes), a 32000-token vocabulary. bf16, the input and
+# the linear weight differentiated, 5% of the targets ignored.
+
+
+def linear_cross_entropy_inputs(shape, dtype, device):
+    n_rows, hidden, n_classes = shape
+    x = (torch.randn(n_rows, hidden, device=device) / hidden**0.25).to(dtype).requires_grad_()
+    w = (torch.randn(n_classes, hidden, device=device) / hidden**0.25).to(dtype).requires_grad_()
+    return Inputs((x, w, _class_targets(n_rows, n_classes, device)), {}, (x, w))
+
+
+def linear_cross_entropy_reference(input, linear_weight, target, **kwargs):
+    """torch's reference path (F.linear_cross_entropy with options=None): the logits whole; also on
+    torches without linear_cross_entropy."""
+    return F.cross_entropy(F.linear(input, linear_weight), target, **kwargs)
+
+
+def linear_cross_entropy_flops(inputs, backward):
+    """2 N H C per GEMM: the logits (forward), dInput and dWeight (backward). Recomputing the logits in
+    the backward (reduction 'none', CCE) is a 4th that this count leaves out: it is the floor."""
+    x, w, _ = inputs.args
+    return 2 * x.shape[0] * x.shape[1] * w.shape[0] * (3 if backward else 1)
+
+
+def linear_cross_entropy_footprint(shape, element_size):
+    """torch's reference path at its peak: the logits, their float32 log-softmax and gradient, plus the
+    weight and its gradient."""
+    n_rows, hidden, n_classes = shape
+    return n_rows * n_classes * (element_size + 8) + 2 * n_classes * hidden * element_size
+
+
+class _ThreeGemms(torch.autograd.Function):
+    """The time floor of linear cross entropy: its three GEMMs with cuBLAS and nothing else (the
+    "dlogits" are the logits themselves; the loss is a placeholder)."""
+
+    @staticmethod
+    def forward(ctx, input, linear_weight):
+        logits = input @ linear_weight.t()
+        ctx.save_for_backward(input, linear_weight, logits)
+        return logits.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, linear_weight, dlogits = ctx.saved_tensors
+        return dlogits @ linear_weight, dlogits.t() @ input
+
+
+def three_gemm_floor(bench):
+    return lambda input, linear_weight, target: _ThreeGemms.apply(input, linear_weight)
+
+
+def torch_chunked_linear_cross_entropy(bench):
+    """torch's chunked path (torch >= 2.13): ``options=LinearCrossEntropyOptions()``."""
+    options = torch.nn.LinearCrossEntropyOptions()
+    return lambda input, linear_weight, target: F.linear_cross_entropy(input, linear_weight, target, options=options)
+
+
+def liger_fused_linear_cross_entropy(bench):
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
+
+    def call(input, linear_weight, target):
+        out = loss(linear_weight, input, target)
+        return out[0] if isinstance(out, tuple) else out
+    return call
+
+
+def cut_cross_entropy(bench):
+    from cut_cross_entropy import linear_cross_entropy
+
+    return lambda input, linear_weight, target: linear_cross_entropy(input, linear_weight, target, ignore_index=-100)
+
+
+REGISTRY.append(LossBench(
+    name="linear_cross_entropy", family="matmul rows", make_inputs=linear_cross_entropy_inputs,
+    gpu_shapes=[(8192, 4096, 128256), (16384, 4096, 128256), (8192, 2304, 256000), (16384, 4096, 32000)],
+    quick_shapes=[(8192, 4096, 128256)], cpu_shapes=[(256, 128, 2048)], traffic_shapes=[],
+    dtypes=(torch.bfloat16,), reference=linear_cross_entropy_reference, flops=linear_cross_entropy_flops,
+    footprint=linear_cross_entropy_footprint,
+    peers={"cuBLAS 3-GEMM floor": three_gemm_floor, "torch chunked": torch_chunked_linear_cross_entropy,
+           "liger": liger_fused_linear_cross_entropy, "cut-cross-entropy": cut_cross_entropy}))

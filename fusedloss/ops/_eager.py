@@ -74,3 +74,106 @@ def gaussian_nll_loss(input, target, var, full, eps, reduction):
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def linear_logits(input, linear_weight, linear_bias):
+    """torch's reference path of linear_cross_entropy up to the logits: ``F.linear`` with the weight's
+    middle dimensions (K-dimensional loss) folded into the rows, then the logits shaped (N, C, d1..dk)."""
+    n_classes, out_features, in_features = linear_weight.shape[0], linear_weight.shape[1:-1], linear_weight.shape[-1]
+    if out_features:
+        linear_weight = linear_weight.reshape(-1, in_features)
+        linear_bias = linear_bias.reshape(-1) if linear_bias is not None else None
+    logits = F.linear(input, linear_weight, linear_bias)
+    return logits.reshape(*input.shape[:-1], n_classes, *out_features)
+
+
+def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
+                         z_loss, softcap, process_group):
+    """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
+    extras, or its vocabulary-parallel form (``process_group``: a registered group's name)."""
+    logits = linear_logits(input, linear_weight, linear_bias)
+    if process_group:
+        return vocab_parallel_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                                            softcap, process_group)
+    return eager_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+
+
+def vocab_parallel_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                                 process_group):
+    """Cross entropy of logits whose classes are sharded over the ranks of ``process_group`` (its
+    registered name; fusedloss/ops/_vocab_parallel.py): this rank's block of every row, global targets
+    and class weights; the global loss on every rank, differentiable with respect to this rank's block.
+    The same collectives as the fused path: one all_reduce MAX of the row maxima, one all_reduce SUM of
+    the packed row sums (sum of exp, target logit, and the per-class sums of smoothing / soft targets).
+    The formulas are the kernel's (kernels/softmax_rows.py, steps (1)-(2)), over the whole vocabulary."""
+    from . import _vocab_parallel
+
+    prob_target = input.shape == target.shape
+    if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
+        input = input.float()
+        weight = weight.float() if weight is not None else None
+    out_dtype = input.dtype
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    n_local = input.shape[0 if input.dim() == 1 else 1]
+    offset, n_total = _vocab_parallel.shard_layout(process_group, n_local, input.device)
+    _vocab_parallel.check_class_weight(weight, n_total)
+    loss_shape = ((input.shape[0], *input.shape[2:]) if input.dim() > 1 else ()) if prob_target else target.shape
+    # rows (R, C_local): the class dimension last
+    x = input.reshape(1, -1) if input.dim() == 1 else input.movedim(1, -1).reshape(-1, n_local)
+    x = x.to(acc)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    n_rows = x.shape[0]
+    # (1) the row max over every rank (a shift: not differentiated), then this rank's sums relative to it
+    local_max = x.detach().amax(1) if n_local else x.new_full((n_rows,), float("-inf"))
+    row_max = _vocab_parallel.max_over_ranks(local_max, process_group)
+    row_max = torch.where(row_max == float("-inf"), 0.0, row_max)
+    shifted = x - row_max[:, None]
+    sums = [shifted.exp().sum(1)]
+    w_local = weight[offset:offset + n_local].to(acc) if weight is not None else None
+    if prob_target:
+        t = target.reshape(1, -1) if target.dim() == 1 else target.movedim(1, -1).reshape(-1, n_local)
+        t = t.to(acc)
+        if label_smoothing > 0:
+            t = t * (1 - label_smoothing) + label_smoothing / n_total
+        sums.append(torch.zeros_like(sums[0]))  # no target logit
+    else:
+        y = target.reshape(-1).long()
+        counted = y != ignore_index
+        in_range = (y >= 0) & (y < n_total)
+        here = counted & in_range & (y >= offset) & (y < offset + n_local)
+        x_y = x.gather(1, (y - offset).clamp(0, max(n_local - 1, 0))[:, None])[:, 0] if n_local else sums[0] * 0
+        sums.append(torch.where(here, x_y, 0.0))
+    per_class_sums = prob_target or label_smoothing > 0
+    if per_class_sums:
+        a = t if prob_target else torch.ones_like(x[:1])
+        if w_local is not None:
+            a = a * w_local
+        sums.append(a.sum(1).expand(n_rows))
+        sums.append(torch.where(a != 0, a * shifted, 0.0).sum(1))
+    total = _vocab_parallel.sum_over_ranks(torch.stack(sums), process_group)
+    log_d = total[0].log()
+    lse = row_max + log_d
+    smooth = (log_d * total[2] - total[3]) if per_class_sums else None
+    # (2) the loss of each row and its share of the 'mean' denominator
+    if prob_target:
+        loss = smooth
+        if z_loss:
+            loss = loss + z_loss * lse * lse
+        row_weight = torch.ones_like(loss)
+    else:
+        w_y = weight.to(acc)[torch.where(counted & in_range, y, 0)] if weight is not None else torch.ones_like(lse)
+        w_y = torch.where(counted & in_range, w_y, 0.0)
+        loss = w_y * ((row_max - total[1]) + log_d)
+        if label_smoothing > 0:
+            loss = (1 - label_smoothing) * loss + (label_smoothing / n_total) * smooth
+        if z_loss:
+            loss = loss + z_loss * w_y * lse * lse
+        invalid = counted & ~in_range
+        loss = torch.where(invalid, float("nan"), torch.where(counted, loss, 0.0))
+        row_weight = torch.where(invalid, float("nan"), w_y)
+    if reduction == "none":
+        return loss.reshape(loss_shape).to(out_dtype)
+    if reduction == "sum":
+        return loss.sum().to(out_dtype)
+    return (loss.sum() / row_weight.sum()).to(out_dtype)

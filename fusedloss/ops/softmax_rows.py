@@ -10,6 +10,12 @@ Two ways to split the work (kernels/softmax_rows.py has the byte counts):
 Measured on an H100 (bench/NOTES.md) the two cost the same when half of the calls have grad_output 1, so
 the default is the mode that does not depend on it. Nothing syncs with the host.
 
+Vocabulary parallel (``process_group``): the logits hold one rank's block of the classes. The forward
+launches twice around two collectives (fusedloss/ops/_vocab_parallel.py): the shard's row statistics,
+combined over the ranks, then the loss and lse from them; the backward is the usual one, with the class
+offset. linear_cross_entropy (fusedloss/ops/linear_cross_entropy.py) runs these kernels on each chunk
+of its logits through ``launch_forward``.
+
 Saved for the backward: the inputs (logits, target, weight) and the state (work, grad): the kernels'
 workspace (each row's log-sum-exp and softmax coefficient, the 'mean' denominator: see WORKSPACE in
 kernels/softmax_rows.py) and the gradient written by a grad_in_forward forward (handed to autograd by the
@@ -20,8 +26,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._torch import F
-from . import _scaffold
-from ._eager import eager_cross_entropy
+from . import _scaffold, _vocab_parallel
+from ._eager import eager_cross_entropy, vocab_parallel_cross_entropy
 
 
 class SoftmaxRowsOptions(NamedTuple):
@@ -35,6 +41,7 @@ class SoftmaxRowsOptions(NamedTuple):
     input_is_logprob: bool = False  # NLL: the input already holds log-probabilities
     inplace_backward: bool = False
     grad_in_forward: bool = False
+    process_group: str = ""  # vocabulary-parallel: the group's name (fusedloss/ops/_vocab_parallel.py); "": none
 
 
 _kernels = None
@@ -116,20 +123,25 @@ class SoftmaxRows:
     def forward(options, inputs, needs_grad):
         input, target, weight = inputs
         logits, rows_target, rows = _rows(input, target, options.prob_target)
-        grad = grad_strides = denom = None
+        grad = grad_strides = denom = stats = None
+        shard = shard_of(options, rows[1], weight, input.device)
+        if shard is not None:  # this rank's statistics, combined over the ranks (two collectives)
+            stats = input.new_empty((5, rows[0] * rows[2]), dtype=_acc(input.dtype))
+            launch_forward(logits, rows_target, weight, rows, options, reduction="none", shard=shard, stats=stats,
+                           stats_mode="write", save_for_backward=False)
+            _vocab_parallel.combine_statistics(stats, options.process_group, per_class_sums(options))
         if needs_grad[0] and options.grad_in_forward and not needs_grad[1]:
             if options.inplace_backward:
                 grad, grad_strides = logits, rows[3]
             else:
                 grad, grad_strides = input.new_empty(input.shape), _contiguous_strides(rows)
             if options.reduction == "mean":
-                denom = _mean_denominator(rows_target, weight, options, rows, _acc(input.dtype))
-        out, work = kernels().softmax_rows_fwd(
-            logits, rows_target, weight, rows, reduction=options.reduction, out_dtype=options.out_dtype,
-            out_shape=_loss_shape(input, target, options), ignore_index=options.ignore_index,
-            smoothing=max(options.label_smoothing, 0.0), z_loss=options.z_loss, softcap=options.softcap,
-            prob_target=options.prob_target, input_is_logprob=options.input_is_logprob,
-            save_for_backward=needs_grad[0] or needs_grad[1], grad=grad, grad_strides=grad_strides, denom=denom)
+                denom = mean_denominator(rows_target, weight, options, rows[0] * rows[2],
+                                         shard[1] if shard else rows[1], _acc(input.dtype))
+        out, work = launch_forward(
+            logits, rows_target, weight, rows, options, out_shape=_loss_shape(input, target, options),
+            save_for_backward=needs_grad[0] or needs_grad[1], grad=grad, grad_strides=grad_strides, denom=denom,
+            shard=shard, stats=stats, stats_mode="read" if stats is not None else "")
         if grad is not None and options.inplace_backward:
             work = None  # the forward overwrote the logits: only the gradient it wrote is left to hand over
         return out, (work, grad)
@@ -163,7 +175,7 @@ class SoftmaxRows:
             logits, rows_target, weight, rows, work, grad_output, g_strides, grad, strides,
             options.reduction == "mean", options.ignore_index, max(options.label_smoothing, 0.0), options.softcap,
             options.prob_target, options.input_is_logprob, target_grad,
-            _contiguous_strides(rows) if want_target else None)
+            _contiguous_strides(rows) if want_target else None, shard_of(options, rows[1], None, input.device))
         if grad is not None and grad is logits:
             grad = grad.view(input.shape)  # the logits' own buffer, as a new view (autograd copies the input itself)
         return grad, target_grad, None
@@ -184,14 +196,7 @@ class SoftmaxRows:
 
     @staticmethod
     def reference(options, input, target, weight):
-        if input.dtype != options.out_dtype:  # autocast: torch casts to float32 first
-            input = input.to(options.out_dtype)
-            weight = weight.to(options.out_dtype) if weight is not None else None
-        if options.input_is_logprob:
-            return F.nll_loss(input, target, weight, ignore_index=options.ignore_index,
-                                                reduction=options.reduction)
-        return eager_cross_entropy(input, target, weight, options.ignore_index, options.reduction,
-                                   options.label_smoothing, options.z_loss, options.softcap)
+        return reference_loss(options, input, target, weight)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
@@ -204,14 +209,13 @@ class SoftmaxRows:
         return out, (input.new_empty(2 * n_saved + 1, dtype=_acc(input.dtype)), None)
 
 
-def _mean_denominator(target, weight, options, rows, acc):
-    """torch's 'mean' denominator on the device (no sync), for grad_in_forward: the summed weights of
-    the counted targets (their count without weights; NaN if a counted target is not a class, as the
-    fused reduction gives), or the number of rows for probability targets."""
-    n_rows = rows[0] * rows[2]
+def mean_denominator(target, weight, options, n_rows, n_classes, acc):
+    """torch's 'mean' denominator on the device (no sync), for a gradient written in the forward: the
+    summed weights of the counted targets (their count without weights; NaN if a counted target is not
+    one of the ``n_classes`` classes, as the fused reduction gives), or ``n_rows`` for probability
+    targets."""
     if options.prob_target:
         return target.new_full((), n_rows, dtype=acc)
-    n_classes = rows[1]
     counted = target != options.ignore_index
     in_range = (target >= 0) & (target < n_classes)
     safe = torch.where(counted & in_range, target, 0).long()
@@ -219,6 +223,49 @@ def _mean_denominator(target, weight, options, rows, acc):
                                                                             device=target.device)
     row_weight = torch.where(counted, row_weight, 0.0)
     return torch.where(counted & ~in_range, float("nan"), row_weight).sum()
+
+
+def reference_loss(options, input, target, weight):
+    """The loss of a cross-entropy call (also linear_cross_entropy's, on its logits) in differentiable eager
+    torch ops: the second-order path."""
+    if input.dtype != options.out_dtype:  # autocast: torch casts to float32 first
+        input = input.to(options.out_dtype)
+        weight = weight.to(options.out_dtype) if weight is not None else None
+    if getattr(options, "input_is_logprob", False):
+        return F.nll_loss(input, target, weight, ignore_index=options.ignore_index, reduction=options.reduction)
+    if options.process_group:
+        return vocab_parallel_cross_entropy(input, target, weight, options.ignore_index, options.reduction,
+                                            options.label_smoothing, options.z_loss, options.softcap,
+                                            options.process_group)
+    return eager_cross_entropy(input, target, weight, options.ignore_index, options.reduction,
+                               options.label_smoothing, options.z_loss, options.softcap)
+
+
+def per_class_sums(options):
+    """Whether the kernels keep the per-class sums (label smoothing, probability targets)."""
+    return options.prob_target or options.label_smoothing > 0
+
+
+def shard_of(options, n_classes, weight, device):
+    """(class offset, total classes) of this rank's block of ``n_classes`` classes, or None without a
+    process group; checks the class weight's size against the total."""
+    if not options.process_group:
+        return None
+    shard = _vocab_parallel.shard_layout(options.process_group, n_classes, device)
+    _vocab_parallel.check_class_weight(weight, shard[1])
+    return shard
+
+
+def launch_forward(logits, target, weight, rows, options, *, reduction=None, out_dtype=None, out_shape=(),
+                   save_for_backward, **kwargs):
+    """``softmax_rows_fwd`` with the options of a cross-entropy call (also linear_cross_entropy's);
+    ``reduction`` and ``out_dtype`` override theirs, ``kwargs`` go to the launcher as they are."""
+    return kernels().softmax_rows_fwd(
+        logits, target, weight, rows, reduction=reduction or options.reduction,
+        out_dtype=out_dtype or options.out_dtype, out_shape=out_shape, ignore_index=options.ignore_index,
+        smoothing=max(options.label_smoothing, 0.0), z_loss=options.z_loss, softcap=options.softcap,
+        prob_target=options.prob_target, input_is_logprob=getattr(options, "input_is_logprob", False),
+        save_for_backward=save_for_backward, **kwargs)
 
 
 FAMILY = _scaffold.register(SoftmaxRows())

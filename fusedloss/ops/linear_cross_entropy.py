@@ -1,0 +1,338 @@
+"""The matmul-rows family: linear_cross_entropy = cross_entropy(input @ linear_weight^T + bias, target), the
+logits never whole.
+
+Design: token chunks around the GEMMs (cuBLAS on a GPU), with the softmax-rows kernel of cross entropy
+on each chunk (bench/NOTES.md has the bytes and FLOPs of this design and of a CCE-style kernel):
+
+  reduction 'mean' / 'sum' (one grad_output for the whole loss, so the gradient for grad_output 1 can be
+  finished in the forward; the 'mean' denominator is computed on the device before the chunks):
+    per chunk of R rows (R from CHUNK_BYTES, one logits buffer of R x C reused by every chunk)
+      logits = X_c W^T (+ b)                         GEMM 1, written into the buffer
+      the softmax-rows forward: the chunk's loss (reduced in the launch) and, over the logits,
+        d loss / d logits for grad_output 1
+      dX_c = dlogits W                               GEMM 2, into dX's rows
+      dW += dlogits^T X_c                            GEMM 3, into a float32 accumulator for 16-bit weights
+      db += the column sums of dlogits
+    backward: dX, dW and db times grad_output, in place on the device (nothing moves when it is 1).
+  reduction 'none' (a grad_output per row, known only in the backward): the forward computes the loss
+    only; the backward recomputes each chunk's logits (a 4th GEMM) and writes the gradient for the rows'
+    own grad_output, then GEMMs 2 and 3.
+
+No tensor of N x C elements exists at any time: the largest is the chunk buffer. The chunks run in a
+fixed order, each accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), nothing
+syncs with the host, and the kernels index with 64-bit offsets.
+
+Vocabulary parallel (``process_group``): rank r holds rows [o_r, o_r + C_r) of the linear weight (and of
+the bias). A first pass over the chunks writes each row's statistics over this rank's classes (the
+softmax-rows forward's STATS "write": max, sum of exp, target logit, per-class sums); they are combined
+over the ranks (fusedloss/ops/_vocab_parallel.py: one all_reduce MAX, one SUM); a second pass recomputes
+the logits (with a single chunk, the first pass's buffer is kept instead) and finishes as above. The input's
+gradient is this rank's term (all-reduce it over the group, as for a column-parallel linear's input); dW
+and db are this rank's rows. The backward needs no collective: the combined statistics are saved.
+
+Saved for the backward: the inputs, and the state (dX, dW, db for grad_output 1 when the forward wrote
+them; the combined row statistics when vocab parallel). The first backward hands dX/dW/db over (scaled
+in place); a second backward through the same graph finds None and recomputes.
+"""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import _scaffold, _vocab_parallel
+from ._eager import linear_logits
+from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
+
+# Bytes of the chunk's logits buffer, the one large temporary: 224 MiB keeps the peak extra memory (the
+# buffer, a float32 column-sum for the bias, the kernels' workspaces) under 256 MiB at any vocabulary.
+CHUNK_BYTES = 224 << 20
+
+
+class LinearCrossEntropyOptions(NamedTuple):
+    reduction: str  # "none" | "mean" | "sum"
+    out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
+    ignore_index: int = -100
+    label_smoothing: float = 0.0  # applied when > 0
+    z_loss: float = 0.0
+    softcap: Optional[float] = None
+    prob_target: bool = False
+    chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of logits hold
+    process_group: str = ""  # vocabulary-parallel: the group's name; "": none
+
+
+class _Geometry(NamedTuple):
+    x: torch.Tensor  # (N, H) input rows
+    w: torch.Tensor  # (C*D, H) linear weight (D: the product of out_features, 1 without)
+    b: Optional[torch.Tensor]  # (C*D,) bias
+    target: torch.Tensor  # (N, D) class indices, or (N, C, D) probabilities
+    n: int
+    c: int
+    d: int
+    chunk: int  # rows per chunk
+
+    def chunk_rows(self, n_rows):
+        """(N, C, S, logits strides, target strides) of a chunk of ``n_rows`` rows, for the softmax-rows
+        kernels: the chunk buffer is (rows, C*D) contiguous, i.e. (rows, C, D) class-strided."""
+        x_strides = (self.c * self.d, self.d, 1) if self.d > 1 else (self.c, 1, 0)
+        t = self.target
+        t_strides = t.stride() if t.dim() == 3 else (t.stride(0), 0, t.stride(1))
+        return n_rows, self.c, self.d, x_strides, t_strides
+
+
+def _geometry(input, linear_weight, target, bias, options):
+    h = input.shape[-1]
+    x = input.reshape(-1, h)
+    n, c = x.shape[0], linear_weight.shape[0]
+    d = math.prod(linear_weight.shape[1:-1])
+    w = linear_weight.reshape(c * d, h)
+    b = bias.reshape(c * d) if bias is not None else None
+    t = target.reshape(n, c, d) if options.prob_target else target.reshape(n, d)
+    return _Geometry(x, w, b, t, n, c, d, _chunk_rows(n, c * d, x.element_size(), options.chunk_rows))
+
+
+def _chunk_rows(n, columns, element_size, requested):
+    """Rows per chunk: ``requested``, else as many as CHUNK_BYTES of logits hold, spread evenly over the
+    chunks and rounded to 128 rows (GEMM tiles) when that stays within the budget."""
+    if requested:
+        return max(1, min(requested, n))
+    limit = max(1, CHUNK_BYTES // max(columns * element_size, 1))
+    if n <= limit:
+        return max(n, 1)
+    rows = -(-n // -(-n // limit))
+    return min(limit, -(-rows // 128) * 128) if rows > 128 else rows
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _loss_shape(input, target, options):
+    """torch's shape of the unreduced loss: the target's (class indices), or (N, d1..dk) (probabilities)."""
+    if options.prob_target:
+        return (input.shape[0], *target.shape[2:]) if input.dim() == 2 else ()
+    return target.shape
+
+
+# ----------------------------------------------------------------------------------------------------
+# the sweep over the chunks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, denom=None, grads=None,
+           grad_scale=None, kept=None):
+    """One pass over the chunks, in order. ``mode`` "write": the row statistics of a vocabulary shard
+    into ``stats``; otherwise the loss into ``out(chunk, first_row, rows)`` (from ``stats`` in mode "read"),
+    and with ``grads`` = [dX (N, H), dW accumulator (C*D, H), db accumulator (C*D,)] (None entries: not
+    wanted) the gradient for grad_output 1 (or ``grad_scale`` = (tensor, strides over (N, D) rows))
+    accumulated into them. ``kept``: the logits of a single chunk, already computed. Returns the logits
+    buffer when there was a single chunk, else None."""
+    x, w, b, t = geo.x, geo.w, geo.b, geo.target
+    buffer = kept if kept is not None else x.new_empty((min(geo.chunk, geo.n), geo.c * geo.d))
+    starts = range(0, geo.n, geo.chunk)
+    for i, r0 in enumerate(starts):
+        rows = min(geo.chunk, geo.n - r0)
+        logits, xc = buffer[:rows], x[r0:r0 + rows]
+        if kept is None:
+            if b is None:
+                torch.mm(xc, w.t(), out=logits)
+            else:
+                torch.addmm(b, xc, w.t(), out=logits)
+        spec = geo.chunk_rows(rows)
+        stats_view = stats[:, r0 * geo.d:] if stats is not None else None
+        if mode == "write":
+            launch_forward(logits, t[r0:], weight, spec, options, reduction="none", shard=shard, stats=stats_view,
+                           stats_mode="write", save_for_backward=False)
+            continue
+        scale = {}
+        if grad_scale is not None:
+            g, (stride_n, stride_s) = grad_scale
+            scale = dict(grad_scale=g[r0:] if stride_n else g, grad_scale_strides=(stride_n, stride_s))
+        chunk_out = out(i, r0, rows)
+        launch_forward(logits, t[r0:], weight, spec, options, reduction="none" if chunk_out.dim() else None,
+                       out_dtype=chunk_out.dtype, out=chunk_out, save_for_backward=False,
+                       grad=logits if grads is not None else None, grad_strides=spec[3], denom=denom, shard=shard,
+                       stats=stats_view, stats_mode=mode, **scale)
+        if grads is not None:
+            _accumulate(grads, logits, xc, w, r0)
+    return buffer if len(starts) == 1 else None
+
+
+def _accumulate(grads, dlogits, xc, w, r0):
+    """dX rows += (=) dlogits W, dW += dlogits^T X_c, db += column sums of dlogits."""
+    dx, dw, db = grads
+    if dx is not None:
+        torch.mm(dlogits, w, out=dx[r0:r0 + dlogits.shape[0]])
+    if dw is not None:
+        _add_weight_gradient(dw, dlogits, xc)
+    if db is not None:
+        db.add_(dlogits.sum(0, dtype=db.dtype))
+
+
+_MIXED_ADDMM = {}  # (device, dtype) -> whether addmm(float32, 16-bit, 16-bit, out_dtype=float32) works there
+
+
+def _add_weight_gradient(acc, dlogits, xc):
+    """acc += dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
+    writes the float32 accumulator (``addmm(..., out_dtype=torch.float32)``, where this torch has it);
+    elsewhere (the CPU, a torch without it) float32 copies of a quarter of the chunk at a time."""
+    if acc.dtype == dlogits.dtype:
+        acc.addmm_(dlogits.t(), xc)
+    elif acc.is_cuda and _mixed_addmm(acc.device, dlogits.dtype):
+        torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, out=acc)
+    else:  # float32 copies of a quarter of the chunk's rows at a time: half the chunk buffer's bytes
+        step = max(1, dlogits.shape[0] // 4)
+        for r0 in range(0, dlogits.shape[0], step):
+            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype))
+
+
+def _mixed_addmm(device, dtype):
+    """Whether torch accumulates 16-bit GEMMs into a float32 output on ``device`` (checked once, on tiny
+    tensors: the one host sync of this family, on its first call per device and dtype)."""
+    key = (device, dtype)
+    if key not in _MIXED_ADDMM:
+        try:
+            a = torch.ones(2, 3, dtype=dtype, device=device)
+            acc = torch.ones(2, 2, device=device)
+            torch.addmm(acc, a, a.t(), out_dtype=torch.float32, out=acc)
+            _MIXED_ADDMM[key] = bool((acc == 4).all())
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MIXED_ADDMM[key] = False
+    return _MIXED_ADDMM[key]
+
+
+def _new_grads(geo, input, want, acc):
+    """[dX (N, H) in the input's dtype, dW and db accumulators (zeros) in the accumulation dtype], None
+    where no gradient is wanted."""
+    dx = input.new_empty(geo.x.shape) if want[0] else None
+    dw = geo.w.new_zeros(geo.w.shape, dtype=acc) if want[1] else None
+    db = geo.w.new_zeros(geo.w.shape[0], dtype=acc) if want[2] else None
+    return [dx, dw, db]
+
+
+def _finish(grads, input, linear_weight, bias):
+    """The gradients in the inputs' shapes and dtypes (the float32 accumulators cast once, then freed)."""
+    dx, dw, db = grads
+    return (dx.view(input.shape) if dx is not None else None,
+            dw.to(linear_weight.dtype).view(linear_weight.shape) if dw is not None else None,
+            db.to(bias.dtype).view(bias.shape) if db is not None else None)
+
+
+def _scale_in_place(grad, grad_output):
+    """grad *= grad_output (a 0-d tensor) on the device, nothing moved when it is 1 (the pointwise
+    family's flat rescale kernel: the gradients here are contiguous)."""
+    from fusedloss.kernels.pointwise import scale_by_grad_output
+
+    return scale_by_grad_output(grad, grad_output)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the family
+# ----------------------------------------------------------------------------------------------------
+
+
+class LinearCrossEntropy:
+    name = "linear_cross_entropy"
+    options_type = LinearCrossEntropyOptions
+    n_inputs = 5  # input, linear_weight, target, linear_bias, weight (class weights)
+
+    @staticmethod
+    def forward(options, inputs, needs_grad):
+        input, linear_weight, target, bias, weight = inputs
+        with torch.autocast(input.device.type, enabled=False):  # the GEMMs run in the inputs' dtype
+            geo = _geometry(input, linear_weight, target, bias, options)
+            acc = _acc(input.dtype)
+            shard = shard_of(options, geo.c, weight, input.device)
+            reduced = options.reduction != "none"
+            want = (needs_grad[0], needs_grad[1], needs_grad[3])
+            grads = _new_grads(geo, input, want, acc) if reduced and any(want) else None
+            stats = kept = None
+            if shard is not None:
+                stats = input.new_empty((5, geo.n * geo.d), dtype=acc)
+                kept = _sweep(geo, options, weight, shard=shard, stats=stats, mode="write")
+                _vocab_parallel.combine_statistics(stats, options.process_group, per_class_sums(options))
+            denom = (mean_denominator(geo.target, weight, options, geo.n * geo.d, shard[1] if shard else geo.c, acc)
+                     if options.reduction == "mean" else None)
+            if reduced:
+                partials = input.new_empty(-(-geo.n // geo.chunk), dtype=acc)  # one per chunk, summed in order
+
+                def out(i, r0, rows):
+                    return partials[i]
+            else:
+                loss = input.new_empty(geo.n * geo.d, dtype=options.out_dtype)
+
+                def out(i, r0, rows):
+                    return loss[r0 * geo.d:(r0 + rows) * geo.d]
+            _sweep(geo, options, weight, shard=shard, stats=stats, mode="read" if shard else "", out=out,
+                   denom=denom, grads=grads, kept=kept)
+            if reduced:
+                loss = partials.sum() if geo.n else partials.new_full((), math.nan if denom is not None else 0.0)
+                loss = loss.to(options.out_dtype)
+            else:
+                loss = loss.view(_loss_shape(input, target, options))
+            finished = _finish(grads, input, linear_weight, bias) if grads is not None else (None, None, None)
+        return loss, (*finished, stats)
+
+    @staticmethod
+    def backward(options, inputs, state, grad_output, needs_grad, in_place):
+        input, linear_weight, target, bias, weight = inputs
+        want = (needs_grad[0], needs_grad[1], needs_grad[3])
+        precomputed = state[:3]
+        if any(g is not None for g in precomputed):  # written by the forward for grad_output 1
+            if in_place:
+                state[0] = state[1] = state[2] = None  # handed over: a second backward recomputes
+                grads = [_scale_in_place(g, grad_output) if g is not None else None for g in precomputed]
+            else:  # the registered op (torch.compile): its outputs are not to be written
+                grads = [g * grad_output if g is not None else None for g in precomputed]
+            grads = [g if g is not None or not w else torch.zeros_like(t)  # empty: absent (compile)
+                     for g, w, t in zip(grads, want, (input, linear_weight, bias))]
+            return grads[0], grads[1], None, grads[2], None
+        with torch.autocast(input.device.type, enabled=False):
+            geo = _geometry(input, linear_weight, target, bias, options)
+            acc = _acc(input.dtype)
+            shard = shard_of(options, geo.c, weight, input.device)
+            grads = _new_grads(geo, input, want, acc)
+            denom = (mean_denominator(geo.target, weight, options, geo.n * geo.d, shard[1] if shard else geo.c, acc)
+                     if options.reduction == "mean" else None)
+            if options.reduction == "none" and grad_output.dim():
+                g = grad_output.reshape(geo.n, geo.d)
+                g_strides = (g.stride(0), g.stride(1))
+            else:
+                g, g_strides = grad_output, (0, 0)
+            scratch = input.new_empty(geo.chunk * geo.d, dtype=acc)  # the recomputed loss, not needed
+            _sweep(geo, options, weight, shard=shard, stats=state[3], mode="read" if shard else "",
+                   out=lambda i, r0, rows: scratch[:rows * geo.d], denom=denom, grads=grads,
+                   grad_scale=(g, g_strides))
+            dx, dw, db = _finish(grads, input, linear_weight, bias)
+        return dx, dw, None, db, None
+
+    @staticmethod
+    def assert_inputs_intact(options, state):
+        """Nothing is ever written into the inputs."""
+
+    @staticmethod
+    def compile_options(options):
+        return options
+
+    @staticmethod
+    def reference(options, input, linear_weight, target, bias, weight):
+        return reference_loss(options, linear_logits(input, linear_weight, bias), target, weight)
+
+    @staticmethod
+    def fake(options, inputs, needs_grad):
+        input, linear_weight, target, bias, _ = inputs
+        reduced = options.reduction != "none"
+        out = input.new_empty(_loss_shape(input, target, options) if not reduced else (), dtype=options.out_dtype)
+        dx = input.new_empty(input.shape) if reduced and needs_grad[0] else None
+        dw = linear_weight.new_empty(linear_weight.shape) if reduced and needs_grad[1] else None
+        db = bias.new_empty(bias.shape) if reduced and needs_grad[3] else None
+        n_rows = (input.shape[0] if input.dim() == 2 else 1) * math.prod(linear_weight.shape[1:-1])
+        stats = input.new_empty((5, n_rows), dtype=_acc(input.dtype)) if options.process_group else None
+        return out, (dx, dw, db, stats)
+
+
+FAMILY = _scaffold.register(LinearCrossEntropy())
+
+
+def linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, options):
+    """linear_cross_entropy of validated arguments, in torch's output shape."""
+    return _scaffold.run(FAMILY, options, (input, linear_weight, target, linear_bias, weight))

@@ -1,0 +1,522 @@
+"""linear_cross_entropy (and nn.LinearCrossEntropyLoss): parity with torch's reference path, the logits
+never whole, determinism, errors, the fallback on torches without it.
+
+The chunk budget is shrunk (fixture ``small_chunks``) so that every call here runs several chunks.
+Shapes (N tokens, H features, C classes) and why:
+  (37, 19, 300)     H and C not multiples of any tile, 3 chunks in float32 (2 in 16-bit), the last one short
+  (3, 33, 4099)     C just above a 4096-wide column block: the online log-sum-exp over two blocks per chunk
+  (1, 8, 13)        one token
+  1-D input (8,)    an unbatched input, 0-d target
+  (0, 8, 13)        no tokens
+  (6, 5, 7 x 3)     a K-dimensional loss: linear_weight (C, d1, H), target (N, d1)
+"""
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fusedloss
+import fusedloss.functional as FL
+import fusedloss.nn as FN
+from fusedloss.ops import linear_cross_entropy as lce
+from helpers import (DEVICE, DTYPES, assert_matches, assert_matches_torch, assert_twice_rounded_matches_torch,
+                     backend_context)
+
+BACKENDS = ["triton", "torch"]
+REDUCTIONS = ["mean", "sum", "none"]
+TORCH_HAS_IT = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
+needs_torchs = pytest.mark.skipif(not TORCH_HAS_IT, reason="compares with torch 2.13's own linear_cross_entropy API")
+
+
+def torch_reference(input, linear_weight, target, *, linear_bias=None, ignore_index=None, **kwargs):
+    """torch's reference path: F.linear_cross_entropy with options=None on torch >= 2.13; the same
+    F.linear then F.cross_entropy on older torches (the GPU image's 2.11)."""
+    if TORCH_HAS_IT:
+        return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, ignore_index=ignore_index,
+                                      **kwargs)
+    from fusedloss.ops._eager import linear_logits
+
+    return F.cross_entropy(linear_logits(input, linear_weight, linear_bias), target,
+                           ignore_index=-100 if ignore_index is None else ignore_index, **kwargs)
+SHAPES = [(37, 19, 300), (3, 33, 4099), (1, 8, 13), (None, 8, 13)]  # None: a 1-D input
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """16 KiB of logits per chunk: 13 rows of 300 float32 classes, one row of 4099."""
+    monkeypatch.setattr(lce, "CHUNK_BYTES", 16 << 10)
+
+
+def make_inputs(shape, dtype, bias=False, out_features=(), ignore_fraction=0.2, ignore_index=-100, prob=False):
+    """input, linear_weight, target, linear_bias: values of the size a trained head produces (logits ~ 3)."""
+    n, h, c = shape
+    x = torch.randn((h,) if n is None else (n, h), device=DEVICE)
+    w = torch.randn(c, *out_features, h, device=DEVICE) * (3 / h**0.5)
+    b = torch.randn(c, *out_features, device=DEVICE) if bias else None
+    batch = () if n is None else (n, *out_features)
+    if prob:
+        target = torch.softmax(3 * torch.randn(*batch[:1], c, *out_features, device=DEVICE), dim=0 if n is None else 1)
+        target = target.to(dtype)
+    else:
+        target = torch.randint(0, c, batch, device=DEVICE)
+        ignored = torch.rand(batch, device=DEVICE) < ignore_fraction
+        target = torch.where(ignored, torch.full_like(target, ignore_index), target)
+    cast = [t.to(dtype).requires_grad_() if t is not None else None for t in (x, w, b)]
+    return cast[0], cast[1], target, cast[2]
+
+
+def loss_and_grads(fn, x, w, target, b, upstream, backend=None, **kwargs):
+    with backend_context(backend):
+        loss = fn(x, w, target, linear_bias=b, **kwargs)
+    diff = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(loss, diff, upstream.to(loss.dtype).reshape(loss.shape)) if diff else ()
+    return loss, grads
+
+
+def eager_extras(x, w, target, **kwargs):
+    """fusedloss's eager path: the reference for the extras (z_loss, softcap)."""
+    with fusedloss.backend("torch"):
+        return FL.linear_cross_entropy(x, w, target, **kwargs)
+
+
+def check_parity(x, w, target, b, backend, reference=torch_reference, grad_scale=0.37, **kwargs):
+    """fusedloss vs the reference at the same dtype vs the reference in float64: loss and every gradient."""
+    dtype = x.dtype
+
+    def at64(t):
+        return t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
+
+    kwargs64 = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+    target64 = target.double() if target.is_floating_point() else target
+    with torch.no_grad():
+        probe = reference(at64(x), at64(w), target64, linear_bias=at64(b), **kwargs64)
+    upstream = (torch.rand(probe.shape, device=DEVICE, dtype=torch.float64) + 0.5) * grad_scale
+    ref = loss_and_grads(reference, at64(x), at64(w), target64, at64(b), upstream, **kwargs64)
+    same = loss_and_grads(reference, x, w, target, b, upstream, **kwargs)
+    ours = loss_and_grads(FL.linear_cross_entropy, x, w, target, b, upstream, backend, **kwargs)
+    assert ours[0].dtype == same[0].dtype and ours[0].shape == same[0].shape
+    names = ["loss"] + [name for name, t in (("input grad", x), ("weight grad", w), ("bias grad", b))
+                        if t is not None and t.requires_grad]
+    twice = kwargs.get("reduction", "mean") != "none"  # grads written for grad_output 1, then scaled
+    for got, theirs, exact, name in zip([ours[0], *ours[1]], [same[0], *same[1]], [ref[0], *ref[1]], names):
+        assert got.dtype == theirs.dtype and got.shape == theirs.shape, name
+        if backend == "torch" and reference is torch_reference:
+            assert_matches(got, theirs.double(), dtype, name)  # torch's own function runs
+        elif twice and name != "loss":
+            assert_twice_rounded_matches_torch(got, theirs, exact, dtype, name)
+        else:
+            assert_matches_torch(got, theirs, exact, dtype, name)
+
+
+# ------------------------------------------------------------------ parity with torch's reference path
+
+
+# (37, 19, 300) in every dtype; the small shapes in float64 and bfloat16; the two-block one in 32 and 16 bits
+SHAPE_DTYPES = [((37, 19, 300), dtype) for dtype in (torch.float64, *DTYPES)] + \
+    [(shape, dtype) for shape in SHAPES[2:] for dtype in (torch.float64, torch.bfloat16)] + \
+    [(SHAPES[1], dtype) for dtype in DTYPES]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,dtype", SHAPE_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_targets(shape, dtype, reduction, backend):
+    x, w, target, b = make_inputs(shape, dtype, bias=True)
+    check_parity(x, w, target, b, backend, reduction=reduction)
+
+
+OPTION_SETS = {
+    "weight": dict(weight=True),
+    "smoothing": dict(label_smoothing=0.15),
+    "weight+smoothing+ignore3": dict(weight=True, label_smoothing=0.3, ignore_index=3),
+    "no_bias": dict(bias=False),
+    "probability": dict(prob=True),
+    "probability+weight+smoothing": dict(prob=True, weight=True, label_smoothing=0.2),
+    "k_dimensional": dict(out_features=(3,)),
+    "k_dimensional+probability+smoothing": dict(out_features=(3,), prob=True, label_smoothing=0.1),
+    "all_ignored": dict(ignore_fraction=1.0, weight=True),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_options(options, reduction, dtype, backend):
+    kwargs = dict(OPTION_SETS[options])
+    make = {k: kwargs.pop(k) for k in ("prob", "out_features", "ignore_fraction", "bias") if k in kwargs}
+    shape = (6, 5, 7) if "out_features" in make else (23, 11, 41)
+    x, w, target, b = make_inputs(shape, dtype, bias=make.pop("bias", True), ignore_index=kwargs.get("ignore_index", -100),
+                                  **make)
+    if kwargs.pop("weight", False):
+        kwargs["weight"] = (torch.rand(shape[2], device=DEVICE) + 0.1).to(dtype)
+    check_parity(x, w, target, b, backend, reduction=reduction, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("extras", ["z_loss", "softcap", "z_loss+softcap+weight+smoothing", "probability+z+softcap"])
+def test_extras(extras, reduction, dtype):
+    """z_loss and softcap (Gemma 2) against fusedloss's eager formulas (F.linear + the cross-entropy extras)."""
+    kwargs = dict(reduction=reduction)
+    if "z" in extras:
+        kwargs["z_loss"] = 1e-2
+    if "softcap" in extras:
+        kwargs["softcap"] = 2.5  # logits of scale 3 squashed hard: the chain rule matters
+    if "weight" in extras:
+        kwargs.update(weight=(torch.rand(41, device=DEVICE) + 0.1).to(dtype), label_smoothing=0.1)
+    x, w, target, b = make_inputs((23, 11, 41), dtype, bias=True, prob="probability" in extras)
+    check_parity(x, w, target, b, "triton", reference=eager_extras, **kwargs)
+
+
+def test_eager_extras_reference_is_linear_then_cross_entropy_extras():
+    """The eager reference of the extras is what it says: cross_entropy's extras on F.linear's logits."""
+    x, w, target, b = make_inputs((9, 6, 11), torch.float64, bias=True)
+    kwargs = dict(z_loss=1e-3, softcap=4.0, label_smoothing=0.1)
+    expected = eager_extras_ce(F.linear(x, w, b), target, **kwargs)
+    torch.testing.assert_close(eager_extras(x, w, target, linear_bias=b, **kwargs), expected, rtol=1e-13, atol=0)
+
+
+def eager_extras_ce(logits, target, **kwargs):
+    with fusedloss.backend("torch"):
+        return FL.cross_entropy(logits, target, **kwargs)
+
+
+# ------------------------------------------------------------------ gradients: who needs one, grad_output, reuse
+
+
+@pytest.mark.parametrize("wanted", ["input", "weight", "bias", "weight+bias"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_only_some_inputs_require_grad(wanted, reduction):
+    x, w, target, b = make_inputs((37, 19, 300), torch.float32, bias=True)
+    for name, t in (("input", x), ("weight", w), ("bias", b)):
+        t.requires_grad_(name in wanted)
+    check_parity(x, w, target, b, "triton", reduction=reduction)
+
+
+def test_no_gradient_work_without_grad():
+    """Without autograd the forward computes the loss only: no gradient buffer is made (the no-grad
+    forward allocates less than the chunk buffer plus the loss)."""
+    x, w, target, b = make_inputs((37, 19, 300), torch.float32, bias=True)
+    with torch.no_grad(), fusedloss.backend("triton"), _AllocationRecorder() as recorder:
+        loss = FL.linear_cross_entropy(x, w, target, linear_bias=b)
+    assert loss.grad_fn is None
+    assert max(recorder.sizes) < w.numel(), "no weight-sized gradient or accumulator"
+    torch.testing.assert_close(loss, torch_reference(x, w, target, linear_bias=b), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("upstream", [1.0, 2.0**16, 1 / 7])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_grad_output_scalars(upstream, reduction):
+    """Loss scaling (2**16) and accumulation (1/k): the gradients written in the forward, scaled exactly."""
+    x, w, target, b = make_inputs((37, 19, 300), torch.float32, bias=True)
+    check_parity(x, w, target, b, "triton", grad_scale=upstream, reduction=reduction, label_smoothing=0.05)
+
+
+def test_backward_twice_recomputes():
+    """retain_graph: the first backward hands over the gradients written in the forward, a second one
+    recomputes them (the same values)."""
+    x, w, target, b = make_inputs((37, 19, 300), torch.float32, bias=True)
+    with fusedloss.backend("triton"):
+        loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1)
+    first = torch.autograd.grad(loss * 3.0, (x, w, b), retain_graph=True)
+    second = torch.autograd.grad(loss * 0.5, (x, w, b))
+    expected = torch.autograd.grad(torch_reference(x, w, target, linear_bias=b, label_smoothing=0.1), (x, w, b))
+    for f, s, e in zip(first, second, expected):
+        torch.testing.assert_close(f, 3.0 * e, rtol=2e-5, atol=1e-6)
+        torch.testing.assert_close(s, 0.5 * e, rtol=2e-5, atol=1e-6)
+
+
+def test_gradcheck_tiny():
+    x, w, target, b = make_inputs((4, 3, 5), torch.float64, bias=True)
+    target[1] = -100
+    with fusedloss.backend("triton"):
+        for reduction in REDUCTIONS:
+            assert torch.autograd.gradcheck(
+                lambda a, c, d: FL.linear_cross_entropy(a, c, target, linear_bias=d, reduction=reduction,
+                                                        label_smoothing=0.1, z_loss=1e-2, softcap=3.0), (x, w, b),
+                fast_mode=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 37])
+def test_chunk_size_does_not_change_the_result(chunk):
+    """options.batch_chunk_size sets the rows per chunk (torch's own knob): the same loss and gradients
+    for one row per chunk, uneven chunks, a single chunk."""
+    x, w, target, b = make_inputs((37, 19, 300), torch.float64, bias=True)
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk) if hasattr(torch.nn, "LinearCrossEntropyOptions") \
+        else type("Options", (), {"batch_chunk_size": chunk})()
+    with fusedloss.backend("triton"), _AllocationRecorder() as recorder:
+        loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, options=options)
+        grads = torch.autograd.grad(loss, (x, w, b))
+    assert max(s for s in recorder.sizes if s != w.numel()) <= max(chunk * 300, x.numel()), "one chunk of logits"
+    ref = torch_reference(x, w, target, linear_bias=b)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
+    for got, expected in zip(grads, torch.autograd.grad(ref, (x, w, b))):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_deterministic_bitwise(reduction):
+    x, w, target, b = make_inputs((37, 19, 300), torch.bfloat16, bias=True)
+    results = []
+    for _ in range(2):
+        with fusedloss.backend("triton"):
+            loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction)
+        results.append([loss, *torch.autograd.grad(loss.sum(), (x, w, b))])
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+# ------------------------------------------------------------------ the logits are never whole
+
+
+class _AllocationRecorder(TorchDispatchMode):
+    """The element count of every new tensor an aten op returns (views and out= results share their
+    arguments' storage and are not counted). Under Triton's interpreter a launch copies its arguments'
+    storages through torch ops: those are the emulator's, not fusedloss's, and are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = [0]
+        self._in_kernel = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self._in_kernel:
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+            inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+            self.sizes += [t.numel() for t in torch.utils._pytree.tree_leaves(out)
+                           if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
+        return out
+
+    def __enter__(self):
+        if DEVICE == "cpu":
+            from triton.runtime import interpreter
+
+            self._executor, self._call = interpreter.GridExecutor, interpreter.GridExecutor.__call__
+            recorder = self
+
+            def launch(executor, *args, **kwargs):
+                recorder._in_kernel = True
+                try:
+                    return recorder._call(executor, *args, **kwargs)
+                finally:
+                    recorder._in_kernel = False
+
+            self._executor.__call__ = launch
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if DEVICE == "cpu":
+            self._executor.__call__ = self._call
+        return super().__exit__(*exc)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_no_tensor_of_n_by_c_elements(reduction, dtype):
+    """Forward and backward never make a tensor of N x C elements, nor anything larger than one chunk of
+    logits besides the weight-sized gradient (and its float32 accumulator); torch's reference path does
+    (the check can fail)."""
+    n, h, c = 64, 8, 300  # N x C = 19200, the weight 2400 elements, a chunk 16 KiB / (300 x 4 or 2 bytes)
+    x, w, target, b = make_inputs((n, h, c), dtype, bias=True)
+    chunk = lce._chunk_rows(n, c, x.element_size(), 0)
+    assert 1 < chunk < n
+    for backend, expect_whole in (("triton", False), (None, True)):
+        fn = torch_reference if backend is None else FL.linear_cross_entropy
+        with backend_context(backend), _AllocationRecorder() as recorder:
+            loss = fn(x, w, target, linear_bias=b, reduction=reduction)
+            torch.autograd.grad(loss.sum(), (x, w, b))
+        assert (max(recorder.sizes) >= n * c) == expect_whole, (backend, max(recorder.sizes))
+        if not expect_whole:
+            assert max(s for s in recorder.sizes if s != w.numel()) <= chunk * c
+
+
+# ------------------------------------------------------------------ edge cases
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_tokens(reduction, backend):
+    x, w, target, b = make_inputs((0, 8, 13), torch.float32, bias=True)
+    with backend_context(backend):
+        loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction)
+    expected = torch_reference(x, w, target, linear_bias=b, reduction=reduction)
+    torch.testing.assert_close(loss, expected, equal_nan=True)
+    grads = torch.autograd.grad(loss.sum(), (x, w, b))
+    for got, t in zip(grads, (x, w, b)):
+        assert got.shape == t.shape and (got == 0).all()
+
+
+def test_out_of_range_target_gives_nan_rows():
+    """torch raises on the host; the Triton path (no sync) gives NaN where the bad row reaches."""
+    x, w, target, b = make_inputs((5, 6, 12), torch.float32)
+    target = torch.tensor([1, 12, 3, -100, 4], device=DEVICE)
+    with fusedloss.backend("triton"):
+        loss = FL.linear_cross_entropy(x, w, target, reduction="none")
+        mean = FL.linear_cross_entropy(x, w, target)
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2, 3, 4]]).all() and torch.isnan(mean)
+
+
+def test_debug_mode_raises_torchs_error(fusedloss_env):
+    fusedloss_env("FUSEDLOSS_DEBUG", "1")
+    x, w, _, _ = make_inputs((3, 4, 6), torch.float32)
+    with fusedloss.backend("triton"), pytest.raises(IndexError, match="out of bounds"):
+        FL.linear_cross_entropy(x, w, torch.tensor([0, 6, 1], device=DEVICE))
+
+
+BAD_CALLS = {
+    "3-D input": lambda x, w, t: (x[None], w, t, {}),
+    "1-D weight": lambda x, w, t: (x, w[0], t, {}),
+    "in_features": lambda x, w, t: (x[:, :3], w, t, {}),
+    "bias shape": lambda x, w, t: (x, w, t, {"linear_bias": torch.zeros(5, device=DEVICE)}),
+    "K-dim unbatched": lambda x, w, t: (x[0], w[:, None], t[0], {}),
+    "ignore_index with probabilities": lambda x, w, t: (x, w, torch.rand(4, 7, device=DEVICE), {"ignore_index": -100}),
+    "reduction": lambda x, w, t: (x, w, t, {"reduction": "average"}),
+    "smoothing": lambda x, w, t: (x, w, t, {"label_smoothing": 1.5}),
+    "class weight size": lambda x, w, t: (x, w, t, {"weight": torch.rand(6, device=DEVICE)}),
+    "class weight dtype": lambda x, w, t: (x, w, t, {"weight": torch.rand(7, device=DEVICE, dtype=torch.float64)}),
+    "target dtype": lambda x, w, t: (x, w, t.int(), {}),
+    "target batch": lambda x, w, t: (x, w, t[:3], {}),
+    "operand dtypes": lambda x, w, t: (x.double(), w, t, {}),
+}
+
+
+@needs_torchs
+@pytest.mark.parametrize("case", BAD_CALLS)
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_errors_match_torch(case, backend):
+    x, w, target, _ = make_inputs((4, 5, 7), torch.float32, ignore_fraction=0.0)
+    x, w, target, kwargs = BAD_CALLS[case](x, w, target)
+    with pytest.raises(Exception) as theirs:
+        F.linear_cross_entropy(x, w, target, **kwargs)
+    with backend_context(backend), pytest.raises(type(theirs.value)) as ours:
+        FL.linear_cross_entropy(x, w, target, **kwargs)
+    if case != "operand dtypes":  # forced triton: "not supported by the kernels: operands of different dtypes"
+        assert str(ours.value) == str(theirs.value)
+
+
+# ------------------------------------------------------------------ the drop-in API
+
+
+@needs_torchs
+def test_functional_signature_matches_torch():
+    ours = list(inspect.signature(FL.linear_cross_entropy).parameters.values())
+    theirs = list(inspect.signature(F.linear_cross_entropy).parameters.values())
+    assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
+        [(p.name, p.default, p.kind) for p in theirs]
+    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "process_group"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
+
+
+@needs_torchs
+@pytest.mark.parametrize("cls", ["LinearCrossEntropyLoss", "StandaloneLinearCrossEntropyLoss"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(out_features=(2,), bias=True, reduction="sum", ignore_index=1,
+                                                 label_smoothing=0.1)], ids=["plain", "k_dim+bias+options"])
+def test_module_drop_in(cls, kwargs):
+    """fusedloss's module (torch's subclass here) and the stand-in for torches without it: torch's
+    constructor, parameters, buffers, repr, and values and gradients for the same parameters."""
+    weight = torch.rand(9, device=DEVICE)
+    torch.manual_seed(1)
+    theirs = torch.nn.LinearCrossEntropyLoss(6, 9, weight=weight, device=DEVICE, **kwargs)
+    torch.manual_seed(1)
+    ours = getattr(FN, cls)(6, 9, weight=weight, device=DEVICE, **kwargs)
+    if cls == "LinearCrossEntropyLoss":
+        assert isinstance(ours, torch.nn.LinearCrossEntropyLoss)
+    assert repr(ours) == repr(theirs).replace("LinearCrossEntropyLoss", type(ours).__name__)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(5, 6, device=DEVICE, requires_grad=True)
+    target = torch.randint(0, 9, (5, *kwargs.get("out_features", ())), device=DEVICE)
+    with fusedloss.backend("triton"):
+        loss = ours(x, target)
+    expected = theirs(x, target)
+    torch.testing.assert_close(loss, expected, rtol=2e-5, atol=1e-6)
+    for got, exp in zip(torch.autograd.grad(loss, [x, *ours.parameters()]),
+                        torch.autograd.grad(expected, [x, *theirs.parameters()])):
+        torch.testing.assert_close(got, exp, rtol=2e-5, atol=1e-6)
+
+
+@needs_torchs
+def test_module_extras_and_errors():
+    module = FN.LinearCrossEntropyLoss(4, 5, z_loss=1e-3, softcap=30.0)
+    assert "z_loss=0.001, softcap=30.0" in repr(module)
+    for kwargs in (dict(weight=torch.rand(4)), dict(label_smoothing=-0.1)):
+        with pytest.raises(RuntimeError) as theirs:
+            torch.nn.LinearCrossEntropyLoss(4, 5, **kwargs)
+        with pytest.raises(RuntimeError) as ours:
+            FN.StandaloneLinearCrossEntropyLoss(4, 5, **kwargs)
+        assert str(ours.value) == str(theirs.value)
+
+
+@needs_torchs
+def test_fallback_without_torchs_linear_cross_entropy(monkeypatch):
+    """On a torch without F.linear_cross_entropy (2.11) the eager path is fusedloss's own reference:
+    F.linear, then cross entropy; the same values and gradients as 2.13's reference path."""
+    monkeypatch.delattr(fusedloss._torch.F, "linear_cross_entropy")
+    for kwargs in (dict(reduction="none", label_smoothing=0.1), dict(ignore_index=None, reduction="sum"),
+                   dict(weight=torch.rand(300, device=DEVICE, dtype=torch.float64) + 0.1)):
+        x, w, target, b = make_inputs((37, 19, 300), torch.float64, bias=True)
+        check_parity(x, w, target, b, "torch", **kwargs)
+    x, w, target, b = make_inputs((4, 5, 7), torch.float64, prob=True)
+    with pytest.raises(RuntimeError, match="ignore_index cannot be specified"), fusedloss.backend("torch"):
+        FL.linear_cross_entropy(x, w, target, ignore_index=-100)
+
+
+@needs_torchs
+def test_import_and_run_on_a_torch_without_linear_cross_entropy(tmp_path):
+    """A fresh process whose torch lacks F.linear_cross_entropy, nn.LinearCrossEntropyLoss and
+    nn.LinearCrossEntropyOptions (as 2.11): fusedloss imports, offers both with 2.13's signature, and
+    both backends give the reference's values."""
+    script = textwrap.dedent("""
+        import inspect
+        import torch, torch.nn, torch.nn.functional as F
+        reference = F.linear_cross_entropy
+        theirs = inspect.signature(reference)
+        for owner, name in ((F, "linear_cross_entropy"), (torch.nn, "LinearCrossEntropyLoss"),
+                            (torch.nn, "LinearCrossEntropyOptions")):
+            delattr(owner, name)
+        import fusedloss, fusedloss.functional as FL, fusedloss.nn as FN
+        assert FN.LinearCrossEntropyLoss is FN.StandaloneLinearCrossEntropyLoss
+        params = list(inspect.signature(FL.linear_cross_entropy).parameters.values())[:len(theirs.parameters)]
+        assert [(p.name, p.default, p.kind) for p in params] == \\
+            [(p.name, p.default, p.kind) for p in theirs.parameters.values()]
+        torch.manual_seed(0)
+        module = FN.LinearCrossEntropyLoss(6, 9, bias=True, dtype=torch.float64)
+        x = torch.randn(5, 6, dtype=torch.float64)
+        target = torch.randint(0, 9, (5,))
+        expected = reference(x, module.linear.weight, target, linear_bias=module.linear.bias)
+        for backend in ("torch", "triton"):
+            with fusedloss.backend(backend):
+                torch.testing.assert_close(module(x, target), expected, rtol=1e-12, atol=1e-12)
+        print("ok")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_autocast_16_bit_linear_float32_loss():
+    """Under autocast (float32 parameters) the linear runs in bfloat16 and the loss in float32, as torch's
+    reference path does there; the parameters' gradients keep their dtype."""
+    x, w, target, b = make_inputs((23, 11, 41), torch.float32, bias=True)
+    device_type = "cuda" if DEVICE == "cuda" else "cpu"
+    results = []
+    for backend in ("triton", None):
+        with torch.autocast(device_type, dtype=torch.bfloat16), backend_context(backend):
+            fn = torch_reference if backend is None else FL.linear_cross_entropy
+            loss = fn(x, w, target, linear_bias=b, label_smoothing=0.1)
+        results.append((loss, torch.autograd.grad(loss, (x, w, b))))
+    (loss, grads), (expected, expected_grads) = results
+    assert loss.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-2, atol=1e-3)
+    for got, exp in zip(grads, expected_grads):
+        assert got.dtype == exp.dtype == torch.float32
+        torch.testing.assert_close(got, exp, rtol=2e-2, atol=2e-3)
