@@ -20,6 +20,7 @@ A family (softmax rows, pointwise, ...) is an object with
                             empty tensors of the right shapes and dtypes (torch.compile's fake impl)
   ``compile_options(options) -> options``
                             the options the registered ops get (they own no buffers across calls)
+(``Family`` below gives the last two for a family that never writes into the caller's tensors)
 and the scaffold calls it in one of three ways, with the same kernels and math:
 
   eager                     ``_EagerLoss``: an old-style autograd.Function, the cheapest (a
@@ -55,6 +56,32 @@ def reduction_divisor(reduction, n_elements, batch):
     if reduction == "batchmean":
         return batch
     return 1
+
+
+class Family:
+    """Defaults for a family whose registered ops take its options as they are and which never writes
+    into the caller's tensors (families with opt-in in-place writes override both)."""
+
+    @staticmethod
+    def compile_options(options):
+        return options
+
+    @staticmethod
+    def assert_inputs_intact(options, state):
+        """Nothing of the caller's is ever overwritten."""
+
+
+def accumulation_dtype(dtype):
+    """The dtype the kernels accumulate in (and write a broadcast operand's full-shape gradient in)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sum_to_operand(grad, operand):
+    """A gradient written over the broadcast shape, summed down to a broadcast operand's shape (a
+    fixed-order torch reduction) in its dtype; the gradient itself when the shapes agree."""
+    if grad.shape == operand.shape:
+        return grad
+    return grad.sum_to_size(operand.shape).to(operand.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
