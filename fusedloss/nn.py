@@ -13,7 +13,10 @@ from . import functional as F
 __all__ = ["CrossEntropyLoss", "NLLLoss",
            "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss", "L1Loss", "MSELoss", "SoftMarginLoss",
            "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss", "MarginRankingLoss", "HingeEmbeddingLoss",
-           "SigmoidFocalLoss"]
+           "SigmoidFocalLoss",
+           "MultiMarginLoss", "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "CosineEmbeddingLoss",
+           "TripletMarginLoss", "TripletMarginWithDistanceLoss", "PairwiseDistance", "CosineSimilarity", "CTCLoss",
+           "RankHingeLoss", "RankCrossEntropyLoss"]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -154,3 +157,107 @@ class SigmoidFocalLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction}"
+
+
+# ------------------------------------------------------------------ row-margin losses (one pass per row)
+
+
+class MultiMarginLoss(torch.nn.MultiMarginLoss):
+    """``torch.nn.MultiMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
+                                   reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
+    """``torch.nn.MultiLabelMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(torch.nn.MultiLabelSoftMarginLoss):
+    """``torch.nn.MultiLabelSoftMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class CosineEmbeddingLoss(torch.nn.CosineEmbeddingLoss):
+    """``torch.nn.CosineEmbeddingLoss`` on the fused row kernel."""
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class TripletMarginLoss(torch.nn.TripletMarginLoss):
+    """``torch.nn.TripletMarginLoss`` on the fused row kernel."""
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, eps=self.eps,
+                                     swap=self.swap, reduction=self.reduction)
+
+
+class TripletMarginWithDistanceLoss(torch.nn.TripletMarginWithDistanceLoss):
+    """``torch.nn.TripletMarginWithDistanceLoss``: fused for its default distance (a PairwiseDistance) and
+    for pairwise_distance; torch runs any other distance function."""
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        return F.triplet_margin_with_distance_loss(anchor, positive, negative, distance_function=self.distance_function,
+                                                   margin=self.margin, swap=self.swap, reduction=self.reduction)
+
+
+class PairwiseDistance(torch.nn.PairwiseDistance):
+    """``torch.nn.PairwiseDistance`` on the fused row kernel."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return F.pairwise_distance(x1, x2, self.norm, self.eps, self.keepdim)
+
+
+class CosineSimilarity(torch.nn.CosineSimilarity):
+    """``torch.nn.CosineSimilarity`` on the fused row kernel."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return F.cosine_similarity(x1, x2, self.dim, self.eps)
+
+
+class CTCLoss(torch.nn.CTCLoss):
+    """``torch.nn.CTCLoss``: not fused; torch's implementation runs on every backend (see
+    ``fusedloss.functional.ctc_loss``)."""
+
+    def forward(self, log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                          self.zero_infinity)
+
+
+class RankHingeLoss(torch.nn.Module):
+    """The ranking hinge loss of a text-matching library (``fusedloss.functional.rank_hinge_loss``):
+    groups of one positive followed by ``num_neg`` negatives in ``y_pred`` (B * (num_neg + 1), 1);
+    ``y_true`` is accepted and unused."""
+
+    def __init__(self, num_neg: int = 1, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.num_neg = num_neg
+        self.margin = margin
+        self.reduction = reduction
+
+    def forward(self, y_pred: Tensor, y_true: Optional[Tensor] = None) -> Tensor:
+        return F.rank_hinge_loss(y_pred, y_true, num_neg=self.num_neg, margin=self.margin, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"num_neg={self.num_neg}, margin={self.margin}, reduction={self.reduction}"
+
+
+class RankCrossEntropyLoss(torch.nn.Module):
+    """The ranking cross entropy of a text-matching library (``fusedloss.functional.rank_cross_entropy_loss``)."""
+
+    def __init__(self, num_neg: int = 1):
+        super().__init__()
+        self.num_neg = num_neg
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return F.rank_cross_entropy_loss(y_pred, y_true, num_neg=self.num_neg)
+
+    def extra_repr(self) -> str:
+        return f"num_neg={self.num_neg}"
