@@ -722,11 +722,12 @@ def _fused_cosine_embedding(input1, input2, target, margin, size_average, reduce
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     check.check_cosine_embedding(input1, input2, target)
     options = RowMarginOptions("cosine_embedding", reduction, _out_dtype("cosine_embedding_loss", input1),
-                               float(margin), eps=1e-12)
+                               float(margin), eps=_COSINE_EMBEDDING_EPS)
     # the target only selects a branch: torch's graph has no path to it, so it gets no gradient here either
     return row_margin_loss(options, input1, input2, t=target.detach())
 
 
+_COSINE_EMBEDDING_EPS = 9.999999960041972e-13  # ATen's EPSILON: the float 1e-12f (float64 inputs see it exactly)
 _COSINE_EMBEDDING = Route("cosine_embedding_loss", F.cosine_embedding_loss, _fused_cosine_embedding,
                           lambda input1, input2, target, *_: _unsupported_rows(
                               "cosine_embedding_loss", (input1, input2), promoted=(input1, input2)), (0, 1, 2))

@@ -22,7 +22,7 @@ else 1; every gradient below is written times s; step numbers as in the kernels)
   multilabel_soft_margin (target y, weight w broadcast to the input):
     (1) l_c = w_c ((1 - y_c) softplus(x_c) + y_c softplus(-x_c));  loss = 1/C sum_c l_c
         d/dx_c = w_c/C ((1 - y_c) sigmoid(x_c) - y_c sigmoid(-x_c));  d/dy_c = w_c/C (softplus(-x_c) - softplus(x_c))
-  cosine_embedding (x1 = a, x2 = b, target y per row, eps = 1e-12 as torch):
+  cosine_embedding (x1 = a, x2 = b, target y per row, eps = 1e-12f as torch: the float32 value):
     (1) sums s = <a, b>, m1 = |a|^2 + eps, m2 = |b|^2 + eps;  cos = s / sqrt(m1 m2)
     (2) loss = [y == 1] (1 - cos) + [y == -1] max(0, cos - margin);  G = dloss/dcos (clamp: >= 0 passes)
     (3) d/da = G (b / sqrt(m1 m2) - cos a / m1);  d/db = G (a / sqrt(m1 m2) - cos b / m2)

@@ -205,9 +205,7 @@ class RowMargin(_scaffold.Family):
         n_rows = n * s
         reduction = options.reduction
         mean = reduction == "mean"
-        divisor = n_rows if mean else 1
-        if mean and n_rows == 0 and options.loss == "multilabel_margin":
-            divisor = 1  # torch's multilabel_margin_loss: 0 (not 0 / 0) for no rows
+        divisor = n_rows if mean else 1  # no rows: 0 / 0 = NaN ('mean') and 0 ('sum'), no launch
         return kernels().row_margin_fwd(
             options.loss, lay.operands, lay.strides, lay.target, lay.target_strides, inputs[4], lay.rows,
             out_shape=lay.out_shape, out_dtype=options.out_dtype, reduce=reduction != "none", divisor=divisor,
