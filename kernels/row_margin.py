@@ -64,7 +64,6 @@ targets, the loss, the partial sums):
   forward+backward over the minimal (read each input once, write each gradient once): 1.0x at
   grad_output 1; (I + 3G) / (I + G) for another grad_output (I input bytes, G gradient bytes).
 """
-import torch
 import triton
 import triton.language as tl
 
@@ -577,8 +576,7 @@ _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 @plan_cache
 def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, reduce, grads):
     """(grid, num_warps, constexprs) of the forward kernel for one signature."""
-    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(loss, n_cols, torch.empty((), dtype=dtype)
-                                                                      .element_size())
+    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(loss, n_cols, dtype.itemsize)
     constexprs = dict(
         LOSS=loss, P=p_int, P_KIND=p_kind, HAS_WEIGHT=has_weight, SWAP=swap, REDUCE=reduce, GRAD_A=grads[0],
         GRAD_B=grads[1], GRAD_C=grads[2], ONE_BLOCK=one_block, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_T=block_t,
