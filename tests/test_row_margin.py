@@ -376,7 +376,7 @@ def test_retain_graph_backward_twice():
 def test_deterministic_bitwise(case_id):
     """The same loss and gradients, bit for bit, twice (the reductions add partials in program order)."""
     case = CASES[case_id]
-    args, kwargs = make_call(case, (37, 300), torch.bfloat16)
+    args, kwargs = make_call(case, (19, 300), torch.bfloat16)
     if case.reductions != (None,):
         kwargs["reduction"] = "sum"
     results = []
@@ -387,17 +387,22 @@ def test_deterministic_bitwise(case_id):
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
-GRADCHECK_CASES = ["multi_margin", "multi_margin(p=2,margin=0.3)+weight", "multilabel_margin",
-                   "multilabel_soft_margin", "cosine_embedding(margin=-0.4)", "triplet", "triplet(p=1,swap,margin=0.5)",
-                   "triplet(p=3,eps=0.1,swap)", "triplet(p=0.5,margin=0.1)", "pairwise_distance(p=1.5,eps=0,keepdim)",
-                   "cosine_similarity(dim=0)"]
+GRADCHECK_CASES = {
+    **{case_id: CASES[case_id] for case_id in (
+        "multi_margin", "multi_margin(p=2,margin=0.3)+weight", "multilabel_margin", "multilabel_soft_margin",
+        "cosine_embedding(margin=-0.4)", "triplet", "triplet(p=1,swap,margin=0.5)", "triplet(p=3,eps=0.1,swap)",
+        "triplet(p=0.5,margin=0.1)", "pairwise_distance(p=1.5,eps=0,keepdim)")},
+    # below eps torch's norm clamp passes the gradient straight through (not the clamped value's
+    # derivative): finite differences only agree with norms above eps
+    "cosine_similarity(dim=0)": Case("cosine_similarity", EMBEDDING[:2], (0, 1), {"dim": 0}, reductions=(None,)),
+}
 
 
 @pytest.mark.parametrize("case_id", GRADCHECK_CASES)
 def test_gradcheck_float64(case_id):
     """Finite differences against the fused gradients (random values: off every kink, with probability 1)."""
-    case = CASES[case_id]
-    args, kwargs = make_call(case, (3, 5), torch.float64)
+    case = GRADCHECK_CASES[case_id]
+    args, kwargs = make_call(case, (2, 5), torch.float64)
     diff = tuple(args[i] for i in case.grad)
 
     def fn(*inputs):
