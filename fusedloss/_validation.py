@@ -321,3 +321,156 @@ def check_linear_cross_entropy(input, linear_weight, target, linear_bias, ignore
     if prob_target and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     return logits_shape, prob_target, -100 if ignore_index is None else ignore_index
+
+
+# ----------------------------------------------------------------------------------------------------
+# row-margin family (torch.nn.functional's Python checks, then ATen's (LossMultiMargin.cpp,
+# LossMultiLabelMargin.cpp, Loss.cpp, Distance.cpp), in torch's order and words)
+# ----------------------------------------------------------------------------------------------------
+
+def _check_class_scores(input):
+    """multi_margin_loss, multilabel_margin_loss: a non-empty (C) or (N, C) input, or a 0-d one."""
+    dim = input.dim()
+    if not ((dim == 2 and input.shape[1] != 0) or (dim == 1 and input.shape[0] != 0) or dim == 0):
+        raise RuntimeError(f"Expected non-empty vector or matrix with optional 0-dim batch size, but got: {_shape(input)}")
+
+
+def _check_long(target):
+    if target.dtype != torch.int64:
+        raise RuntimeError(f"expected scalar type Long but found {c10_name(target.dtype)}")
+
+
+def check_multi_margin(input, target, p, weight, autocast=False):
+    check_tensor("input", input)
+    check_tensor("target", target)
+    if p != 1 and p != 2:
+        raise ValueError("only p == 1 and p == 2 supported")
+    if weight is not None and weight.dim() != 1:
+        raise ValueError("weight must be one-dimensional")
+    _check_class_scores(input)
+    n_frames = input.shape[0] if input.dim() == 2 else 1
+    if target.dim() > 1 or target.numel() != n_frames:
+        raise RuntimeError(
+            "multi_margin_loss: target tensor should be 1-D with size equal to the number of input samples (batch "
+            f"size). Expected target size [{n_frames}], but got {_shape(target)}. Input has shape {_shape(input)}.")
+    n_classes = input.shape[-1] if input.dim() else 1
+    if weight is not None and weight.numel() != n_classes:
+        raise RuntimeError(f"inconsistent weight size, expected {n_classes} but got {_shape(weight)}")
+    check_floating_input(input, "multi_margin_loss_cpu_kernel")
+    _check_long(target)
+    if weight is not None and weight.dtype != input.dtype and not autocast:
+        raise RuntimeError(f"expected scalar type {c10_name(input.dtype)} but found {c10_name(weight.dtype)}")
+
+
+def check_multilabel_margin(input, target):
+    check_tensor("input", input)
+    check_tensor("target", target)
+    _check_class_scores(input)
+    if input.dim() <= 1:
+        consistent = target.dim() <= 1 and target.numel() == (input.shape[0] if input.dim() else 1)
+    else:
+        consistent = target.dim() == 2 and target.shape == input.shape
+    if not consistent:
+        raise RuntimeError(f"inconsistent target size: {_shape(target)} for input of size: {_shape(input)}")
+    check_floating_input(input, "multilabel_margin_loss_forward_out_frame")
+    _check_long(target)
+
+
+def check_margin_targets(target, n_classes, multilabel):
+    """Host-side check of class indices (debug mode only: it synchronises): multi_margin_loss needs each
+    in [0, C), multilabel_margin_loss every entry of its target tensor in [-1, C) (torch's CPU errors)."""
+    low = -1 if multilabel else 0
+    if bool(((target < low) | (target >= n_classes)).any()):
+        raise RuntimeError("argument #2 'target' is out of range" if multilabel else "target out of range")
+
+
+def check_multilabel_soft_margin(input, target, weight):
+    """F.multilabel_soft_margin_loss's composite: the target and weight combine with the input by
+    broadcasting (a bool target cannot be subtracted), and the class dimension is the input's last."""
+    check_tensor("input", input)
+    check_floating_input(input, "log_sigmoid_cpu")
+    torch.broadcast_shapes(input.shape, target.shape)  # RuntimeError, as the product in torch
+    if target.dtype == torch.bool:
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are trying to "
+                           "invert a mask, use the `~` or `logical_not()` operator instead.")
+    if weight is not None:
+        torch.broadcast_shapes(input.shape, target.shape, weight.shape)
+    if input.dim() == 0:
+        raise IndexError("Dimension specified as -1 but tensor has no dimensions")
+
+
+def check_cosine_embedding(input1, input2, target):
+    for name, t in (("input1", input1), ("input2", input2), ("target", target)):
+        check_tensor(name, t)
+    target_dim = target.dim()
+    if target_dim != 0 and target_dim != 1:
+        raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+    if target_dim == 1 and (input1.dim() != 2 or input2.dim() != 2):
+        raise RuntimeError("1D target tensor expects 2D input tensors, but found inputs with sizes "
+                           f"{_shape(input1)} and {_shape(input2)}.")
+    if target_dim == 0 and (input1.dim() != 1 or input2.dim() != 1):
+        raise RuntimeError("0D target tensor expects 1D input tensors, but found inputs with sizes "
+                           f"{_shape(input1)} and {_shape(input2)}.")
+    shape = torch.broadcast_shapes(input1.shape, input2.shape)  # RuntimeError
+    if target_dim:
+        torch.broadcast_shapes(shape[:1], target.shape)
+
+
+def check_triplet(anchor, positive, negative, margin):
+    """triplet_margin_loss / triplet_margin_with_distance_loss after their reduction check."""
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+        check_tensor(name, t)
+    a_dim, p_dim, n_dim = anchor.dim(), positive.dim(), negative.dim()
+    if not (a_dim == p_dim and p_dim == n_dim):
+        raise RuntimeError(
+            "The anchor, positive, and negative tensors are expected to have the same number of dimensions, but "
+            f"got: anchor {a_dim}D, positive {p_dim}D, and negative {n_dim}D inputs")
+    torch.broadcast_shapes(anchor.shape, positive.shape, negative.shape)  # RuntimeError, as the distances
+
+
+def check_reduction_name(reduction):
+    """triplet_margin_with_distance_loss checks its reduction in Python (no legacy arguments)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def check_pairwise(x1, x2):
+    check_tensor("x1", x1)
+    check_tensor("x2", x2)
+    return torch.broadcast_shapes(x1.shape, x2.shape)  # RuntimeError
+
+
+def check_cosine_similarity(x1, x2, dim):
+    """torch's cosine_similarity: a floating common dtype, broadcastable inputs, then ``dim`` of the
+    broadcast shape. Returns ``dim`` wrapped to [0, ndim)."""
+    check_tensor("x1", x1)
+    check_tensor("x2", x2)
+    if not x1.is_floating_point() and not x2.is_floating_point():
+        common = torch.promote_types(x1.dtype, x2.dtype)
+        raise RuntimeError(f"expected common dtype to be floating point, yet common dtype is {c10_name(common)}")
+    ndim = len(torch.broadcast_shapes(x1.shape, x2.shape))
+    low, high = (-ndim, ndim - 1) if ndim else (-1, 0)
+    if not low <= dim <= high:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{low}, {high}], but got {dim})")
+    return dim % ndim if ndim else 0
+
+
+def check_rank_groups(name, y_pred, y_true, num_neg, labels=False):
+    """The ranking losses' batch layout: y_pred (B * (num_neg + 1), 1), groups of one positive followed by
+    num_neg negatives; with ``labels`` y_true has y_pred's shape."""
+    check_tensor("y_pred", y_pred)
+    if isinstance(num_neg, bool) or not isinstance(num_neg, int) or num_neg < 1:
+        raise ValueError(f"{name}: num_neg must be an integer >= 1, got {num_neg!r}")
+    group = num_neg + 1
+    if y_pred.dim() != 2 or y_pred.shape[1] != 1:
+        raise ValueError(f"{name}: y_pred must have shape (batch * (num_neg + 1), 1), got {tuple(y_pred.shape)}")
+    if y_pred.shape[0] % group:
+        raise ValueError(f"{name}: y_pred has {y_pred.shape[0]} rows, which is not a multiple of the group size "
+                         f"num_neg + 1 = {group} (each group is one positive followed by num_neg negatives)")
+    if labels:
+        check_tensor("y_true", y_true)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"{name}: y_true must have y_pred's shape {tuple(y_pred.shape)}, got "
+                             f"{tuple(y_true.shape)}")

@@ -124,8 +124,9 @@ class Route:
     """How fusedloss serves one loss. Every callable takes the function's arguments, positionally.
 
     ``eager``: torch's implementation (the function of ``torch.nn.functional``, or fusedloss's eager
-    formula for an extra). ``fused``: validates as torch would and runs the fused op. ``unsupported``: why
-    the kernels cannot serve this call (an option, a dtype), or None. ``tensors``: the positions of the
+    formula for an extra). ``fused``: validates as torch would and runs the fused op; None for a loss
+    fusedloss never fuses (``eager`` serves every call, on every backend, and ``unsupported`` says why).
+    ``unsupported``: why the kernels cannot serve this call (an option, a dtype), or None. ``tensors``: the positions of the
     tensor arguments, whose devices decide.
     """
 
@@ -148,6 +149,10 @@ def call(route, *args):
 
 
 def _call_fused(route, requested, args):
+    if route.fused is None:  # a loss without kernels (ctc_loss): torch's, on every backend, with the reason
+        if _observed():
+            _record(route.op, "torch", route.unsupported(*args))
+        return route.eager(*args)
     problem = _device_problem(route, args, requested) or triton_import_error()
     if problem is None:
         unsupported = route.unsupported(*args)

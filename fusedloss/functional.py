@@ -19,12 +19,16 @@ from .ops import _eager, _vocab_parallel
 from .ops._scaffold import autocast_policy
 from .ops.linear_cross_entropy import LinearCrossEntropyOptions, linear_cross_entropy_loss
 from .ops.pointwise import PointwiseOptions, pointwise_loss
+from .ops.row_margin import RowMarginOptions, row_margin_loss
 from .ops.softmax_rows import SoftmaxRowsOptions, softmax_rows_loss
 
 __all__ = ["cross_entropy", "nll_loss", "linear_cross_entropy",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss", "huber_loss", "l1_loss",
            "mse_loss", "soft_margin_loss", "kl_div", "poisson_nll_loss", "gaussian_nll_loss",
-           "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss"]
+           "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
+           "multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "cosine_embedding_loss",
+           "triplet_margin_loss", "triplet_margin_with_distance_loss", "pairwise_distance", "cosine_similarity",
+           "rank_hinge_loss", "rank_cross_entropy_loss", "ctc_loss"]
 
 
 def _out_dtype(op, input):
@@ -198,6 +202,7 @@ def linear_cross_entropy(
     options=None,
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
+    loss_dtype: Optional[torch.dtype] = None,
     process_group=None,
 ) -> Tensor:
     """``torch.nn.functional.linear_cross_entropy`` (torch >= 2.13; the same signature on older torches):
@@ -215,18 +220,22 @@ def linear_cross_entropy(
     torch.func and torch.compile.
 
     Keyword-only extras, as ``cross_entropy``'s: ``z_loss``, ``softcap`` (applied to the logits, its
-    gradient included), ``process_group`` (vocabulary-parallel: ``linear_weight`` and ``linear_bias`` hold
+    gradient included), ``loss_dtype`` (float32 with 16-bit operands: the loss of the 16-bit logits
+    computed and returned in float32, as Hugging Face's causal-LM loss upcasts them), ``process_group``
+    (vocabulary-parallel: ``linear_weight`` and ``linear_bias`` hold
     this rank's contiguous block of the classes; the gradient of ``input`` is this rank's term, to be
     summed over the group like a column-parallel linear's input gradient).
     """
     return dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
-                         ignore_index, label_smoothing, options, z_loss, softcap, process_group)
+                         ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group)
 
 
 def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, process_group):
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
     torch_linear_cross_entropy = getattr(F, "linear_cross_entropy", None)  # torch >= 2.13
-    if not z_loss and softcap is None and process_group is None and torch_linear_cross_entropy is not None:
+    plain = not z_loss and softcap is None and process_group is None and (
+        loss_dtype is None or not isinstance(input, Tensor) or loss_dtype == input.dtype)
+    if plain and torch_linear_cross_entropy is not None:
         return torch_linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=weight,
                                           reduction=reduction, ignore_index=ignore_index,
                                           label_smoothing=label_smoothing, options=options)
@@ -235,7 +244,8 @@ def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group)
     return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                        label_smoothing, z_loss, softcap,
-                                       "" if process_group is None else _vocab_parallel.group_name(process_group))
+                                       "" if process_group is None else _vocab_parallel.group_name(process_group),
+                                       loss_dtype)
 
 
 def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -263,8 +273,8 @@ def _autocast_linear(input, linear_weight, linear_bias):
 
 
 def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, process_group):
-    out_dtype = _out_dtype("cross_entropy", input)
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
+    out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     autocast = out_dtype != input.dtype or torch.is_autocast_enabled(input.device.type)
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group,
@@ -695,3 +705,413 @@ _SIGMOID_FOCAL = _pointwise_route(
     "sigmoid_focal_loss", _fused_sigmoid_focal,
     lambda inputs, targets, *_: _unsupported_pointwise("sigmoid_focal_loss", inputs, targets, integer_target=False),
     (0, 1), eager=_eager.sigmoid_focal_loss)
+
+
+# ----------------------------------------------------------------------------------------------------
+# row-margin losses: one program per row reads the row once and writes the loss and every gradient
+# (fusedloss.ops.row_margin). The Triton path reproduces torch's checks before the kernel runs.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _unsupported_rows(op, tensors, *, integer_ok=(), promoted=()):
+    """Why the row-margin kernel cannot run this call (None when it can, or when torch itself raises).
+
+    ``tensors``: the floating operands that must share the first one's dtype (unless autocast computes
+    ``op`` in float32: then 16- and 32-bit operands mix). ``integer_ok``: operands the kernel reads in any
+    dtype. ``promoted``: operands whose integer dtype torch promotes (the call is valid, the kernels take
+    floats only); other non-floating operands are torch's errors, raised by the checks.
+    """
+    if not all(isinstance(t, Tensor) for t in tensors if t is not None):
+        return "a non-tensor operand"
+    if any(t is not None and t.dim() == 0 for t in promoted):
+        return "0-d operands (a norm over no dimension)"
+    if any(t is not None and not t.is_floating_point() and not t.is_complex() for t in promoted):
+        return "integer operands (torch promotes them to floating point)"
+    policy = autocast_policy(op, tensors[0])
+    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+    if policy == "float32":
+        if any(t.dtype == torch.float64 for t in floats):
+            return "a float64 operand under autocast (torch runs it in float64 on the eager path)"
+    elif any(t.dtype != floats[0].dtype for t in floats):
+        return "operands of different dtypes (torch's type promotion runs on the eager path)"
+    for t in integer_ok:
+        if t is not None and t.is_floating_point() and floats and t.dtype != floats[0].dtype and policy != "float32":
+            return "operands of different dtypes (torch's type promotion runs on the eager path)"
+    return None
+
+
+def _unsupported_norm(p):
+    if not 0 < p < float("inf"):
+        return f"p={p} (the kernels compute the p-norm for 0 < p < inf)"
+    return None
+
+
+def multi_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    p: int = 1,
+    margin: float = 1.0,
+    weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.multi_margin_loss``: per row sum_{c != y} w_y max(0, margin - x_y + x_c)^p / C.
+
+    torch raises on the host for a target outside [0, C); the Triton path makes that row's loss and
+    gradient NaN instead (no host sync), and raises as torch with ``FUSEDLOSS_DEBUG=1``.
+    """
+    return dispatch.call(_MULTI_MARGIN, input, target, p, margin, weight, size_average, reduce, reduction)
+
+
+def _fused_multi_margin(input, target, p, margin, weight, size_average, reduce, reduction):
+    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    out_dtype = _out_dtype("multi_margin_loss", input)
+    check.check_multi_margin(input, target, p, weight, autocast=out_dtype != input.dtype)
+    check.check_not_differentiable("multi_margin_loss", "weight", weight)
+    if dispatch.debug_enabled():
+        check.check_margin_targets(target, input.shape[-1] if input.dim() else 1, multilabel=False)
+    options = RowMarginOptions("multi_margin", reduction, out_dtype, float(margin), float(p))
+    return row_margin_loss(options, input, t=target, w=weight)
+
+
+_MULTI_MARGIN = Route("multi_margin_loss", F.multi_margin_loss, _fused_multi_margin,
+                      lambda input, target, p, margin, weight, *_: _unsupported_rows(
+                          "multi_margin_loss", (input, weight)), (0, 1, 4))
+
+
+def multilabel_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.multilabel_margin_loss``: targets are class lists ending at the first -1;
+    per row sum_j sum_{i not a target} max(0, 1 - (x_{y_j} - x_i)) / C.
+
+    torch raises on the host when any target entry is outside [-1, C); the Triton path makes that row's
+    loss and gradient NaN instead (no host sync, no out-of-bounds access), and raises as torch with
+    ``FUSEDLOSS_DEBUG=1``.
+    """
+    return dispatch.call(_MULTILABEL_MARGIN, input, target, size_average, reduce, reduction)
+
+
+def _fused_multilabel_margin(input, target, size_average, reduce, reduction):
+    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    check.check_multilabel_margin(input, target)
+    if dispatch.debug_enabled():
+        check.check_margin_targets(target, input.shape[-1] if input.dim() else 1, multilabel=True)
+    options = RowMarginOptions("multilabel_margin", reduction, _out_dtype("multilabel_margin_loss", input))
+    return row_margin_loss(options, input, t=target)
+
+
+_MULTILABEL_MARGIN = Route("multilabel_margin_loss", F.multilabel_margin_loss, _fused_multilabel_margin,
+                           lambda input, *_: _unsupported_rows("multilabel_margin_loss", (input,)), (0, 1))
+
+
+def multilabel_soft_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.multilabel_soft_margin_loss``: the BCE-with-logits terms, times ``weight``
+    (broadcast to the input), averaged over the classes (the last dimension), then reduced over the rest.
+    Gradients for the input and the target."""
+    return dispatch.call(_MULTILABEL_SOFT_MARGIN, input, target, weight, size_average, reduce, reduction)
+
+
+def _fused_multilabel_soft_margin(input, target, weight, size_average, reduce, reduction):
+    if size_average is not None or reduce is not None:
+        reduction = check.reduction_from_args(size_average, reduce, reduction)
+    check.check_multilabel_soft_margin(input, target, weight)
+    check.check_three_reductions(reduction, reduction + " is not valid")
+    options = RowMarginOptions("multilabel_soft_margin", reduction, _out_dtype("multilabel_soft_margin_loss", input))
+    return row_margin_loss(options, input, target, weight)
+
+
+def _unsupported_multilabel_soft_margin(input, target, weight, *unused):
+    problem = _unsupported_rows("multilabel_soft_margin_loss", (input,), integer_ok=(target, weight))
+    if problem is not None or not input.is_floating_point():
+        return problem
+    if _enlarges(input, target) or _enlarges(input, weight):
+        return "a target or weight that broadcasts the input to a larger shape"
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        return "a weight that requires grad"
+    return None
+
+
+def _enlarges(input, tensor):
+    """True when ``tensor`` broadcasts with the input to a larger shape than the input's (torch's loss then
+    has that shape); False when it broadcasts to the input's, or not at all (torch's error: the checks)."""
+    if tensor is None or tensor.shape == input.shape:
+        return False
+    try:
+        return torch.broadcast_shapes(input.shape, tensor.shape) != input.shape
+    except RuntimeError:
+        return False
+
+
+_MULTILABEL_SOFT_MARGIN = Route("multilabel_soft_margin_loss", F.multilabel_soft_margin_loss,
+                                _fused_multilabel_soft_margin, _unsupported_multilabel_soft_margin, (0, 1, 2))
+
+
+def cosine_embedding_loss(
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 0,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.cosine_embedding_loss``: 1 - cos(x1, x2) where target == 1,
+    max(0, cos - margin) where target == -1 (0 elsewhere), with torch's 1e-12 added to each squared norm
+    (finite for zero vectors). Gradients for both inputs."""
+    return dispatch.call(_COSINE_EMBEDDING, input1, input2, target, margin, size_average, reduce, reduction)
+
+
+def _fused_cosine_embedding(input1, input2, target, margin, size_average, reduce, reduction):
+    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    check.check_cosine_embedding(input1, input2, target)
+    options = RowMarginOptions("cosine_embedding", reduction, _out_dtype("cosine_embedding_loss", input1),
+                               float(margin), eps=_COSINE_EMBEDDING_EPS)
+    # the target only selects a branch: torch's graph has no path to it, so it gets no gradient here either
+    return row_margin_loss(options, input1, input2, t=target.detach())
+
+
+_COSINE_EMBEDDING_EPS = 9.999999960041972e-13  # ATen's EPSILON: the float 1e-12f (float64 inputs see it exactly)
+_COSINE_EMBEDDING = Route("cosine_embedding_loss", F.cosine_embedding_loss, _fused_cosine_embedding,
+                          lambda input1, input2, target, *_: _unsupported_rows(
+                              "cosine_embedding_loss", (input1, input2), promoted=(input1, input2)), (0, 1, 2))
+
+
+def triplet_margin_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    p: float = 2,
+    eps: float = 1e-6,
+    swap: bool = False,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.triplet_margin_loss``: max(0, margin + d(a, p) - d(a, n)) with
+    d(x, y) = |x - y + eps|_p and, with ``swap``, d(a, n) replaced by min(d(a, n), d(p, n)). Inputs (D) or
+    (..., D), broadcast as torch allows; gradients for all three."""
+    return dispatch.call(_TRIPLET, anchor, positive, negative, margin, p, eps, swap, size_average, reduce, reduction)
+
+
+def _fused_triplet(anchor, positive, negative, margin, p, eps, swap, size_average, reduce, reduction):
+    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    check.check_triplet(anchor, positive, negative, margin)
+    return _triplet_loss("triplet_margin_loss", anchor, positive, negative, margin, p, eps, swap, reduction)
+
+
+def _triplet_loss(op, anchor, positive, negative, margin, p, eps, swap, reduction):
+    options = RowMarginOptions("triplet", reduction, _out_dtype(op, anchor), float(margin), float(p), float(eps),
+                               bool(swap))
+    return row_margin_loss(options, anchor, positive, negative)
+
+
+_TRIPLET = Route("triplet_margin_loss", F.triplet_margin_loss, _fused_triplet,
+                 lambda anchor, positive, negative, margin, p, *_: _unsupported_rows(
+                     "triplet_margin_loss", (anchor, positive, negative),
+                     promoted=(anchor, positive, negative)) or _unsupported_norm(p), (0, 1, 2))
+
+
+def triplet_margin_with_distance_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    *,
+    distance_function=None,
+    margin: float = 1.0,
+    swap: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.triplet_margin_with_distance_loss``, fused when ``distance_function`` is None
+    or ``pairwise_distance`` (torch's or fusedloss's: p = 2, eps = 1e-6); any other callable runs through
+    torch (``fusedloss.explain`` gives the reason)."""
+    return dispatch.call(_TRIPLET_WITH_DISTANCE, anchor, positive, negative, distance_function, margin, swap,
+                         reduction)
+
+
+def _eager_triplet_with_distance(anchor, positive, negative, distance_function, margin, swap, reduction):
+    return F.triplet_margin_with_distance_loss(anchor, positive, negative, distance_function=distance_function,
+                                               margin=margin, swap=swap, reduction=reduction)
+
+
+def _fused_triplet_with_distance(anchor, positive, negative, distance_function, margin, swap, reduction):
+    check.check_reduction_name(reduction)
+    check.check_triplet(anchor, positive, negative, margin)
+    p, eps = _fused_distance(distance_function)
+    return _triplet_loss("triplet_margin_with_distance_loss", anchor, positive, negative, margin, p, eps, swap,
+                         reduction)
+
+
+def _fused_distance(distance_function):
+    """(p, eps) of a distance the fused triplet computes, else None: None and pairwise_distance (torch's or
+    fusedloss's: p = 2, eps = 1e-6), and a PairwiseDistance module (torch's default for the module
+    TripletMarginWithDistanceLoss) without keepdim."""
+    if (distance_function is None or distance_function is F.pairwise_distance
+            or distance_function is torch.pairwise_distance or distance_function is pairwise_distance
+            or distance_function is torch.nn.functional.pairwise_distance):
+        return 2.0, 1e-6
+    if isinstance(distance_function, torch.nn.PairwiseDistance) and not distance_function.keepdim:
+        from . import nn  # (it imports this module)
+
+        if type(distance_function).forward in (torch.nn.PairwiseDistance.forward, nn.PairwiseDistance.forward):
+            return float(distance_function.norm), float(distance_function.eps)
+    return None
+
+
+def _unsupported_triplet_with_distance(anchor, positive, negative, distance_function, *unused):
+    distance = _fused_distance(distance_function)
+    if distance is None:
+        name = getattr(distance_function, "__qualname__", type(distance_function).__name__)
+        return f"distance_function={name} (only None or pairwise_distance is fused; torch runs any other callable)"
+    return _unsupported_rows("triplet_margin_with_distance_loss", (anchor, positive, negative),
+                             promoted=(anchor, positive, negative)) or _unsupported_norm(distance[0])
+
+
+_TRIPLET_WITH_DISTANCE = Route("triplet_margin_with_distance_loss", _eager_triplet_with_distance,
+                               _fused_triplet_with_distance, _unsupported_triplet_with_distance, (0, 1, 2))
+
+
+def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:
+    """``torch.nn.functional.pairwise_distance``: |x1 - x2 + eps|_p over the last dimension of the
+    broadcast inputs, fused (one read of each row; gradients for both inputs)."""
+    return dispatch.call(_PAIRWISE_DISTANCE, x1, x2, p, eps, keepdim)
+
+
+def _fused_pairwise_distance(x1, x2, p, eps, keepdim):
+    check.check_pairwise(x1, x2)
+    options = RowMarginOptions("pairwise_distance", "none", _out_dtype("pairwise_distance", x1), p=float(p),
+                               eps=float(eps), keepdim=bool(keepdim))
+    return row_margin_loss(options, x1, x2)
+
+
+_PAIRWISE_DISTANCE = Route("pairwise_distance", F.pairwise_distance, _fused_pairwise_distance,
+                           lambda x1, x2, p, *_: _unsupported_rows("pairwise_distance", (x1, x2), promoted=(x1, x2))
+                           or _unsupported_norm(p), (0, 1))
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """``torch.nn.functional.cosine_similarity``: <x1 / max(|x1|, eps), x2 / max(|x2|, eps)> along ``dim``
+    of the broadcast inputs (torch's clamp has no gradient), fused; gradients for both inputs."""
+    return dispatch.call(_COSINE_SIMILARITY, x1, x2, dim, eps)
+
+
+def _fused_cosine_similarity(x1, x2, dim, eps):
+    dim = check.check_cosine_similarity(x1, x2, dim)
+    options = RowMarginOptions("cosine_similarity", "none", _out_dtype("cosine_similarity", x1), eps=float(eps),
+                               dim=dim)
+    return row_margin_loss(options, x1, x2)
+
+
+def _unsupported_cosine_similarity(x1, x2, *unused):
+    if isinstance(x1, Tensor) and isinstance(x2, Tensor) and not x1.is_floating_point() and not x2.is_floating_point():
+        return None  # torch's error: no floating common dtype
+    return _unsupported_rows("cosine_similarity", (x1, x2), promoted=(x1, x2))
+
+
+_COSINE_SIMILARITY = Route("cosine_similarity", F.cosine_similarity, _fused_cosine_similarity,
+                           _unsupported_cosine_similarity, (0, 1))
+
+
+def ctc_loss(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> Tensor:
+    """``torch.nn.functional.ctc_loss``, not fused: always torch's (cuDNN or ATen) implementation, whatever
+    the backend (``fusedloss.explain`` says so). Its dynamic program over time steps is sequential per
+    sample and torch's kernels already keep it on chip."""
+    return dispatch.call(_CTC, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
+
+
+_CTC = Route("ctc_loss", F.ctc_loss, None,
+             lambda *_: "ctc_loss is not fused: torch's implementation (cuDNN or ATen) runs on every backend", (0, 1))
+
+
+# ------------------------------------------------------------------ ranking losses (groups of scores)
+
+
+def rank_hinge_loss(
+    y_pred: Tensor,
+    y_true: Optional[Tensor] = None,
+    num_neg: int = 1,
+    margin: float = 1.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """The ranking hinge loss of a text-matching library's RankHingeLoss: ``y_pred`` (B * (num_neg + 1), 1)
+    holds groups of one positive score followed by ``num_neg`` negatives; per group
+    max(0, margin - (s_pos - mean(s_neg))), reduced over the groups ('none' gives (B, 1)). ``y_true`` is
+    accepted and unused, as in the reference. Fused as one row kernel over a strided view of the groups.
+    A batch that is not a multiple of num_neg + 1 raises ValueError."""
+    return dispatch.call(_RANK_HINGE, y_pred, y_true, num_neg, margin, reduction)
+
+
+def _eager_rank_hinge(y_pred, y_true, num_neg, margin, reduction):
+    check.check_rank_groups("rank_hinge_loss", y_pred, y_true, num_neg)
+    check.reduction_from_args(None, None, reduction)
+    return _eager.rank_hinge_loss(y_pred, y_true, num_neg, margin, reduction)
+
+
+def _fused_rank_hinge(y_pred, y_true, num_neg, margin, reduction):
+    check.check_rank_groups("rank_hinge_loss", y_pred, y_true, num_neg)
+    reduction = check.reduction_from_args(None, None, reduction)
+    options = RowMarginOptions("rank_hinge", reduction, _out_dtype("rank_hinge_loss", y_pred), float(margin),
+                               group=num_neg + 1)
+    return row_margin_loss(options, y_pred)
+
+
+def _unsupported_rank(y_pred, y_true, num_neg, labels):
+    if not isinstance(y_pred, Tensor) or not y_pred.is_floating_point():
+        return "a non-floating y_pred"
+    if isinstance(num_neg, int) and num_neg >= 4096:
+        return f"num_neg={num_neg} (a group must fit one tile of at most 4096 scores)"
+    if labels and isinstance(y_true, Tensor):
+        if y_true.requires_grad and torch.is_grad_enabled():
+            return "a y_true that requires grad"
+        return _unsupported_rows("rank_cross_entropy_loss", (y_pred,), integer_ok=(y_true,))
+    return None
+
+
+_RANK_HINGE = Route("rank_hinge_loss", _eager_rank_hinge, _fused_rank_hinge,
+                    lambda y_pred, y_true, num_neg, *_: _unsupported_rank(y_pred, y_true, num_neg, False), (0,))
+
+
+def rank_cross_entropy_loss(y_pred: Tensor, y_true: Tensor, num_neg: int = 1) -> Tensor:
+    """The ranking cross entropy of the same library's RankCrossEntropyLoss: per group of num_neg + 1 scores
+    (one positive followed by its negatives, rows of ``y_pred`` (B * (num_neg + 1), 1)),
+    -sum_j y_true_j log(softmax(s)_j + eps), eps = torch.finfo(torch.float64).eps as the reference, mean
+    over the groups. Gradient for ``y_pred``. A batch that is not a multiple of num_neg + 1 raises
+    ValueError."""
+    return dispatch.call(_RANK_CROSS_ENTROPY, y_pred, y_true, num_neg)
+
+
+def _eager_rank_cross_entropy(y_pred, y_true, num_neg):
+    check.check_rank_groups("rank_cross_entropy_loss", y_pred, y_true, num_neg, labels=True)
+    return _eager.rank_cross_entropy_loss(y_pred, y_true, num_neg)
+
+
+def _fused_rank_cross_entropy(y_pred, y_true, num_neg):
+    check.check_rank_groups("rank_cross_entropy_loss", y_pred, y_true, num_neg, labels=True)
+    options = RowMarginOptions("rank_cross_entropy", "mean", _out_dtype("rank_cross_entropy_loss", y_pred),
+                               eps=float(torch.finfo(torch.float64).eps), group=num_neg + 1)
+    return row_margin_loss(options, y_pred, y_true)
+
+
+_RANK_CROSS_ENTROPY = Route("rank_cross_entropy_loss", _eager_rank_cross_entropy, _fused_rank_cross_entropy,
+                            lambda y_pred, y_true, num_neg: _unsupported_rank(y_pred, y_true, num_neg, True), (0, 1))

@@ -38,6 +38,11 @@ class _Scriptable:
         return module
 
 
+def _not_scriptable(module, why="it has no torch equivalent for TorchScript to compile"):
+    return RuntimeError(f"torch.jit.script cannot compile fusedloss.nn.{type(module).__name__} ({why}). Use "
+                        "torch.compile, which runs fusedloss's kernels in a compiled model.")
+
+
 def _extras_repr(module):
     """The extras that differ from their defaults, for ``extra_repr``."""
     return ", ".join(f"{name}={getattr(module, name)}" for name, default in module._extras.items()
@@ -47,7 +52,10 @@ def _extras_repr(module):
 __all__ = ["CrossEntropyLoss", "NLLLoss", "LinearCrossEntropyLoss",
            "BCELoss", "BCEWithLogitsLoss", "SmoothL1Loss", "HuberLoss", "L1Loss", "MSELoss", "SoftMarginLoss",
            "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss", "MarginRankingLoss", "HingeEmbeddingLoss",
-           "SigmoidFocalLoss"]
+           "SigmoidFocalLoss",
+           "MultiMarginLoss", "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "CosineEmbeddingLoss",
+           "TripletMarginLoss", "TripletMarginWithDistanceLoss", "PairwiseDistance", "CosineSimilarity", "CTCLoss",
+           "RankHingeLoss", "RankCrossEntropyLoss"]
 
 
 class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
@@ -82,16 +90,15 @@ class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
 class _LinearCrossEntropyMixin:
     """fusedloss's forward and extras for ``LinearCrossEntropyLoss``, on torch's class or on the stand-in."""
 
-    _extras = {"z_loss": 0.0, "softcap": None, "process_group": None}
+    _extras = {"z_loss": 0.0, "softcap": None, "loss_dtype": None, "process_group": None}
 
     def __prepare_scriptable__(self):
-        raise RuntimeError("torch.jit.script cannot compile fusedloss.nn.LinearCrossEntropyLoss (nor torch's "
-                           "own: its options and chunked path are Python). Use torch.compile, which runs "
-                           "fusedloss's linear_cross_entropy in a compiled model.")
+        raise _not_scriptable(self, "nor torch's own: its options and chunked path are Python")
 
-    def _set_extras(self, z_loss, softcap, process_group):
+    def _set_extras(self, z_loss, softcap, loss_dtype, process_group):
         self.z_loss = z_loss
         self.softcap = softcap
+        self.loss_dtype = loss_dtype
         self.process_group = process_group
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -102,7 +109,8 @@ class _LinearCrossEntropyMixin:
         return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                       reduction=self.reduction, ignore_index=self.ignore_index,
                                       label_smoothing=self.label_smoothing, options=self.options,
-                                      z_loss=self.z_loss, softcap=self.softcap, process_group=self.process_group)
+                                      z_loss=self.z_loss, softcap=self.softcap, loss_dtype=self.loss_dtype,
+                                      process_group=self.process_group)
 
     def _extras_repr(self):
         return _extras_repr(self)
@@ -116,7 +124,8 @@ class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
     def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (), bias: bool = False,
                  device=None, dtype=None, reduction: str = "mean", weight: Optional[Tensor] = None,
                  ignore_index: Optional[int] = None, label_smoothing: float = 0.0, options=None,
-                 z_loss: float = 0.0, softcap: Optional[float] = None, process_group=None):
+                 z_loss: float = 0.0, softcap: Optional[float] = None, loss_dtype: Optional[torch.dtype] = None,
+                 process_group=None):
         if weight is not None and weight.shape != (num_classes,):
             raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
         if label_smoothing < 0 or label_smoothing > 1.0:
@@ -129,7 +138,7 @@ class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
         self.linear = torch.nn.Linear(in_features, math.prod(out_features, start=num_classes), bias=bias,
                                       device=device, dtype=dtype)
         self.options = options
-        self._set_extras(z_loss, softcap, process_group)
+        self._set_extras(z_loss, softcap, loss_dtype, process_group)
 
     def extra_repr(self) -> str:
         text = (f"in_features={self.linear.in_features}, num_classes={self.num_classes},"
@@ -150,11 +159,11 @@ if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
                      bias: bool = False, device=None, dtype=None, reduction: str = "mean",
                      weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
                      label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
-                     softcap: Optional[float] = None, process_group=None):
+                     softcap: Optional[float] = None, loss_dtype: Optional[torch.dtype] = None, process_group=None):
             super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
                              dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, options=options)
-            self._set_extras(z_loss, softcap, process_group)
+            self._set_extras(z_loss, softcap, loss_dtype, process_group)
 
         def extra_repr(self) -> str:
             extras = self._extras_repr()
@@ -306,3 +315,113 @@ class _ScriptedSigmoidFocalLoss(torch.nn.Module):
             raise ValueError("Invalid Value for arg 'reduction': '" + self.reduction
                              + " \n Supported reduction modes: 'none', 'mean', 'sum'")
         return loss
+
+
+# ------------------------------------------------------------------ row-margin losses (one pass per row)
+
+
+class MultiMarginLoss(_Scriptable, torch.nn.MultiMarginLoss):
+    """``torch.nn.MultiMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
+                                   reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(_Scriptable, torch.nn.MultiLabelMarginLoss):
+    """``torch.nn.MultiLabelMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(_Scriptable, torch.nn.MultiLabelSoftMarginLoss):
+    """``torch.nn.MultiLabelSoftMarginLoss`` on the fused row kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class CosineEmbeddingLoss(_Scriptable, torch.nn.CosineEmbeddingLoss):
+    """``torch.nn.CosineEmbeddingLoss`` on the fused row kernel."""
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class TripletMarginLoss(_Scriptable, torch.nn.TripletMarginLoss):
+    """``torch.nn.TripletMarginLoss`` on the fused row kernel."""
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, eps=self.eps,
+                                     swap=self.swap, reduction=self.reduction)
+
+
+class TripletMarginWithDistanceLoss(_Scriptable, torch.nn.TripletMarginWithDistanceLoss):
+    """``torch.nn.TripletMarginWithDistanceLoss``: fused for its default distance (a PairwiseDistance) and
+    for pairwise_distance; torch runs any other distance function."""
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        return F.triplet_margin_with_distance_loss(anchor, positive, negative, distance_function=self.distance_function,
+                                                   margin=self.margin, swap=self.swap, reduction=self.reduction)
+
+
+class PairwiseDistance(_Scriptable, torch.nn.PairwiseDistance):
+    """``torch.nn.PairwiseDistance`` on the fused row kernel."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return F.pairwise_distance(x1, x2, self.norm, self.eps, self.keepdim)
+
+
+class CosineSimilarity(_Scriptable, torch.nn.CosineSimilarity):
+    """``torch.nn.CosineSimilarity`` on the fused row kernel."""
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return F.cosine_similarity(x1, x2, self.dim, self.eps)
+
+
+class CTCLoss(_Scriptable, torch.nn.CTCLoss):
+    """``torch.nn.CTCLoss``: not fused; torch's implementation runs on every backend (see
+    ``fusedloss.functional.ctc_loss``)."""
+
+    def forward(self, log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                          self.zero_infinity)
+
+
+class RankHingeLoss(torch.nn.Module):
+    """The ranking hinge loss of a text-matching library (``fusedloss.functional.rank_hinge_loss``):
+    groups of one positive followed by ``num_neg`` negatives in ``y_pred`` (B * (num_neg + 1), 1);
+    ``y_true`` is accepted and unused."""
+
+    def __init__(self, num_neg: int = 1, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.num_neg = num_neg
+        self.margin = margin
+        self.reduction = reduction
+
+    def forward(self, y_pred: Tensor, y_true: Optional[Tensor] = None) -> Tensor:
+        return F.rank_hinge_loss(y_pred, y_true, num_neg=self.num_neg, margin=self.margin, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"num_neg={self.num_neg}, margin={self.margin}, reduction={self.reduction}"
+
+    def __prepare_scriptable__(self):
+        raise _not_scriptable(self)
+
+
+class RankCrossEntropyLoss(torch.nn.Module):
+    """The ranking cross entropy of a text-matching library (``fusedloss.functional.rank_cross_entropy_loss``)."""
+
+    def __init__(self, num_neg: int = 1):
+        super().__init__()
+        self.num_neg = num_neg
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return F.rank_cross_entropy_loss(y_pred, y_true, num_neg=self.num_neg)
+
+    def extra_repr(self) -> str:
+        return f"num_neg={self.num_neg}"
+
+    def __prepare_scriptable__(self):
+        raise _not_scriptable(self)

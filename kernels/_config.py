@@ -63,6 +63,31 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     return block_r, block_c, max(2, min(16, tile_bytes // 4096))
 
 
+def row_margin_tile(loss, n_cols, element_size):
+    """(BLOCK_R, BLOCK_D, BLOCK_T, ONE_BLOCK, num_warps) for a [rows x D] tile of the row-margin kernels.
+
+    Rows of up to 8192 elements (16-bit) or 4096 (32/64-bit) are one tile (ONE_BLOCK: an embedding row
+    is read once and its gradient computed from registers); small rows share a program (about 2048
+    elements a tile). multilabel_margin: one row per program and a [BLOCK_T targets x BLOCK_D classes]
+    tile of hinge terms, so its tile is BLOCK_T times narrower. The rank losses hold a whole group (one
+    positive and its negatives) in one tile. Not yet measured on a GPU (bench/NOTES.md). Under the
+    interpreter rows stop at 256 elements and BLOCK_T at 8, so the tests' small odd shapes cross blocks.
+    """
+    cols_pow2 = triton.next_power_of_2(max(n_cols, 1))
+    max_row = 256 if interpreting() else (8192 if element_size <= 2 else 4096)
+    if loss == "rank_hinge" or loss == "rank_cross_entropy":
+        block_d = cols_pow2
+        block_r = max(1, min(256, 2048 // block_d))
+        return block_r, block_d, 1, True, num_warps_for(block_r * block_d)
+    if loss == "multilabel_margin":
+        block_t = min(8 if interpreting() else 16, cols_pow2)
+        block_d = min(cols_pow2, max(16, (1024 if interpreting() else 4096) // block_t))
+        return 1, block_d, block_t, cols_pow2 <= block_d, num_warps_for(block_t * block_d)
+    block_d = min(cols_pow2, max_row)
+    block_r = max(1, min(16, 2048 // block_d))
+    return block_r, block_d, 1, cols_pow2 <= block_d, num_warps_for(block_r * block_d)
+
+
 @functools.lru_cache(maxsize=1024)
 def pointwise_block(n_elements):
     """(BLOCK, num_warps) for the flat pointwise kernels (cached: it runs on every launch)."""

@@ -35,3 +35,14 @@ def sum_partials(partials_ptr, n_partials, RBLOCK: tl.constexpr, ACC: tl.constex
 def release_counter(counter_ptr):
     """Reset the ticket counter for the next launch (the last program, once it has read the partials)."""
     tl.store(counter_ptr, 0)
+
+
+@triton.jit
+def finish_grid_sum(partial, out_ptr, partials_ptr, counter_ptr, divisor, RBLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Every program: store its ``partial`` sum; the last one: store sum(partials) / divisor in ``out_ptr``
+    (in its dtype) and reset the counter. The whole reduction of a one-value-per-launch loss."""
+    tl.store(partials_ptr + tl.program_id(0), partial)
+    if is_last_program(counter_ptr):
+        total = sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC) / divisor
+        tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+        release_counter(counter_ptr)

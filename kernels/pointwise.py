@@ -60,7 +60,7 @@ import triton.language as tl
 from ._config import plan_cache, pointwise_block, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import join_float, log1p, logistic, pow_runtime
-from ._reduce import is_last_program, release_counter, sum_partials
+from ._reduce import finish_grid_sum
 
 # The formulas, by name: the LOSS constexpr is one of these strings. (Not module-level tl.constexpr
 # globals: Triton re-checks every global a kernel uses on every launch.)
@@ -407,15 +407,12 @@ def _pointwise_fwd_kernel(
     # (5) the loss, per element, or reduced over the grid in this launch (kernels/_reduce.py): the last
     #     program adds the per-program sums in program order and divides by the reduction's divisor
     if REDUCE:
-        tl.store(partials_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
-        if is_last_program(counter_ptr):
-            total = sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC)
-            if DEVICE_DENOM:
-                total = total / tl.load(denom_ptr).to(ACC)
-            else:
-                total = total / join_float(divisor_hi, divisor_lo, ACC)
-            tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
-            release_counter(counter_ptr)
+        if DEVICE_DENOM:
+            divisor = tl.load(denom_ptr).to(ACC)
+        else:
+            divisor = join_float(divisor_hi, divisor_lo, ACC)
+        finish_grid_sum(tl.sum(tl.where(mask, loss, 0.0), axis=0), out_ptr, partials_ptr, counter_ptr, divisor, RBLOCK,
+                        ACC)
     else:
         tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -1,6 +1,9 @@
 """Shared test helpers: the one tolerance table, the parity assertion, input makers."""
 import contextlib
+import dataclasses
+import warnings
 
+import pytest
 import torch
 
 import fusedloss
@@ -85,3 +88,150 @@ def strided_like(tensor, layout):
         wide[..., ::2] = tensor
         return wide[..., ::2]
     raise ValueError(layout)
+
+
+# ------------------------------------------------------------------ the parity check of a fused function
+
+
+def as_float64(args, kwargs):
+    def convert(t):
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            return t
+        return t.detach().double().requires_grad_(t.requires_grad)
+    return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
+
+
+def loss_and_grads(fn, args, kwargs, upstream, backend=None):
+    """fn(*args, **kwargs) under ``backend`` (None: as it is) and the gradients of sum(loss * upstream)."""
+    with backend_context(backend):
+        loss = fn(*args, **kwargs)
+    diff = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    grads = torch.autograd.grad(loss, diff, upstream.to(loss.dtype)) if diff else ()
+    return loss, grads
+
+
+def check_parity(torch_fn, ours, args, kwargs, backend, grad_scale=0.37, upstream=None):
+    """``ours`` vs ``torch_fn`` at the same dtype vs ``torch_fn`` in float64: the loss and the gradient of
+    every argument that requires grad, for sum(loss * upstream) (random, times ``grad_scale``, unless
+    given). Gradients may be rounded twice (stored by the forward for grad_output 1, then multiplied).
+
+    Where torch has no kernel for the dtype on this device (the CPU's multi_margin_loss and
+    multilabel_margin_loss in 16 bits: NotImplementedError), only the float64 comparison is made.
+    """
+    dtype = args[0].dtype
+    args64, kwargs64 = as_float64(args, kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warnings have their own tests
+        if upstream is None:
+            with torch.no_grad():
+                shape = torch_fn(*args64, **kwargs64).shape
+            upstream = (torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.5) * grad_scale
+        ref, ref_grads = loss_and_grads(torch_fn, args64, kwargs64, upstream)
+        try:
+            same, same_grads = loss_and_grads(torch_fn, args, kwargs, upstream)
+        except NotImplementedError:
+            if DEVICE != "cpu" or dtype not in LOW_PRECISION:
+                raise
+            same = same_grads = None
+        loss, grads = loss_and_grads(ours, args, kwargs, upstream, backend)
+    assert len(grads) == len(ref_grads)
+    if same is None:
+        assert loss.dtype == dtype
+        assert_matches(loss, ref, dtype, "loss")
+        for i, (grad, ref_grad) in enumerate(zip(grads, ref_grads)):
+            assert grad.dtype == dtype, f"grad {i}"
+            assert_matches(grad, ref_grad, dtype, f"grad {i}")
+        return
+    assert loss.dtype == same.dtype
+    assert_matches_torch(loss, same, ref, dtype, "loss")
+    for i, (grad, same_grad, ref_grad) in enumerate(zip(grads, same_grads, ref_grads)):
+        assert grad.dtype == same_grad.dtype, f"grad {i}"
+        # the forward stores the gradient for grad_output 1, the backward multiplies it: rounded twice
+        assert_twice_rounded_matches_torch(grad, same_grad, ref_grad, dtype, f"grad {i}")
+
+
+# ------------------------------------------------------------------ value makers (float64) and parity cases
+
+
+def normal(shape):
+    return torch.randn(shape, dtype=torch.float64, device=DEVICE)
+
+
+def probability(shape):
+    return torch.rand(shape, dtype=torch.float64, device=DEVICE) * 0.98 + 0.01
+
+
+def positive(shape):
+    return torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.1
+
+
+@dataclasses.dataclass
+class Case:
+    """One call of a parity grid: a function, its tensors' value makers (given a shape) and options."""
+
+    fn: str  # the name in torch.nn.functional and fusedloss.functional
+    makers: tuple  # one value maker per positional tensor
+    grad: tuple  # positions of the tensors torch differentiates
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    tensor_kwargs: dict = dataclasses.field(default_factory=dict)  # name -> maker (weight, pos_weight)
+    reductions: tuple = ("none", "mean", "sum")  # (None,): a function without a reduction argument
+
+
+def make_call(case, shape, dtype, layout="contiguous"):
+    """(args, kwargs) at ``dtype`` (floating tensors; integer targets stay as they are) in ``layout``; the
+    tensors torch differentiates require grad."""
+    def make(maker):
+        tensor = maker(shape)
+        return strided_like(tensor.to(dtype) if tensor.is_floating_point() else tensor, layout)
+
+    args = [make(maker).requires_grad_(i in case.grad) for i, maker in enumerate(case.makers)]
+    kwargs = dict(case.kwargs)
+    kwargs.update({name: make(maker) for name, maker in case.tensor_kwargs.items()})
+    return args, kwargs
+
+
+def parity_grid(cases, shapes, eager_shape, low_precision_shapes=None):
+    """pytest params (case_id, reduction, shape, dtype, backend): every case, reduction and shape on the
+    Triton backend in float32, and in 16 bits at ``low_precision_shapes`` (every shape when None); the
+    eager backend (torch's own function: one shape checks the plumbing) at ``eager_shape`` in float32."""
+    for case_id, case in cases.items():
+        for reduction in case.reductions:
+            for shape in shapes:
+                for dtype in DTYPES:
+                    if dtype != torch.float32 and low_precision_shapes is not None and shape not in low_precision_shapes:
+                        continue
+                    for backend in ("triton", "torch"):
+                        if backend == "torch" and (shape != eager_shape or dtype != torch.float32):
+                            continue
+                        yield pytest.param(case_id, reduction, shape, dtype, backend,
+                                           id=f"{case_id}-{reduction}-{shape}-{str(dtype)[6:]}-{backend}")
+
+
+def grid_call(case, shape, dtype, strided_shape):
+    """make_call at a grid point; the shape "strided" is ``strided_shape`` as views of transposed buffers."""
+    if shape != "strided":
+        return make_call(case, shape, dtype)
+    args, kwargs = make_call(case, strided_shape, dtype, layout="transposed")
+    assert not args[0].is_contiguous()
+    return args, kwargs
+
+
+def check_module_drop_in(name, kwargs, makers, shape=(5, 7)):
+    """fusedloss.nn.<name> against torch.nn.<name> built with ``kwargs``: a subclass with torch's repr and
+    state_dict, fused on the Triton backend, with torch's loss and input gradient for tensors of ``makers``."""
+    import fusedloss.nn
+
+    kwargs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    theirs, ours = getattr(torch.nn, name)(**kwargs), getattr(fusedloss.nn, name)(**kwargs)
+    assert isinstance(ours, type(theirs)) and repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    args = [maker(shape) for maker in makers]
+    args = [a.float() if a.is_floating_point() else a for a in args]
+    args[0].requires_grad_()
+    with fusedloss.backend("triton"):
+        got = ours(*args)
+        assert fusedloss.explain(ours, *args).backend == "triton"
+    expected = theirs(*args)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), args[0])[0],
+                               torch.autograd.grad(expected.sum(), args[0])[0])

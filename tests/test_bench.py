@@ -71,6 +71,14 @@ def test_cli_info(capsys):
     assert "cross_entropy" in text and "torch" in text
 
 
+def test_every_fused_function_is_benchmarked():
+    """Each function of fusedloss.functional with kernels has a benchmark entry (ctc_loss has none: it is
+    torch's on every backend)."""
+    import fusedloss.functional as FL
+
+    assert {b.name for b in registry.REGISTRY} == set(FL.__all__) - {"ctc_loss"}
+
+
 def test_unknown_loss_is_an_error():
     with pytest.raises(SystemExit):
         registry.select(["not_a_loss"])

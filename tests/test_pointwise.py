@@ -10,7 +10,6 @@ Shapes of the parity harness and why:
 Broadcasting (a weight, pos_weight, var or target smaller than the input, or an input smaller than the
 target) has its own tests, as have shapes that coalesce to more than the kernel's three dimensions.
 """
-import dataclasses
 import inspect
 import warnings
 
@@ -23,8 +22,9 @@ import fusedloss.functional as FL
 import fusedloss.nn as FN
 from fusedloss.bench import registry
 from fusedloss.bench.traffic import measure_traffic
-from helpers import (DEVICE, DTYPES, assert_matches, assert_matches_torch, assert_twice_rounded_matches_torch,
-                     backend_context, strided_like)
+import helpers
+from helpers import (DEVICE, Case, assert_matches, backend_context, grid_call, make_call, normal,
+                     parity_grid, positive, probability)
 
 BACKENDS = ["triton", "torch"]
 SHAPES = [(1,), (4097,), (3, 1023), (0,), "strided"]
@@ -34,20 +34,8 @@ STRIDED_SHAPE = (33, 64)
 # ------------------------------------------------------------------ value makers (float64, in each domain)
 
 
-def normal(shape):
-    return torch.randn(shape, dtype=torch.float64, device=DEVICE)
-
-
 def logits(shape):
     return 3 * normal(shape)
-
-
-def probability(shape):
-    return torch.rand(shape, dtype=torch.float64, device=DEVICE) * 0.98 + 0.01
-
-
-def positive(shape):
-    return torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.1
 
 
 def sign(shape):
@@ -83,16 +71,6 @@ def sigmoid_focal_reference(*args, **kwargs):
 
 def torch_function(name):
     return sigmoid_focal_reference if name == "sigmoid_focal_loss" else getattr(F, name)
-
-
-@dataclasses.dataclass
-class Case:
-    fn: str  # the name in torch.nn.functional and fusedloss.functional
-    makers: tuple  # one value maker per positional tensor
-    grad: tuple  # positions of the tensors torch differentiates
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    tensor_kwargs: dict = dataclasses.field(default_factory=dict)  # name -> maker (weight, pos_weight)
-    reductions: tuple = ("none", "mean", "sum")
 
 
 CASES = {
@@ -135,85 +113,22 @@ CASES = {
 # ------------------------------------------------------------------ the parity harness
 
 
-def make_call(case, shape, dtype, layout="contiguous"):
-    """(args, kwargs) at ``dtype`` in ``layout``; the tensors torch differentiates require grad."""
-    args = []
-    for i, maker in enumerate(case.makers):
-        tensor = strided_like(maker(shape).to(dtype), layout)
-        args.append(tensor.requires_grad_(i in case.grad))
-    kwargs = dict(case.kwargs)
-    kwargs.update({name: strided_like(maker(shape).to(dtype), layout) for name, maker in case.tensor_kwargs.items()})
-    return args, kwargs
-
-
-def as_float64(args, kwargs):
-    def convert(t):
-        if not torch.is_tensor(t) or not t.is_floating_point():
-            return t
-        return t.detach().double().requires_grad_(t.requires_grad)
-    return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
-
-
-def loss_and_grads(fn, args, kwargs, upstream, backend=None):
-    """fn(*args, **kwargs) under ``backend`` (None: as it is) and the gradients of sum(loss * upstream)."""
-    with backend_context(backend):
-        loss = fn(*args, **kwargs)
-    diff = [a for a in args if torch.is_tensor(a) and a.requires_grad]
-    grads = torch.autograd.grad(loss, diff, upstream.to(loss.dtype)) if diff else ()
-    return loss, grads
-
-
 def check_parity(fn_name, args, kwargs, backend, grad_scale=0.37, upstream=None):
     """fusedloss vs torch at the same dtype vs torch in float64: the loss and every gradient."""
-    torch_fn, ours = torch_function(fn_name), getattr(FL, fn_name)
-    dtype = args[0].dtype
-    args64, kwargs64 = as_float64(args, kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the size-mismatch and kl 'mean' warnings have their own tests
-        if upstream is None:
-            with torch.no_grad():
-                shape = torch_fn(*args64, **kwargs64).shape
-            upstream = (torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.5) * grad_scale
-        ref, ref_grads = loss_and_grads(torch_fn, args64, kwargs64, upstream)
-        same, same_grads = loss_and_grads(torch_fn, args, kwargs, upstream)
-        loss, grads = loss_and_grads(ours, args, kwargs, upstream, backend)
-    assert loss.dtype == same.dtype
-    assert_matches_torch(loss, same, ref, dtype, "loss")
-    for i, (grad, same_grad, ref_grad) in enumerate(zip(grads, same_grads, ref_grads)):
-        assert grad.dtype == same_grad.dtype, f"grad {i}"
-        # the forward stores the gradient for grad_output 1, the backward multiplies it: rounded twice
-        assert_twice_rounded_matches_torch(grad, same_grad, ref_grad, dtype, f"grad {i}")
+    helpers.check_parity(torch_function(fn_name), getattr(FL, fn_name), args, kwargs, backend, grad_scale, upstream)
 
 
-def parity_grid():
-    for case_id, case in CASES.items():
-        for reduction in case.reductions:
-            for shape in SHAPES:
-                for dtype in DTYPES:
-                    for backend in BACKENDS:
-                        if backend == "torch" and (shape != (4097,) or dtype != torch.float32):
-                            continue  # the eager path is torch's own function: one shape checks the plumbing
-                        yield pytest.param(case_id, reduction, shape, dtype, backend,
-                                           id=f"{case_id}-{reduction}-{shape}-{str(dtype)[6:]}-{backend}")
-
-
-@pytest.mark.parametrize("case_id,reduction,shape,dtype,backend", list(parity_grid()))
+@pytest.mark.parametrize("case_id,reduction,shape,dtype,backend", list(parity_grid(CASES, SHAPES, (4097,))))
 def test_parity(case_id, reduction, shape, dtype, backend):
     case = CASES[case_id]
-    if shape == "strided":
-        args, kwargs = make_call(case, STRIDED_SHAPE, dtype, layout="transposed")
-        assert not args[0].is_contiguous()
-    else:
-        args, kwargs = make_call(case, shape, dtype)
+    args, kwargs = grid_call(case, shape, dtype, STRIDED_SHAPE)
     check_parity(case.fn, args, {**kwargs, "reduction": reduction}, backend)
 
 
-NOT_POINTWISE = {"cross_entropy", "nll_loss", "linear_cross_entropy"}  # the softmax-rows and matmul-rows families
-
-
 def test_parity_grid_covers_every_loss():
+    """Every benchmarked pointwise loss (test_bench: every fused function is benchmarked) is in the grid."""
     covered = {case.fn for case in CASES.values()}
-    assert covered == set(FL.__all__) - NOT_POINTWISE
+    assert covered == {b.name for b in registry.REGISTRY if b.family == "pointwise"}
 
 
 # ------------------------------------------------------------------ broadcasting
@@ -582,10 +497,6 @@ def test_target_without_gradient_in_torch_gets_none():
 POINTWISE_BENCHES = [b for b in registry.REGISTRY if b.family == "pointwise"]
 
 
-def test_every_pointwise_loss_is_benchmarked():
-    assert {b.name for b in POINTWISE_BENCHES} == set(FL.__all__) - NOT_POINTWISE
-
-
 @pytest.mark.skipif(DEVICE != "cpu", reason="the traffic meter hooks Triton's interpreter")
 @pytest.mark.parametrize("bench", POINTWISE_BENCHES, ids=lambda b: b.label)
 def test_traffic_forward_backward(bench):
@@ -642,19 +553,7 @@ MODULES = {
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_drop_in(module):
-    kwargs, makers = MODULES[module]
-    kwargs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-    theirs, ours = getattr(torch.nn, module)(**kwargs), getattr(FN, module)(**kwargs)
-    assert isinstance(ours, type(theirs)) and repr(ours) == repr(theirs)
-    assert ours.state_dict().keys() == theirs.state_dict().keys()
-    args = [maker((5, 7)).float() for maker in makers]
-    args[0].requires_grad_()
-    with fusedloss.backend("triton"):
-        got = ours(*args)
-    expected = theirs(*args)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(torch.autograd.grad(got.sum(), args[0])[0],
-                               torch.autograd.grad(expected.sum(), args[0])[0])
+    helpers.check_module_drop_in(module, *MODULES[module])
 
 
 def test_sigmoid_focal_loss_module():

@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedloss
 
@@ -122,3 +123,120 @@ def test_import_fusedloss_does_not_import_transformers():
     import sys
     code = "import sys, fusedloss, fusedloss.functional; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ the logits never whole
+
+
+class _LargestLogitsLike(TorchDispatchMode):
+    """Records every tensor an op makes (views aside) whose last dimension is the vocabulary (what a logits
+    tensor looks like): the largest such numel seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if (isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == VOCAB
+                    and t.untyped_storage().data_ptr() not in inputs):  # a new tensor, not a view
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 rows of logits (16 KiB at this vocabulary), so that 'never whole' means something at
+    these tiny sizes."""
+    from fusedloss.ops import linear_cross_entropy as lce
+
+    monkeypatch.setattr(lce, "CHUNK_BYTES", 16 << 10)
+
+
+@pytest.mark.parametrize("num_items", [None, 37])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_linear_cross_entropy_matches_transformers(family, num_items, small_chunks):
+    """Training with labels: the loss and every parameter's gradient as transformers' own forward gives
+    them (Gemma 2's final-logit softcapping included), the logits never built (None in the output)."""
+    reference = make_model(family).train()
+    model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items, device=DEVICE)}
+    expected, expected_grads = loss_and_grads(reference, input_ids, labels, **kwargs)
+    recorder = _LargestLogitsLike()
+    with fusedloss.backend("triton"), recorder:
+        loss, grads = loss_and_grads(model, input_ids, labels, **kwargs)
+    tokens = input_ids.numel()
+    assert 0 < recorder.largest <= 4 * VOCAB < tokens * VOCAB  # chunks of rows, never tokens x vocabulary
+    unpatched = _LargestLogitsLike()
+    with unpatched:
+        reference(input_ids=input_ids, labels=labels)
+    assert unpatched.largest >= tokens * VOCAB  # the recorder sees transformers' own logits
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    with fusedloss.backend("triton"):
+        assert model(input_ids=input_ids, labels=labels).logits is None
+
+
+def test_fused_linear_cross_entropy_bfloat16_no_worse_than_transformers(small_chunks):
+    reference = make_model("llama", torch.bfloat16).train()
+    exact = make_model("llama", torch.float64).train()
+    model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    truth = exact(input_ids=input_ids, labels=labels).loss.detach()
+    theirs, _ = loss_and_grads(reference, input_ids, labels)
+    with fusedloss.backend("triton"):
+        ours, _ = loss_and_grads(model, input_ids, labels)
+    assert ours.dtype == torch.float32
+    assert abs(ours.double() - truth) <= abs(theirs.double() - truth) + 1e-4
+
+
+def test_evaluation_and_generation_are_unchanged():
+    """Without labels, in eval mode, or with skip_logits=False the model's own forward runs: the logits,
+    the loss and generate() exactly as unpatched."""
+    reference = make_model("mistral").eval()
+    model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    with torch.no_grad(), fusedloss.backend("triton"):
+        ours, theirs = model(input_ids=input_ids, labels=labels), reference(input_ids=input_ids, labels=labels)
+        assert torch.equal(ours.logits, theirs.logits) and torch.equal(ours.loss, theirs.loss)
+        model.train()
+        kept = model(input_ids=input_ids, labels=labels, skip_logits=False)
+        assert kept.logits is not None
+        model.eval()
+        prompt = input_ids[:1, :5]
+        generated = model.generate(prompt, max_new_tokens=4, do_sample=False)
+        expected = reference.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated, expected)
+
+
+def test_fused_linear_training_in_lockstep_and_restore(small_chunks):
+    reference = make_model("gemma2").train()
+    model = hf.use_fused_linear_cross_entropy(hf.use_fused_loss(copy.deepcopy(reference)))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, model)]
+    for step in range(3):
+        input_ids, labels = batch(seed=step)
+        for m, opt in zip((reference, model), optimizers):
+            opt.zero_grad()
+            with fusedloss.backend("triton"):
+                m(input_ids=input_ids, labels=labels).loss.backward()
+            opt.step()
+    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    hf.restore(model)
+    assert "forward" not in model.__dict__ and model(input_ids=batch()[0]).logits is not None
+
+
+def test_fused_linear_refuses_other_structures():
+    class NoHead(transformers.LlamaForCausalLM):
+        pass
+    model = NoHead(transformers.LlamaConfig(**COMMON))
+    model.lm_head = torch.nn.Identity()
+    with pytest.raises(ValueError, match="lm_head"):
+        hf.use_fused_linear_cross_entropy(model)

@@ -54,6 +54,9 @@ class LossBench:
     flops: Optional[Callable[[Inputs, bool], int]] = None
     # bytes the largest implementation needs at a shape and element size (default: 3 x the shape's elements)
     footprint: Optional[Callable[[Shape, int], int]] = None
+    # a function with a per-row output (pairwise_distance, cosine_similarity): every implementation's
+    # output is summed, so forward+backward differentiates a scalar (grad_output 1 per row)
+    sum_output: bool = False
 
     @property
     def label(self):
@@ -70,14 +73,19 @@ class LossBench:
 # ------------------------------------------------------------------ implementations
 
 
+def _summed(bench, fn):
+    return (lambda *args, **kwargs: fn(*args, **kwargs).sum()) if bench.sum_output else fn
+
+
 def torch_impl(bench):
     fn = bench.reference or getattr(F, bench.name)
-    return lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs)
+    return _summed(bench, lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs))
 
 
 def fusedloss_impl(bench, **extra):
     fn = getattr(FL, bench.name)
-    return lambda *args, **kwargs: fn(*args, **bench.kwargs, **bench.fusedloss_kwargs, **extra, **kwargs)
+    return _summed(bench, lambda *args, **kwargs: fn(*args, **bench.kwargs, **bench.fusedloss_kwargs, **extra,
+                                                     **kwargs))
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +98,7 @@ def _compiled(fn):
 
 def compile_impl(bench):
     fn = _compiled(bench.reference or getattr(F, bench.name))
-    return lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs)
+    return _summed(bench, lambda *args, **kwargs: fn(*args, **bench.kwargs, **kwargs))
 
 
 def implementations(bench, device):
@@ -377,3 +385,84 @@ REGISTRY.append(LossBench(
     footprint=linear_cross_entropy_footprint,
     peers={"cuBLAS 3-GEMM floor": three_gemm_floor, "torch chunked": torch_chunked_linear_cross_entropy,
            "liger": liger_fused_linear_cross_entropy, "cut-cross-entropy": cut_cross_entropy}))
+# ------------------------------------------------------------------ row-margin losses
+# Margin losses over classes at N = 16384 rows, C in {100, 1000, 32000}; embedding losses at N = 16384,
+# D in {128, 1024, 8192}; the rank losses over groups of one positive and 3 negatives. grad_tensors: the
+# scores or embeddings (targets are data; multilabel_soft_margin's target is a label).
+
+
+def _class_index(shape, dtype, device):
+    return torch.randint(0, shape[1], shape[:1], device=device)
+
+
+def _class_lists(shape, dtype, device):
+    """multilabel_margin_loss targets: 1 to 8 distinct classes per row, then -1 padding."""
+    n_rows, n_classes = shape
+    labels = torch.rand(n_rows, n_classes, device=device).argsort(dim=1)[:, :8]
+    lengths = torch.randint(1, 9, (n_rows, 1), device=device)
+    lists = torch.where(torch.arange(8, device=device) < lengths, labels, -1)
+    return torch.cat([lists, lists.new_full((n_rows, n_classes - 8), -1)], dim=1) if n_classes > 8 else lists[:, :n_classes]
+
+
+def _binary(shape, dtype, device):
+    return (torch.rand(shape, device=device) < 0.1).to(dtype)
+
+
+def _row_sign(shape, dtype, device):
+    return _sign(shape[:1], dtype, device)
+
+
+def _rank_groups(shape, dtype, device):
+    """(y_pred, y_true) of ``shape`` (B * 4, 1): groups of a positive (label 1) and 3 negatives (label 0)."""
+    y_pred = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    y_true = (torch.arange(shape[0], device=device) % 4 == 0).to(dtype).reshape(shape)
+    return Inputs((y_pred, y_true), {}, (y_pred,))
+
+
+def rank_hinge_minimal_bytes(inputs, backward):
+    """The hinge reads the scores (y_true is accepted and unused) and writes their gradient."""
+    y_pred = inputs.args[0]
+    return y_pred.numel() * y_pred.element_size() * (2 if backward else 1)
+
+
+def eager_rank_loss(name):
+    """fusedloss's eager formula of a rank loss (the library's definition in torch ops)."""
+    def reference(*args, **kwargs):
+        with fusedloss.backend("torch"):
+            return getattr(FL, name)(*args, **kwargs)
+    return reference
+
+
+_MARGIN_SHAPES = dict(gpu_shapes=[(16384, 100), (16384, 1000), (16384, 32000)], quick_shapes=[(16384, 1000)],
+                      cpu_shapes=[(512, 1000)], traffic_shapes=[(64, 301)])
+_EMBEDDING_SHAPES = dict(gpu_shapes=[(16384, 128), (16384, 1024), (16384, 8192)], quick_shapes=[(16384, 1024)],
+                         cpu_shapes=[(512, 1024)], traffic_shapes=[(64, 301)])
+_RANK_SHAPES = dict(gpu_shapes=[(4 * 2**16, 1), (4 * 2**20, 1)], quick_shapes=[(4 * 2**16, 1)],
+                    cpu_shapes=[(4 * 2**12, 1)], traffic_shapes=[(4 * 64, 1)])
+
+# torch's CPU kernels of these two have no 16-bit versions: float32 first, the dtype the CPU runs (and the
+# traffic meter) use
+_FLOAT32_FIRST = (torch.float32, torch.bfloat16)
+
+REGISTRY.extend([
+    LossBench(name="multi_margin_loss", family="row margin", make_inputs=pointwise_inputs(_normal, _class_index),
+              dtypes=_FLOAT32_FIRST, **_MARGIN_SHAPES),
+    LossBench(name="multilabel_margin_loss", family="row margin",
+              make_inputs=pointwise_inputs(_normal, _class_lists), dtypes=_FLOAT32_FIRST, **_MARGIN_SHAPES),
+    LossBench(name="multilabel_soft_margin_loss", family="row margin",
+              make_inputs=pointwise_inputs(_normal, _binary), **_MARGIN_SHAPES),
+    LossBench(name="cosine_embedding_loss", family="row margin",
+              make_inputs=pointwise_inputs(_normal, _normal, _row_sign, grad=(0, 1)), **_EMBEDDING_SHAPES),
+    LossBench(name="triplet_margin_loss", family="row margin",
+              make_inputs=pointwise_inputs(_normal, _normal, _normal, grad=(0, 1, 2)), **_EMBEDDING_SHAPES),
+    LossBench(name="triplet_margin_with_distance_loss", family="row margin", kwargs={"swap": True},
+              make_inputs=pointwise_inputs(_normal, _normal, _normal, grad=(0, 1, 2)), **_EMBEDDING_SHAPES),
+    LossBench(name="pairwise_distance", family="row margin", sum_output=True,
+              make_inputs=pointwise_inputs(_normal, _normal, grad=(0, 1)), **_EMBEDDING_SHAPES),
+    LossBench(name="cosine_similarity", family="row margin", sum_output=True,
+              make_inputs=pointwise_inputs(_normal, _normal, grad=(0, 1)), **_EMBEDDING_SHAPES),
+    LossBench(name="rank_hinge_loss", family="row margin", kwargs={"num_neg": 3}, make_inputs=_rank_groups,
+              reference=eager_rank_loss("rank_hinge_loss"), minimal=rank_hinge_minimal_bytes, **_RANK_SHAPES),
+    LossBench(name="rank_cross_entropy_loss", family="row margin", kwargs={"num_neg": 3}, make_inputs=_rank_groups,
+              reference=eager_rank_loss("rank_cross_entropy_loss"), **_RANK_SHAPES),
+])

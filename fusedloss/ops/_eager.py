@@ -88,10 +88,14 @@ def linear_logits(input, linear_weight, linear_bias):
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
-                         z_loss, softcap, process_group):
+                         z_loss, softcap, process_group, loss_dtype=None):
     """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
-    extras, or its vocabulary-parallel form (``process_group``: a registered group's name)."""
+    extras, or its vocabulary-parallel form (``process_group``: a registered group's name); the logits
+    cast to ``loss_dtype`` first when given."""
     logits = linear_logits(input, linear_weight, linear_bias)
+    if loss_dtype is not None and logits.dtype != loss_dtype:
+        logits = logits.to(loss_dtype)
+        weight = weight.to(loss_dtype) if weight is not None and weight.is_floating_point() else weight
     if process_group:
         return vocab_parallel_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                                             softcap, process_group)
@@ -177,3 +181,74 @@ def vocab_parallel_cross_entropy(input, target, weight, ignore_index, reduction,
     if reduction == "sum":
         return loss.sum().to(out_dtype)
     return (loss.sum() / row_weight.sum()).to(out_dtype)
+
+
+def rank_hinge_loss(y_pred, y_true, num_neg, margin, reduction):
+    """RankHingeLoss of a text-matching library: groups of one positive score followed by ``num_neg``
+    negatives (rows [pos, neg_1, ..., neg_k, pos, ...] of y_pred (B * (num_neg + 1), 1)); per group
+    max(0, margin - (s_pos - mean(s_neg))), through margin_ranking_loss as the reference. y_true is unused."""
+    groups = y_pred.reshape(-1, num_neg + 1)
+    y_pos = groups[:, :1]
+    y_neg = groups[:, 1:].mean(dim=-1, keepdim=True)
+    return F.margin_ranking_loss(y_pos, y_neg, torch.ones_like(y_pos), margin=margin, reduction=reduction)
+
+
+def rank_cross_entropy_loss(y_pred, y_true, num_neg):
+    """RankCrossEntropyLoss of the same library: per group of num_neg + 1 scores,
+    -sum_j y_true_j log(softmax(s)_j + eps) with eps = float64's machine epsilon, mean over groups."""
+    logits = y_pred.reshape(-1, num_neg + 1)
+    labels = y_true.reshape(-1, num_neg + 1)
+    return -torch.mean(torch.sum(labels * torch.log(F.softmax(logits, dim=-1) + torch.finfo(torch.float64).eps),
+                                 dim=-1))
+
+
+def _reduce(loss, reduction):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def multi_margin_loss(input, target, p, margin, weight, reduction):
+    """torch's multi_margin_loss in differentiable torch ops (ATen's has no double backward): per row
+    sum_{c != y} w_y max(0, margin - x_y + x_c)^p / C, the term's gradient 0 where it is exactly 0 (ATen's
+    z > 0). A target outside [0, C) makes its row NaN (the Triton path's value; torch raises)."""
+    x = input.reshape(-1, input.shape[-1] if input.dim() else 1)
+    n_classes = x.shape[1]
+    y = target.reshape(-1, 1)
+    valid = (y >= 0) & (y < n_classes)
+    y = torch.where(valid, y, torch.zeros_like(y))
+    z = margin - x.gather(1, y) + x
+    hinge = torch.where(z > 0, z, torch.zeros_like(z))
+    if p == 2:
+        hinge = hinge * hinge
+    is_target = torch.arange(n_classes, device=x.device) == y
+    hinge = torch.where(is_target, torch.zeros_like(hinge), hinge)
+    if weight is not None:
+        hinge = hinge * weight[y]
+    loss = torch.where(valid.squeeze(1), hinge.sum(1) / n_classes, float("nan"))
+    return _reduce(loss.reshape(target.shape), reduction)
+
+
+def multilabel_margin_loss(input, target, reduction, list_block=64):
+    """torch's multilabel_margin_loss in differentiable torch ops (ATen's has no double backward): per row,
+    the targets up to the first negative entry, sum_j sum_{i not a target} max(0, 1 - x_{t_j} + x_i) / C.
+    A row with an entry outside [-1, C) is NaN (the Triton path's value; torch raises). Memory: N x
+    ``list_block`` x C per step over the list positions."""
+    x = input.reshape(-1, input.shape[-1] if input.dim() else 1)
+    n_classes = x.shape[1]
+    t = target.reshape(x.shape)
+    in_list = torch.cumprod((t >= 0).long(), dim=1).bool()  # before the first negative entry
+    bad = ((t < -1) | (t >= n_classes)).any(dim=1)
+    t = torch.where(in_list & (t < n_classes), t, torch.zeros_like(t))
+    classes = torch.arange(n_classes, device=x.device)
+    is_target = ((t.unsqueeze(2) == classes) & in_list.unsqueeze(2)).any(dim=1)  # (N, C)
+    total = x.new_zeros(x.shape[0])
+    for j0 in range(0, n_classes, list_block):
+        tj, listed = t[:, j0:j0 + list_block], in_list[:, j0:j0 + list_block]
+        z = 1 - x.gather(1, tj).unsqueeze(2) + x.unsqueeze(1)  # (N, list_block, C)
+        counted = (z > 0) & listed.unsqueeze(2) & ~is_target.unsqueeze(1)
+        total = total + torch.where(counted, z, torch.zeros_like(z)).sum(dim=(1, 2))
+    loss = torch.where(bad, float("nan"), total / n_classes)
+    return _reduce(loss if input.dim() == 2 else loss.reshape(()), reduction)

@@ -20,6 +20,7 @@ A family (softmax rows, pointwise, ...) is an object with
                             empty tensors of the right shapes and dtypes (torch.compile's fake impl)
   ``compile_options(options) -> options``
                             the options the registered ops get (they own no buffers across calls)
+(``Family`` below gives the last two for a family that never writes into the caller's tensors)
 and the scaffold calls it in one of three ways, with the same kernels and math:
 
   eager                     ``_EagerLoss``: an old-style autograd.Function, the cheapest (a
@@ -57,6 +58,32 @@ def reduction_divisor(reduction, n_elements, batch):
     return 1
 
 
+class Family:
+    """Defaults for a family whose registered ops take its options as they are and which never writes
+    into the caller's tensors (families with opt-in in-place writes override both)."""
+
+    @staticmethod
+    def compile_options(options):
+        return options
+
+    @staticmethod
+    def assert_inputs_intact(options, state):
+        """Nothing of the caller's is ever overwritten."""
+
+
+def accumulation_dtype(dtype):
+    """The dtype the kernels accumulate in (and write a broadcast operand's full-shape gradient in)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sum_to_operand(grad, operand):
+    """A gradient written over the broadcast shape, summed down to a broadcast operand's shape (a
+    fixed-order torch reduction) in its dtype; the gradient itself when the shapes agree."""
+    if grad.shape == operand.shape:
+        return grad
+    return grad.sum_to_size(operand.shape).to(operand.dtype)
+
+
 # ----------------------------------------------------------------------------------------------------
 # autocast: torch's policy per loss (the kernels read 16-bit inputs and compute in float32 anyway, so
 # following it costs no copy: only the output dtype changes)
@@ -66,13 +93,25 @@ def reduction_divisor(reduction, n_elements, batch):
 # inherit it from their ops: cross_entropy from log_softmax and nll_loss, gaussian_nll_loss on CUDA from
 # log and pow, torchvision's sigmoid_focal_loss from binary_cross_entropy_with_logits). Checked against
 # torch by tests/test_ecosystem.py on every device it runs on.
+# Row-margin family: the CPU entries were checked by running torch's functions under
+# torch.autocast("cpu", dtype=torch.bfloat16) (multilabel_soft_margin_loss, pairwise_distance,
+# cosine_similarity and triplet_margin_with_distance_loss stay 16-bit there). The CUDA entries follow
+# torch's documented CUDA float32 list and were not run on a GPU (none was available): multi_margin_loss,
+# multilabel_margin_loss, cosine_embedding_loss, triplet_margin_loss, cosine_similarity are on it;
+# pairwise_distance and triplet_margin_with_distance_loss through norm, multilabel_soft_margin_loss through
+# sum, rank_cross_entropy_loss through softmax, rank_hinge_loss through margin_ranking_loss.
 _AUTOCAST_FLOAT32 = {
     "cuda": {"cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "smooth_l1_loss", "huber_loss",
              "l1_loss", "mse_loss", "soft_margin_loss", "kl_div", "poisson_nll_loss", "gaussian_nll_loss",
-             "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss"},
+             "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
+             "multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "cosine_embedding_loss",
+             "triplet_margin_loss", "triplet_margin_with_distance_loss", "pairwise_distance", "cosine_similarity",
+             "rank_hinge_loss", "rank_cross_entropy_loss"},
     "cpu": {"cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
             "smooth_l1_loss", "huber_loss", "l1_loss", "mse_loss", "soft_margin_loss", "kl_div",
-            "poisson_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss"},
+            "poisson_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
+            "multi_margin_loss", "multilabel_margin_loss", "cosine_embedding_loss", "triplet_margin_loss",
+            "rank_hinge_loss"},
 }
 # losses torch refuses under autocast on a device (it raises): the eager path raises the same error
 _AUTOCAST_REFUSED = {"cuda": {"binary_cross_entropy"}, "cpu": set()}

@@ -19,6 +19,7 @@ import torch
 from .._torch import F
 from . import _scaffold
 from ._eager import gaussian_nll_loss, sigmoid_focal_loss
+from ._scaffold import accumulation_dtype as _acc, sum_to_operand as _reduce_to
 
 
 class PointwiseOptions(NamedTuple):
@@ -45,10 +46,6 @@ def kernels():
     return _kernels
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _broadcast_shape(inputs):
     shape = inputs[0].shape
     if any(t is not None and t.shape != shape for t in inputs):
@@ -61,14 +58,7 @@ def _expand(tensor, shape):
     return tensor if tensor is None or tensor.shape == shape else tensor.expand(shape)
 
 
-def _reduce_to(grad, operand):
-    """A full-shape gradient summed down to a broadcast operand's shape, in its dtype."""
-    if grad.shape == operand.shape:
-        return grad
-    return grad.sum_to_size(operand.shape).to(operand.dtype)
-
-
-class Pointwise:
+class Pointwise(_scaffold.Family):
     name = "pointwise"
     options_type = PointwiseOptions
     n_inputs = 5  # a (input), b (target or input2), c (var or target), weight, pos_weight
@@ -116,14 +106,6 @@ class Pointwise:
         else:
             scaled = [None if g is None else g * grad_output for g in grads]
         return (*scaled, None, None)  # no gradient for weight and pos_weight (the callers check)
-
-    @staticmethod
-    def compile_options(options):
-        return options
-
-    @staticmethod
-    def assert_inputs_intact(options, state):
-        """Nothing of the caller's is ever overwritten."""
 
     @staticmethod
     def reference(options, a, b, c, weight, pos_weight):
