@@ -411,7 +411,7 @@ def test_functional_signature_matches_torch():
     theirs = list(inspect.signature(F.linear_cross_entropy).parameters.values())
     assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
         [(p.name, p.default, p.kind) for p in theirs]
-    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "process_group"]
+    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "loss_dtype", "process_group"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
@@ -520,3 +520,23 @@ def test_autocast_16_bit_linear_float32_loss():
     for got, exp in zip(grads, expected_grads):
         assert got.dtype == exp.dtype == torch.float32
         torch.testing.assert_close(got, exp, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_loss_dtype_float32_from_16_bit_operands(reduction, backend, small_chunks):
+    """loss_dtype=float32: the loss of the 16-bit logits computed and returned in float32 (what Hugging
+    Face's causal-LM loss gives with its float32 upcast), the gradients in the operands' dtype."""
+    x = torch.randn(37, 24, device=DEVICE).bfloat16().requires_grad_()
+    w = torch.randn(103, 24, device=DEVICE).bfloat16().requires_grad_()
+    target = torch.randint(0, 103, (37,), device=DEVICE)
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w).float(), target, reduction=reduction)
+    with fusedloss.backend(backend):
+        loss = FL.linear_cross_entropy(x, w, target, reduction=reduction, loss_dtype=torch.float32)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(loss.sum(), (x, w))
+    expected_grads = torch.autograd.grad(expected.sum(), (x, w))
+    for g, e in zip(grads, expected_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), e.float(), rtol=2e-2, atol=2e-3)

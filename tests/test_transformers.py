@@ -45,6 +45,22 @@ def batch(seed=1, size=(2, 13), pad=True):
     return input_ids, labels
 
 
+def train_in_lockstep(reference, model, rtol, atol, steps=3):
+    """A few optimizer steps of both models on the same batches; then their parameters agree. SGD: Adam
+    would turn the float32 noise of gradients that are exactly 0 in exact arithmetic (the key
+    projection's bias: softmax ignores a shift shared by all keys) into full-size, diverging steps."""
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, model)]
+    for step in range(steps):
+        input_ids, labels = batch(seed=step)
+        for m, opt in zip((reference, model), optimizers):
+            opt.zero_grad()
+            with fusedloss.backend("triton"):
+                m(input_ids=input_ids, labels=labels).loss.backward()
+            opt.step()
+    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=name)
+
+
 def loss_and_grads(model, input_ids, labels, **kwargs):
     model.zero_grad(set_to_none=True)
     loss = model(input_ids=input_ids, labels=labels, **kwargs).loss
@@ -93,18 +109,7 @@ def test_training_steps_in_lockstep_and_restore():
     reference = make_model("qwen2")
     model = hf.use_fused_loss(copy.deepcopy(reference))
     assert hf.use_fused_loss(model) is model  # twice is harmless
-    # SGD: Adam would turn the float32 noise of gradients that are exactly 0 in exact arithmetic (the key
-    # projection's bias: softmax ignores a shift shared by all keys) into full-size, diverging steps
-    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, model)]
-    for step in range(3):
-        input_ids, labels = batch(seed=step)
-        for m, opt in zip((reference, model), optimizers):
-            opt.zero_grad()
-            with fusedloss.backend("triton"):
-                m(input_ids=input_ids, labels=labels).loss.backward()
-            opt.step()
-    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    train_in_lockstep(reference, model, rtol=1e-5, atol=1e-6)
     hf.restore(model)
     assert model.loss_function is reference.loss_function is transformers.loss.loss_utils.ForCausalLMLoss
     assert "_loss_function" not in model.__dict__ and "forward" not in model.__dict__
@@ -219,16 +224,7 @@ def test_evaluation_and_generation_are_unchanged():
 def test_fused_linear_training_in_lockstep_and_restore(small_chunks):
     reference = make_model("gemma2").train()
     model = hf.use_fused_linear_cross_entropy(hf.use_fused_loss(copy.deepcopy(reference)))
-    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, model)]
-    for step in range(3):
-        input_ids, labels = batch(seed=step)
-        for m, opt in zip((reference, model), optimizers):
-            opt.zero_grad()
-            with fusedloss.backend("triton"):
-                m(input_ids=input_ids, labels=labels).loss.backward()
-            opt.step()
-    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    train_in_lockstep(reference, model, rtol=1e-4, atol=1e-5)
     hf.restore(model)
     assert "forward" not in model.__dict__ and model(input_ids=batch()[0]).logits is not None
 

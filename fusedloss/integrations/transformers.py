@@ -37,22 +37,31 @@ from .._torch import F
 _PREVIOUS_LOSS = "_fusedloss_previous_loss_function"
 
 
+def _shifted(labels, ignore_index, shift_labels):
+    """transformers' shift: token n predicts label n + 1, the last position none (flattened)."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return shift_labels.reshape(-1)
+
+
+def _reduced(loss_fn, num_items_in_batch):
+    """loss_fn(reduction) as transformers reduces: the mean, or with ``num_items_in_batch`` (gradient
+    accumulation) the sum divided by that count."""
+    if num_items_in_batch is None:
+        return loss_fn("mean")
+    loss = loss_fn("sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
 def causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
                    **kwargs):
     """transformers' ``ForCausalLMLoss`` on fusedloss's cross entropy: the same arguments and result."""
-    if shift_labels is None:
-        labels = F.pad(labels, (0, 1), value=ignore_index)  # tokens < n predict n; the last one nothing
-        shift_labels = labels[..., 1:]
     logits = logits.reshape(-1, vocab_size)
-    shift_labels = shift_labels.reshape(-1).to(logits.device)
-    reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = FL.cross_entropy(logits, shift_labels, ignore_index=ignore_index, reduction=reduction,
-                            loss_dtype=torch.float32)
-    if reduction == "sum":
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
-    return loss
+    target = _shifted(labels, ignore_index, shift_labels).to(logits.device)
+    return _reduced(lambda reduction: FL.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction,
+                                                       loss_dtype=torch.float32), num_items_in_batch)
 
 
 def _check_causal_lm(model):
@@ -78,20 +87,11 @@ def use_fused_loss(model):
 def causal_lm_linear_loss(hidden_states, lm_head, labels, num_items_in_batch=None, ignore_index=-100,
                           shift_labels=None, softcap=None, **kwargs):
     """``causal_lm_loss`` of ``lm_head(hidden_states)`` (softcapped), with the logits never whole."""
-    if shift_labels is None:
-        labels = F.pad(labels, (0, 1), value=ignore_index)
-        shift_labels = labels[..., 1:]
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
-    shift_labels = shift_labels.reshape(-1).to(hidden.device)
-    reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = FL.linear_cross_entropy(hidden, lm_head.weight, shift_labels, linear_bias=lm_head.bias,
-                                   ignore_index=ignore_index, reduction=reduction, softcap=softcap,
-                                   loss_dtype=torch.float32)
-    if reduction == "sum":
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
-    return loss
+    target = _shifted(labels, ignore_index, shift_labels).to(hidden.device)
+    return _reduced(lambda reduction: FL.linear_cross_entropy(
+        hidden, lm_head.weight, target, linear_bias=lm_head.bias, ignore_index=ignore_index, reduction=reduction,
+        softcap=softcap, loss_dtype=torch.float32), num_items_in_batch)
 
 
 def _keep(hidden_states, logits_to_keep):
