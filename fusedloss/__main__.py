@@ -91,8 +91,10 @@ def _demo(args):
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels run through Triton's interpreter for the checks
     from fusedloss import dispatch
     from fusedloss.bench import demo
+    from fusedloss.bench.interpreter import round_bfloat16_like_the_gpu
 
     dispatch.reload_environment()
+    round_bfloat16_like_the_gpu()
     text, written = demo.run_cpu(_results_folder(), os.path.join(_results_folder(), "cpu-demo"), args.loss)
     print(text)
     print("wrote " + ", ".join(written))

@@ -5,7 +5,6 @@ defined), so it is set here, before any test imports ``fusedloss.kernels``.
 """
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,45 +14,11 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _round_float32_to_bfloat16(data):
-    """float32 values (numpy) to bfloat16 bit patterns, rounded to nearest even as the GPU does
-    (Triton 3.8's interpreter truncates); NaN stays a quiet NaN of the same sign."""
-    bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    rounded = np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x0040), rounded)
-    return rounded.astype(np.uint16).reshape(np.shape(data))
-
-
-def _interpreter_rounds_bfloat16_like_the_gpu():
-    """Patch the interpreter's float32 -> bfloat16 conversion (casts and stores) to round to nearest
-    even, so bf16 checks judge the kernels, not the emulator's truncation (up to one ulp worse)."""
-    from triton import language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    cast_impl, fp_to_fp = builder.cast_impl, builder.create_fp_to_fp
-
-    def float32_to_bfloat16(src, dst_type):
-        return src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16
-
-    def rounded_cast(self, src, dst_type):
-        if float32_to_bfloat16(src, dst_type):
-            return interpreter.TensorHandle(_round_float32_to_bfloat16(src.data), dst_type.scalar)
-        return cast_impl(self, src, dst_type)
-
-    def rounded_fp_to_fp(self, src, dst_type, rounding_mode):
-        if float32_to_bfloat16(src, dst_type):
-            return interpreter.TensorHandle(_round_float32_to_bfloat16(src.data), dst_type.scalar)
-        return fp_to_fp(self, src, dst_type, rounding_mode)
-
-    builder.cast_impl = rounded_cast
-    builder.create_fp_trunc = rounded_cast
-    builder.create_fp_to_fp = rounded_fp_to_fp
-
-
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    _interpreter_rounds_bfloat16_like_the_gpu()
+    # bf16 checks judge the kernels, not the emulator's truncation (fusedloss/bench/interpreter.py)
+    from fusedloss.bench.interpreter import round_bfloat16_like_the_gpu
+
+    round_bfloat16_like_the_gpu()
 
 
 def pytest_collection_modifyitems(config, items):

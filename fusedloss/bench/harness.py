@@ -153,7 +153,7 @@ def fits(bench, shape, dtype, device):
 def shapes_for(bench, device, quick, shapes=None):
     """The shapes to run: the user's (those with the entry's number of dimensions), else the registry's."""
     if shapes:
-        return [tuple(s) for s in shapes if len(s) == len(bench.traffic_shapes[0])]
+        return [tuple(s) for s in shapes if len(s) == bench.ndim]
     if device != "cuda":
         return bench.cpu_shapes
     return bench.quick_shapes if quick else bench.gpu_shapes
@@ -202,7 +202,7 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
                 continue
             chosen = shapes_for(bench, device, quick, shapes)
             if shapes and not chosen:
-                notes[f"{bench.label}"] = (f"skipped: none of the shapes asked for has its {len(bench.traffic_shapes[0])} "
+                notes[f"{bench.label}"] = (f"skipped: none of the shapes asked for has its {bench.ndim} "
                                            "dimension(s)")
             for shape in chosen:
                 if not fits(bench, shape, dtype, device):

@@ -59,6 +59,11 @@ class LossBench:
     sum_output: bool = False
 
     @property
+    def ndim(self):
+        """The number of dimensions of this entry's shapes."""
+        return len((self.traffic_shapes or self.cpu_shapes or self.quick_shapes)[0])
+
+    @property
     def label(self):
         return f"{self.name}[{self.variant}]" if self.variant else self.name
 

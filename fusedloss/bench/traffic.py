@@ -160,7 +160,7 @@ def run_traffic(losses=None, shapes=None):
     fusedloss.dispatch.reload_environment()
     rows = []
     for bench in registry.select(losses):
-        chosen = [s for s in shapes if len(s) == len(bench.traffic_shapes[0])] if shapes else bench.traffic_shapes
+        chosen = [s for s in shapes if len(s) == bench.ndim] if shapes else bench.traffic_shapes
         for shape in chosen:
             dtype = bench.dtypes[0]
             torch.manual_seed(0)
