@@ -171,18 +171,21 @@ def _call_fused(route, requested, args):
 
 def _device_problem(route, args, requested):
     """Why the Triton kernels cannot take the call's tensors, or None. (``get_device``: the CUDA index, -1
-    for the CPU, without building device objects.)"""
-    tensors = [args[i] for i in route.tensors if isinstance(args[i], torch.Tensor)]
-    if not tensors:
+    for every other device, read without building device objects.)"""
+    first = None
+    for i in route.tensors:
+        t = args[i]
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first, index = t, t.get_device()
+            elif t.get_device() != index or (index < 0 and t.device.type != first.device.type):
+                devices = sorted({str(args[j].device) for j in route.tensors if isinstance(args[j], torch.Tensor)})
+                return "tensors are on different devices: " + ", ".join(devices)
+    if first is None:
         return "no tensor arguments"
-    first = tensors[0]
-    index = first.get_device()
-    for t in tensors:
-        if t.get_device() != index or (index < 0 and t.device.type != first.device.type):
-            return "tensors are on different devices: " + ", ".join(sorted({str(t.device) for t in tensors}))
     if index >= 0 and first.is_cuda:
         return None
-    device_type = tensors[0].device.type
+    device_type = first.device.type
     if requested == "auto":
         return f"tensors on {device_type}, not CUDA"
     if device_type == "cpu" and ENV.interpret:

@@ -39,9 +39,14 @@ def accumulation_dtypes(dtype):
 
 
 def new_tensor(like, shape, dtype):
-    """An uninitialised tensor on ``like``'s device (``new_empty`` without a dtype argument is the cheapest
-    allocation from Python)."""
-    return like.new_empty(shape) if dtype == like.dtype else like.new_empty(shape, dtype=dtype)
+    """An uninitialised contiguous tensor on ``like``'s device, by the cheapest allocation from Python:
+    ``empty_like`` for ``like``'s own shape and dtype (``new_empty(torch.Size)`` costs ~1.5 us more on
+    this CPU), else ``new_empty``, without a dtype argument where it is ``like``'s."""
+    if dtype == like.dtype:
+        if shape == like.shape:
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+        return like.new_empty(shape)
+    return like.new_empty(shape, dtype=dtype)
 
 
 def set_stub(stub):

@@ -485,14 +485,23 @@ _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
 @plan_cache
-def _fwd_plan(loss, n, ndim, dtype, full, has_c, has_weight, has_pos_weight, reduce, grads, device_denom):
-    """(grid, num_warps, constexprs) of the forward kernel for one signature."""
+def _fwd_plan(loss, n, layout, dtype, full, has_c, has_weight, has_pos_weight, reduce, grads, device_denom, p, q,
+              grad_scale, divisor):
+    """The forward launch of one signature: (grid, num_warps, constexprs, the kernel's scalar arguments).
+    ``layout``: (ndim, n1, n2, stride arguments) of strided operands, None for contiguous ones (one flat
+    dimension)."""
+    if layout is None:
+        present = (True, True, has_c, has_weight, has_pos_weight)
+        layout = (1, 1, 1, tuple(stride for here in present for stride in ((1, 0, 0) if here else _NO_STRIDES)))
+    ndim, n1, n2, strides = layout
     block, num_warps = pointwise_block(n)
     constexprs = dict(
         LOSS=loss, FULL=full, NDIM=ndim, HAS_C=has_c, HAS_WEIGHT=has_weight, HAS_POS_WEIGHT=has_pos_weight,
         REDUCE=reduce, GRAD_A=grads[0], GRAD_B=grads[1], GRAD_C=grads[2], DEVICE_DENOM=device_denom,
         BLOCK=block, RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
-    return (triton.cdiv(n, block),), num_warps, constexprs
+    scalars = (*strides, n, n1, n2, *split_float(p), *split_float(q), *split_float(grad_scale),
+               *split_float(divisor or 1.0))
+    return (triton.cdiv(n, block),), num_warps, constexprs, scalars
 
 
 @plan_cache
@@ -517,39 +526,26 @@ def pointwise_fwd(loss, a, b, c, weight, pos_weight, shape, p, q, full, out_dtyp
     """
     n = a.numel()
     out = new_tensor(a, () if reduce else shape, out_dtype)
-    grads = [None if dt is None else new_tensor(a, shape, dt) for dt in grad_dtypes]
+    ga, gb, gc = [None if dt is None else new_tensor(a, shape, dt) for dt in grad_dtypes]
     if n == 0:  # nothing to launch: torch's value of an empty reduction (0, or 0 / 0 for a mean)
         if reduce:
             out.fill_(0.0 if divisor and denom is None else float("nan"))
-        return out, grads
-    operands = (a, b, c, weight, pos_weight)
-    if (a.is_contiguous() and b.is_contiguous() and (c is None or c.is_contiguous())
+        return out, [ga, gb, gc]
+    layout = None  # the common case: contiguous operands, one flat dimension
+    if not (a.is_contiguous() and b.is_contiguous() and (c is None or c.is_contiguous())
             and (weight is None or weight.is_contiguous()) and (pos_weight is None or pos_weight.is_contiguous())):
-        ndim, n1, n2 = 1, 1, 1  # the common case: one flat dimension
-        stride_args = _flat_strides(c is not None, weight is not None, pos_weight is not None)
-    else:
-        operands, ndim, n1, n2, stride_args = _strided_layout(operands)
-    grid, num_warps, constexprs = _fwd_plan(
-        loss, n, ndim, a.dtype, full, c is not None, weight is not None, pos_weight is not None, reduce,
-        (grads[0] is not None, grads[1] is not None, grads[2] is not None), denom is not None)
+        (a, b, c, weight, pos_weight), ndim, n1, n2, strides = _strided_layout((a, b, c, weight, pos_weight))
+        layout = (ndim, n1, n2, tuple(strides))
+    grid, num_warps, constexprs, scalars = _fwd_plan(
+        loss, n, layout, a.dtype, full, c is not None, weight is not None, pos_weight is not None, reduce,
+        (ga is not None, gb is not None, gc is not None), denom is not None, p, q, grad_scale, divisor)
     partials = new_tensor(a, grid[0], accumulation_dtypes(a.dtype)[1]) if reduce else out
-    ga, gb, gc = grads
     launch(_pointwise_fwd_kernel, grid, (
-        *(t if t is not None else a for t in operands),  # absent operands: never read
-        denom if denom is not None else a, out, partials,
-        reduction_counter(a) if reduce else out,
-        ga if ga is not None else a, gb if gb is not None else a, gc if gc is not None else a,  # absent: never written
-        *stride_args, n, n1, n2,
-        *split_float(p), *split_float(q), *split_float(grad_scale), *split_float(divisor or 1.0),
-    ), constexprs, num_warps, a.device)
-    return out, grads
-
-
-@functools.lru_cache(maxsize=None)
-def _flat_strides(has_c, has_weight, has_pos_weight):
-    """The stride arguments of contiguous operands addressed as one flat dimension (absent: zeros)."""
-    present = (True, True, has_c, has_weight, has_pos_weight)
-    return tuple(stride for here in present for stride in ((1, 0, 0) if here else _NO_STRIDES))
+        a, b, a if c is None else c, a if weight is None else weight, a if pos_weight is None else pos_weight,
+        a if denom is None else denom, out, partials, reduction_counter(a) if reduce else out,
+        a if ga is None else ga, a if gb is None else gb, a if gc is None else gc,  # absent operands: never read
+        *scalars), constexprs, num_warps, a.device)  # ... nor written
+    return out, [ga, gb, gc]
 
 
 def _strided_layout(operands):

@@ -450,35 +450,55 @@ _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
 @plan_cache
-def _fwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
-              has_smoothing, has_zloss, has_softcap, save_for_backward, write_grad, reduction, denom_given,
-              stats_mode, scale_grad):
-    """(grid, num_warps, constexprs) of the forward kernel for one signature."""
-    per_class_sums = prob_target or has_smoothing
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
+def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, prob_target, input_is_logprob,
+              has_weight, save_for_backward, grad_strides, denom_given, shard, stats_stride, stats_mode,
+              grad_scale_strides):
+    """The forward launch of one signature: (grid, num_warps, constexprs, workspace size, the kernel's
+    scalar arguments). ``reduction``: "none" when the loss is not reduced in the kernel; ``grad_strides`` /
+    ``grad_scale_strides``: None without that buffer."""
+    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
+    n_rows = n_batch * n_spatial
+    write_grad = grad_strides is not None
+    per_class_sums = prob_target or smoothing > 0
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, dtype.itemsize,
                                                     gather_only=(input_is_logprob and not write_grad
                                                                  or stats_mode == "read" and not write_grad),
                                                     per_class_sums=per_class_sums)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=_RBLOCK, PROB_TARGET=prob_target,
-        INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing,
-        HAS_ZLOSS=has_zloss, HAS_SOFTCAP=has_softcap, SAVE_FOR_BACKWARD=save_for_backward,
+        INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=smoothing > 0,
+        HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, SAVE_FOR_BACKWARD=save_for_backward,
         WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, STATS=stats_mode,
-        SCALE_GRAD=scale_grad, ACC=accumulation_dtypes(dtype)[0])
-    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
+        SCALE_GRAD=grad_scale_strides is not None, ACC=accumulation_dtypes(dtype)[0])
+    n_programs = triton.cdiv(n_rows, block_r)
+    n_saved = n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
+    work_size = 2 * n_saved + 1 + (2 * n_programs if reduction != "none" else 0)
+    class_offset, n_total = shard or (0, n_classes)
+    scalars = (*x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *(grad_scale_strides or (0, 0)),
+               n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats_stride,
+               ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0))
+    return (n_programs,), num_warps, constexprs, work_size, scalars
 
 
 @plan_cache
-def _bwd_plan(n_rows, n_classes, n_spatial, element_size, dtype, prob_target, input_is_logprob, has_weight,
-              has_smoothing, has_softcap, mean, grad_input, grad_target):
-    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size,
-                                                    per_class_sums=prob_target or has_smoothing)
+def _bwd_plan(rows, dtype, prob_target, input_is_logprob, has_weight, smoothing, softcap, mean, grad_output_strides,
+              grad_strides, target_grad_strides, ignore_index, shard):
+    """The backward launch of one signature: (grid, num_warps, constexprs, the kernel's scalar arguments).
+    ``grad_strides`` / ``target_grad_strides``: None without that gradient."""
+    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
+    n_rows = n_batch * n_spatial
+    block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, dtype.itemsize,
+                                                    per_class_sums=prob_target or smoothing > 0)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, PROB_TARGET=prob_target, INPUT_IS_LOGPROB=input_is_logprob,
-        HAS_WEIGHT=has_weight, HAS_SMOOTHING=has_smoothing, HAS_SOFTCAP=has_softcap, MEAN=mean,
-        GRAD_INPUT=grad_input, GRAD_TARGET=grad_target,
+        HAS_WEIGHT=has_weight, HAS_SMOOTHING=smoothing > 0, HAS_SOFTCAP=softcap is not None, MEAN=mean,
+        GRAD_INPUT=grad_strides is not None, GRAD_TARGET=target_grad_strides is not None,
         ACC=accumulation_dtypes(dtype)[0])
-    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
+    scalars = (*x_strides, *t_strides, *grad_output_strides, *(grad_strides or (0, 0, 0)),
+               *(target_grad_strides or (0, 0, 0)),
+               n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows, *(shard or (0, n_classes)),
+               ignore_index, *split_float(smoothing), *split_float(softcap or 1.0))
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, scalars
 
 
 @plan_cache
@@ -488,8 +508,8 @@ def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
-def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_shape, ignore_index, smoothing,
-                     z_loss, softcap, prob_target, input_is_logprob, save_for_backward, grad=None, grad_strides=None,
+def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_shape, ignore_index, smoothing, z_loss,
+                     softcap, prob_target, input_is_logprob, save_for_backward, *, grad=None, grad_strides=None,
                      denom=None, out=None, shard=None, stats=None, stats_mode="", grad_scale=None,
                      grad_scale_strides=(0, 0)):
     """Cross entropy (or NLL when ``input_is_logprob``) over the rows of ``logits``, in one launch.
@@ -508,32 +528,24 @@ def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_
     (a (5, >= N*S) float view: [m | d | x_y | sum_a | sum_ad]) and nothing else; "read" takes them from
     there (combined over the shards) instead of sweeping the logits for them.
     """
-    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
-    n_rows = n_batch * n_spatial
     reduce = reduction != "none" and stats_mode != "write"
     if out is None and stats_mode != "write":
         out = new_tensor(logits, () if reduce else out_shape, out_dtype)
-    n_saved = n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
-    acc = accumulation_dtypes(logits.dtype)[1]
-    if n_rows == 0:  # nothing to launch: torch's value of an empty reduction (sum 0, mean 0 / 0)
+    if rows[0] * rows[2] == 0:  # nothing to launch: torch's value of an empty reduction (sum 0, mean 0 / 0)
         if reduce:
             out.fill_(float("nan") if reduction == "mean" else 0.0)
-        return out, logits.new_zeros(1, dtype=acc)
-    grid, num_warps, constexprs = _fwd_plan(
-        n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype, prob_target, input_is_logprob,
-        weight is not None, smoothing > 0, z_loss != 0, softcap is not None, save_for_backward, grad is not None,
-        reduction if reduce else "none", denom is not None, stats_mode, grad_scale is not None)
-    work = new_tensor(logits, 2 * n_saved + 1 + (2 * grid[0] if reduce else 0), acc)
-    class_offset, n_total = shard or (0, n_classes)
+        return out, logits.new_zeros(1, dtype=accumulation_dtypes(logits.dtype)[1])
+    grid, num_warps, constexprs, work_size, scalars = _fwd_plan(
+        rows, logits.dtype, reduction if reduce else "none", ignore_index, smoothing, z_loss, softcap, prob_target,
+        input_is_logprob, weight is not None, save_for_backward, None if grad is None else grad_strides,
+        denom is not None, shard, 0 if stats is None else stats.stride(0), stats_mode,
+        None if grad_scale is None else grad_scale_strides)
+    work = new_tensor(logits, work_size, accumulation_dtypes(logits.dtype)[1])
     launch(_softmax_rows_fwd_kernel, grid, (
         logits, target, weight if weight is not None else logits, out if out is not None else work, work,
         grad if grad is not None else logits, denom if denom is not None else work,
         reduction_counter(logits) if reduce else work, stats if stats is not None else work,
-        grad_scale if grad_scale is not None else work,
-        *x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *grad_scale_strides,
-        n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats.stride(0) if stats is not None else 0,
-        ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
-    ), constexprs, num_warps, logits.device)
+        grad_scale if grad_scale is not None else work, *scalars), constexprs, num_warps, logits.device)
     return out, work
 
 
@@ -546,20 +558,15 @@ def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_outpu
     a reduced loss. ``mean``: divide by the denominator the forward left in ``work``. ``shard``: as in
     ``softmax_rows_fwd`` (``work`` then holds the lse of every shard's classes).
     """
-    n_batch, n_classes, n_spatial, x_strides, t_strides = rows
-    n_rows = n_batch * n_spatial
-    if n_rows == 0 or n_classes == 0:
+    if rows[0] * rows[2] == 0 or rows[1] == 0:
         return
-    grid, num_warps, constexprs = _bwd_plan(n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype,
-                                            prob_target, input_is_logprob, weight is not None, smoothing > 0,
-                                            softcap is not None, mean, grad is not None, target_grad is not None)
+    grid, num_warps, constexprs, scalars = _bwd_plan(
+        rows, logits.dtype, prob_target, input_is_logprob, weight is not None, smoothing, softcap, mean,
+        grad_output_strides, None if grad is None else grad_strides,
+        None if target_grad is None else target_grad_strides, ignore_index, shard)
     launch(_softmax_rows_bwd_kernel, grid, (
         logits, target, weight if weight is not None else logits, work, grad_output,
-        grad if grad is not None else logits, target_grad if target_grad is not None else logits,
-        *x_strides, *t_strides, *grad_output_strides, *(grad_strides or (0, 0, 0)),
-        *(target_grad_strides or (0, 0, 0)),
-        n_rows, n_classes, n_spatial, 0 if input_is_logprob else n_rows, *(shard or (0, n_classes)),
-        ignore_index, *split_float(smoothing), *split_float(softcap or 1.0),
+        grad if grad is not None else logits, target_grad if target_grad is not None else logits, *scalars,
     ), constexprs, num_warps, logits.device)
 
 

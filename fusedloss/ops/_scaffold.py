@@ -117,9 +117,14 @@ _AUTOCAST_FLOAT32 = {
 _AUTOCAST_REFUSED = {"cuda": {"binary_cross_entropy"}, "cpu": set()}
 
 
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)  # one C call (torch >= 2.4)
+
+
 def autocast_policy(op, tensor):
     """Under autocast for ``tensor``'s device: "float32" (torch computes this loss in float32 and
     returns float32), "refused" (torch raises) or None (no autocast, or it does not change this loss)."""
+    if not _any_autocast():
+        return None
     device_type = "cuda" if tensor.is_cuda else tensor.device.type
     if not torch.is_autocast_enabled(device_type):
         return None
@@ -145,11 +150,12 @@ def run(family, options, inputs):
     if torch.is_grad_enabled():
         for t in inputs:
             if t is not None and t.requires_grad:
-                return _EagerLoss.apply(family, options, *inputs)
+                return _eager_apply(family, options, *(t if t is None else _unwrap_if_dead(t) for t in inputs))
     return family.forward(options, inputs, _NO_GRAD[len(inputs)])[0]
 
 
 _NO_GRAD = [(False,) * n for n in range(8)]
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 class _EagerLoss(torch.autograd.Function):
@@ -173,6 +179,11 @@ class _EagerLoss(torch.autograd.Function):
         else:
             grads = family.backward(options, ctx.saved_tensors, state, grad_output, needs_grad, True)
         return (None, None, *grads)  # no gradient for (family, options)
+
+
+# ``Function.apply`` without its Python wrapper (which checks for setup_context and functorch, both known
+# here, and unwraps dead functorch wrappers: done above for the tensors): ~4 us less per call on this CPU
+_eager_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerLoss)
 
 
 class _FunctorchLoss(torch.autograd.Function):

@@ -140,16 +140,16 @@ def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, d
         spec = geo.chunk_rows(rows)
         stats_view = stats[:, r0 * geo.d:] if stats is not None else None
         if mode == "write":
-            launch_forward(logits, t[r0:], weight, spec, options, reduction="none", shard=shard, stats=stats_view,
-                           stats_mode="write", save_for_backward=False)
+            launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none", shard=shard, stats=stats_view,
+                           stats_mode="write")
             continue
         scale = {}
         if grad_scale is not None:
             g, (stride_n, stride_s) = grad_scale
             scale = dict(grad_scale=g[r0:] if stride_n else g, grad_scale_strides=(stride_n, stride_s))
         chunk_out = out(i, r0, rows)
-        launch_forward(logits, t[r0:], weight, spec, options, reduction="none" if chunk_out.dim() else None,
-                       out_dtype=chunk_out.dtype, out=chunk_out, save_for_backward=False,
+        launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none" if chunk_out.dim() else None,
+                       out_dtype=chunk_out.dtype, out=chunk_out,
                        grad=logits if grads is not None else None, grad_strides=spec[3], denom=denom, shard=shard,
                        stats=stats_view, stats_mode=mode, **scale)
         if grads is not None:

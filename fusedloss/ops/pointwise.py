@@ -89,14 +89,14 @@ class Pointwise(_scaffold.Family):
 
     @staticmethod
     def backward(options, inputs, state, grad_output, needs_grad, in_place):
-        wanted = [need for need in needs_grad[:3]]
-        grads = list(state)
-        if any(need and g is None for g, need in zip(grads, wanted)):
+        ga, gb, gc = state
+        grads = (ga, gb, gc)
+        if needs_grad[0] and ga is None or needs_grad[1] and gb is None or needs_grad[2] and gc is None:
             # a second backward through the graph: the first one handed the buffers to autograd
             grads = Pointwise.forward(options, inputs, needs_grad)[1]
             in_place = True  # fresh buffers of our own
         elif in_place:
-            state[:] = [None] * len(state)  # handed to autograd: no copy
+            state[0] = state[1] = state[2] = None  # handed to autograd: no copy
         if options.reduction == "none":
             scaled = [None if g is None else _reduce_to(g.mul_(grad_output) if in_place else g * grad_output, t)
                       for g, t in zip(grads, inputs)]
