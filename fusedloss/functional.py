@@ -176,8 +176,9 @@ def _fused_nll_loss(input, target, weight, size_average, ignore_index, reduce, r
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
     if dispatch.debug_enabled():
         check.check_class_targets(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
-    options = SoftmaxRowsOptions(reduction=reduction, out_dtype=out_dtype, ignore_index=int(ignore_index),
-                                 input_is_logprob=True)
+    # positional (cheaper than keywords): reduction, out_dtype, ignore_index, label_smoothing, z_loss, softcap,
+    # prob_target, input_is_logprob
+    options = SoftmaxRowsOptions(reduction, out_dtype, int(ignore_index), 0.0, 0.0, None, False, True)
     return softmax_rows_loss(input, target, weight, options)
 
 
@@ -850,7 +851,7 @@ def _enlarges(input, tensor):
     if tensor is None or tensor.shape == input.shape:
         return False
     try:
-        return torch.broadcast_shapes(input.shape, tensor.shape) != input.shape
+        return check.broadcast_shapes(input.shape, tensor.shape) != input.shape
     except RuntimeError:
         return False
 

@@ -67,8 +67,11 @@ def launch(kernel, grid, args, constexprs, num_warps, device):
     if _STUB is not None:
         _STUB(kernel, grid, args, constexprs)
         return
-    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device):
+    if device.type == "cuda":
+        if device.index != torch._C._cuda_getDevice():  # (torch.cuda.current_device() without its Python)
+            with torch.cuda.device(device):
+                kernel[grid](*args, **constexprs, num_warps=num_warps)
+        else:
             kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
     with _QUIET():

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._torch import F
+from .. import _validation as check
 from . import _scaffold
 from ._eager import gaussian_nll_loss, sigmoid_focal_loss
 from ._scaffold import accumulation_dtype as _acc, sum_to_operand as _reduce_to
@@ -49,7 +50,7 @@ def kernels():
 def _broadcast_shape(inputs):
     shape = inputs[0].shape
     if any(t is not None and t.shape != shape for t in inputs):
-        shape = torch.broadcast_shapes(*(t.shape for t in inputs if t is not None))
+        shape = check.broadcast_shapes(*(t.shape for t in inputs if t is not None))
     return shape
 
 

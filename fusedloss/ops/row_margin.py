@@ -14,11 +14,13 @@ down to the operand's shape with torch (``sum_to_size``), as the pointwise famil
 
 Saved for the backward: the inputs, and the state: the three gradient buffers of the forward.
 """
+import functools
 from typing import NamedTuple
 
 import torch
 
 from .._torch import F
+from .. import _validation as check
 from . import _eager, _scaffold
 from ._scaffold import accumulation_dtype as _acc, sum_to_operand as _reduce_to
 
@@ -81,13 +83,21 @@ def _row_strides(tensor, dim):
     not (a broadcast along interleaved dimensions of a >2-D operand) the operand is copied to a
     contiguous tensor, the one layout the kernel then addresses.
     """
-    shape, strides = tensor.shape, tensor.stride()
+    strides = _strides_around(tensor.shape, tensor.stride(), dim)
+    if strides is None:
+        tensor = tensor.contiguous()
+        strides = _strides_around(tensor.shape, tensor.stride(), dim)
+    return tensor, strides
+
+
+@functools.lru_cache(maxsize=4096)
+def _strides_around(shape, strides, dim):
+    """(stride_n, stride_d, stride_s) of a layout around ``dim`` (cached: it runs on every call), or None
+    where the dimensions before or after it do not merge."""
     outer, inner = _merged_stride(shape[:dim], strides[:dim]), _merged_stride(shape[dim + 1:], strides[dim + 1:])
     if outer is None or inner is None:
-        tensor = tensor.contiguous()
-        return tensor, (_merged_stride(shape[:dim], tensor.stride()[:dim]), tensor.stride(dim),
-                        _merged_stride(shape[dim + 1:], tensor.stride()[dim + 1:]))
-    return tensor, (outer, strides[dim], inner)
+        return None
+    return outer, strides[dim], inner
 
 
 def _rows_of(shape, dim):
@@ -124,7 +134,7 @@ def _broadcast_layout(tensors, dim, out_shape_of):
     present = [t for t in tensors if t is not None]
     shape = present[0].shape
     if any(t.shape != shape for t in present):
-        shape = torch.broadcast_shapes(*(t.shape for t in present))
+        shape = check.broadcast_shapes(*(t.shape for t in present))
     dim = dim % len(shape)
     views, strides = [], []
     for t in tensors:
@@ -158,7 +168,7 @@ def layout(options, inputs):
     if loss == "cosine_embedding":  # (N, D) or (D) pairs; the target (N,) or () broadcasts along the batch
         views, strides, rows, shape, _ = _broadcast_layout((a, b), -1, _without)
         if a.dim() == 2:
-            n = torch.broadcast_shapes((rows[0],), t.shape)[0]
+            n = check.broadcast_shapes((rows[0],), t.shape)[0]
             if n != rows[0]:  # a target longer than the inputs' batch: every input row serves each target
                 views, strides, rows, shape, _ = _broadcast_layout((a.expand(n, -1), b.expand(n, -1)), -1, _without)
             t = t.expand(n)
