@@ -14,8 +14,9 @@ _POINTWISE_BLOCK = 4096
 
 
 def plan_cache(plan):
-    """Memoise a launch plan (grid, num_warps, constexprs) by its signature: a repeated call does no
-    heuristic work. Plans depend on sizes, dtypes and feature switches only, never on tensor values."""
+    """Memoise a launch plan (grid, num_warps, constexprs, and where a family has them, the kernel's scalar
+    arguments: strides, sizes, split floats) by its signature: a repeated call does no heuristic work.
+    Plans depend on sizes, strides, dtypes and options only, never on tensor values."""
     return functools.lru_cache(maxsize=4096)(plan)
 
 

@@ -443,7 +443,7 @@ def _softmax_rows_rescale_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# launchers: a plan per signature (tile, grid, constexprs; cached), the outputs, one launch
+# launchers: a plan per signature (tile, grid, constexprs, scalar arguments; cached), the outputs, one launch
 # ----------------------------------------------------------------------------------------------------
 
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step

@@ -12,6 +12,8 @@
 
 Each figure is the best over rounds of the mean time of a batch of calls (the least disturbed by the
 rest of a shared machine), the implementations interleaved round by round so that drift hits all alike.
+torch runs on one thread meanwhile: host time is one thread's, and at these sizes torch's intra-op
+threads only add their wake-ups (or, with another process on the cores, waits of a millisecond).
 """
 import os
 import time
@@ -59,33 +61,45 @@ def measure(rounds=15, calls=200):
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the forced Triton path on CPU tensors (launches stubbed)
     import fusedloss
     fusedloss.dispatch.reload_environment()
+
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for case, (name, make, kwargs) in CASES.items():
+            results[case] = _measure_case(name, make, kwargs, rounds, calls)
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def _measure_case(name, make, kwargs, rounds, calls):
+    """{implementation: microseconds per forward+backward} of one case."""
+    import fusedloss
     import fusedloss.functional as FL
     from fusedloss.kernels import _launch
 
-    results = {}
-    for case, (name, make, kwargs) in CASES.items():
-        torch.manual_seed(0)
-        args = list(make())
-        args[0] = args[0].requires_grad_()
-        ours, theirs = getattr(FL, name), getattr(F, name)
-        impls = {"fusedloss (triton, launches stubbed)": _step(ours, args, kwargs),
-                 "torch": _step(theirs, args, kwargs),
-                 "fusedloss (eager fallback)": _step(ours, args, kwargs)}
-        times = {impl: [] for impl in impls}
-        _launch.set_stub(lambda *launch_args: None)
-        try:
-            for impl, fn in impls.items():  # warm-up: plans cached, lazy imports done
+    torch.manual_seed(0)
+    args = list(make())
+    args[0] = args[0].requires_grad_()
+    ours, theirs = getattr(FL, name), getattr(F, name)
+    impls = {"fusedloss (triton, launches stubbed)": _step(ours, args, kwargs),
+             "torch": _step(theirs, args, kwargs),
+             "fusedloss (eager fallback)": _step(ours, args, kwargs)}
+    times = {impl: [] for impl in impls}
+    _launch.set_stub(lambda *launch_args: None)
+    try:
+        for impl, fn in impls.items():  # warm-up: plans cached, lazy imports done
+            with fusedloss.backend(_BACKENDS[impl]):
+                for _ in range(20):
+                    fn()
+        for _ in range(rounds):
+            for impl, fn in impls.items():
                 with fusedloss.backend(_BACKENDS[impl]):
-                    for _ in range(20):
-                        fn()
-            for _ in range(rounds):
-                for impl, fn in impls.items():
-                    with fusedloss.backend(_BACKENDS[impl]):
-                        times[impl].append(_time_per_call(fn, calls))
-        finally:
-            _launch.set_stub(None)
-        results[case] = {impl: min(ts) for impl, ts in times.items()}
-    return results
+                    times[impl].append(_time_per_call(fn, calls))
+    finally:
+        _launch.set_stub(None)
+    return {impl: min(ts) for impl, ts in times.items()}
 
 
 def table(results):
