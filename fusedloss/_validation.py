@@ -27,14 +27,18 @@ def _shape(t):
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+_REDUCTION_NAMES = ("none", "mean", "sum")  # by torch's reduction enum
+
+
 def reduction_from_args(size_average, reduce, reduction):
-    """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check."""
+    """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check.
+    Returns the canonical name: torch's deprecated alias 'elementwise_mean' is 'mean' (with torch's warning)."""
     if size_average is None and reduce is None and (reduction == "mean" or reduction == "sum" or reduction == "none"):
         return reduction
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
-    return reduction
+    # ValueError "<x> is not a valid value for reduction"; the enum names the reduction the ops understand
+    return _REDUCTION_NAMES[_reduction.get_enum(reduction)]
 
 
 def check_tensor(name, value):
@@ -201,10 +205,20 @@ def check_not_differentiable(op, name, tensor):
                            "This input cannot have requires_grad True.")
 
 
-def check_weight_size(input, weight):
-    """l1_loss, mse_loss, huber_loss: the weight must have the input's size."""
+def check_weight_size(input, target, weight):
+    """l1_loss, mse_loss, huber_loss: the weight must have the input's size, checked after torch broadcasts
+    the input and target (a RuntimeError first where they do not broadcast)."""
     if weight is not None and weight.size() != input.size():
+        torch.broadcast_shapes(input.shape, target.shape)
         raise ValueError("Weights and input must have the same size.")
+
+
+def check_weighted_reduction(weight, reduction):
+    """l1_loss, mse_loss, huber_loss with a weight: torch reduces in Python and knows only 'none', 'mean' and
+    'sum' (``reduction`` as given, after the legacy mapping: the deprecated alias 'elementwise_mean', which
+    the unweighted losses take as 'mean', raises there)."""
+    if weight is not None and reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
 
 def check_beta(beta):
@@ -235,7 +249,8 @@ def kl_div_reduction(size_average, reduce, reduction):
             "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
             stacklevel=3)
     if reduction != "batchmean":
-        _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+        # ValueError "<x> is not a valid value for reduction"; 'elementwise_mean' is 'mean' (torch's alias)
+        return _REDUCTION_NAMES[_reduction.get_enum(reduction)]
     return reduction
 
 

@@ -458,9 +458,10 @@ def huber_loss(
 
 def _fused_huber(input, target, reduction, delta, weight):
     check.warn_size_mismatch(input, target, "huber_loss")
-    reduction = check.reduction_from_args(None, None, reduction)
+    given, reduction = reduction, check.reduction_from_args(None, None, reduction)
+    check.check_weight_size(input, target, weight)  # torch's order: weight size, delta, weighted reduction
     check.check_delta(delta)
-    check.check_weight_size(input, weight)
+    check.check_weighted_reduction(weight, given)
     options = PointwiseOptions("huber", reduction, _out_dtype("huber_loss", input), float(delta))
     return pointwise_loss(options, input, target, weight=weight)
 
@@ -501,8 +502,10 @@ def _l1_or_mse(formula):
 
     def fused(input, target, size_average, reduce, reduction, weight):
         check.warn_size_mismatch(input, target, op)
-        reduction = check.reduction_from_args(size_average, reduce, reduction)
-        check.check_weight_size(input, weight)
+        legacy = size_average is not None or reduce is not None
+        given, reduction = reduction, check.reduction_from_args(size_average, reduce, reduction)
+        check.check_weight_size(input, target, weight)
+        check.check_weighted_reduction(weight, reduction if legacy else given)
         if weight is not None and reduction == "mean":
             reduction = "weight_mean"  # torch's weighted mean: sum(weight * loss) / sum(weight)
         return pointwise_loss(PointwiseOptions(formula, reduction, _out_dtype(op, input)), input, target,
@@ -581,7 +584,10 @@ def poisson_nll_loss(
 
 
 def _fused_poisson_nll(input, target, log_input, full, size_average, eps, reduce, reduction):
-    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = check.reduction_from_args(size_average, reduce, reduction)
+    # torch's poisson_nll_loss checks the name in Python: its alias 'elementwise_mean' raises there
+    check.check_three_reductions(reduction, reduction + " is not a valid value for reduction")
     options = PointwiseOptions("poisson_nll_log_input" if log_input else "poisson_nll", reduction,
                                _out_dtype("poisson_nll_loss", input), float(eps), 0.0, bool(full))
     return pointwise_loss(options, input, target)

@@ -144,6 +144,16 @@ OPTION_SETS = {
 }
 
 
+@needs_torchs
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deprecated_elementwise_mean_is_mean(backend):
+    """torch takes reduction='elementwise_mean' as 'mean' (a deprecation warning); the Triton path once
+    passed the name on and summed."""
+    x, w, target, b = make_inputs((9, 5, 7), torch.float32, bias=True)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        check_parity(x, w, target, b, backend, reduction="elementwise_mean")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)

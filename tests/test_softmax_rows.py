@@ -510,6 +510,21 @@ def test_legacy_reduction_arguments(size_average, reduce, backend):
     torch.testing.assert_close(loss, ref)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_deprecated_elementwise_mean_is_mean(fn, backend):
+    """torch still takes reduction='elementwise_mean' as 'mean' (with a deprecation warning); the Triton
+    path once passed the name on and the kernel summed."""
+    x = logits_of((9, 11), torch.float32)
+    target = class_target(x.shape)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        ref = getattr(F, fn)(x, target, reduction="elementwise_mean")
+    with backend_context(backend), pytest.warns(UserWarning, match="elementwise_mean"):
+        loss = getattr(FL, fn)(x, target, reduction="elementwise_mean")
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(ref, x)[0])
+
+
 def test_no_gradient_work_without_grad():
     """Without a gradient the forward saves nothing and builds no graph (the kernel's SAVE_FOR_BACKWARD off)."""
     x = torch.randn(7, 30, device=DEVICE)
