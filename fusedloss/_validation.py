@@ -88,6 +88,10 @@ def check_nll_nd(input, target, weight, autocast=False, sharded=False):
             raise NotImplementedError(
                 f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
         raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
+    if dim >= 3 and target.dtype is torch.uint8:
+        # (N, C, d1..dk) inputs run as nll_loss2d, which reads the targets as int64 only (its checks accept
+        # uint8, its kernels do not)
+        raise RuntimeError("expected scalar type Long but found Byte")
     check_floating_input(input, "nll_loss_out_frame")
 
 

@@ -422,6 +422,9 @@ def bad_calls():
         "0d_input": (torch.tensor(1.0), torch.tensor(0), {}),
         "integer_input": (x.long(), y, {}),
         "2d_input_0d_target": (x, torch.tensor(1), {}),
+        # (N, C, d1..dk) inputs run as nll_loss2d, whose kernels read int64 targets only
+        "uint8_spatial_target": (torch.randn(2, 5, 3), torch.randint(0, 5, (2, 3), dtype=torch.uint8), {}),
+        "uint8_2d_spatial_target": (torch.randn(2, 5, 3, 4), torch.randint(0, 5, (2, 3, 4), dtype=torch.uint8), {}),
     }
 
 
