@@ -108,7 +108,9 @@ def _write_row_gradients(
                       that exact cases stay exact, e.g. C = 1: 0, as torch)
       probabilities   grad_c = g * (coef p_c - w_c t'_c) * softcap'      (coef = sum_c w_c t'_c + 2 z lse)
                       and, with GRAD_TARGET, d loss / d t_c = g (1 - eps) w_c (lse - x_c)
-      NLL             grad_c = -g w_y [c == y]
+      NLL             grad_c = -g w_y at c == y, ``coef`` elsewhere: 0 (NaN for an invalid target), not
+                      g * 0: torch writes only the target's column, so the others stay 0 also where g is
+                      infinite (a 'mean' whose counted class weights sum to 0)
 
     Column c of these logits is class ``class_offset + c`` of ``n_total`` (a vocabulary shard; 0 and C
     otherwise): the class weights and the target are global, lse and the coefficients too.
@@ -121,7 +123,7 @@ def _write_row_gradients(
         mask = row_mask[:, None] & col_mask[None, :]
         cols64 = cols[None, :].to(tl.int64)
         if INPUT_IS_LOGPROB:
-            grad = tl.where(cols64 == y_local[:, None], -y_coef[:, None], 0.0)
+            grad = tl.where(cols64 == y_local[:, None], -(y_coef * g)[:, None], coef[:, None])  # g applied
         else:
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
@@ -153,7 +155,8 @@ def _write_row_gradients(
                 capped = x / softcap
                 grad = grad * (1.0 - capped * capped)
         if GRAD_INPUT:
-            grad = grad * g[:, None]
+            if not INPUT_IS_LOGPROB:
+                grad = grad * g[:, None]
             tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -409,6 +412,8 @@ def _softmax_rows_bwd_kernel(
                                                    n_total, HAS_WEIGHT, ACC)
         g = tl.where(counted, g, 0.0)
         g = tl.where(counted & ~in_range, float("nan"), g)
+        if INPUT_IS_LOGPROB:  # NLL: the gradient of the columns other than the target's
+            p_coef = tl.where(counted & ~in_range, float("nan"), 0.0).to(ACC)
         y_coef = w_y
         if HAS_SMOOTHING:
             y_coef = (1.0 - smoothing) * w_y

@@ -333,6 +333,22 @@ def test_all_targets_ignored(fn, reduction, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2,), (6, 10), (3, 10, 4)], ids=str)
+def test_nll_loss_mean_over_zero_class_weight(shape, backend):
+    """'mean' whose counted targets all have class weight 0: the loss is 0 / 0 = NaN, and torch's gradient
+    is NaN only in the target's column (-w_y g / 0), 0 in the others (the kernel once multiplied those
+    zeros by the infinite g / 0: NaN everywhere)."""
+    x = torch.randn(shape, device=DEVICE).log_softmax(0 if len(shape) == 1 else 1).requires_grad_()
+    target = class_target(shape)
+    weight = torch.zeros(n_classes(shape), device=DEVICE)
+    with fusedloss.backend(backend):
+        loss = FL.nll_loss(x, target, weight=weight)
+    expected = F.nll_loss(x, target, weight=weight)
+    torch.testing.assert_close(loss, expected, equal_nan=True)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(0, 10), (0, 10, 3), (4, 10, 0)], ids=str)
 def test_empty_batch(shape, reduction, backend):
