@@ -493,6 +493,13 @@ def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
+def _unit_stride(weight):
+    """The class weights as the kernels address them, w[c] at ``weight_ptr + c``: a copy of a strided view
+    (a slice with a step, a column, an expanded scalar: C elements, rare) that would otherwise be read at
+    the wrong addresses."""
+    return weight if weight is None or weight.stride(0) == 1 or weight.numel() <= 1 else weight.contiguous()
+
+
 def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_shape, ignore_index, smoothing,
                      z_loss, softcap, prob_target, input_is_logprob, save_for_backward, grad=None, grad_strides=None,
                      denom=None, out=None, shard=None, stats=None, stats_mode="", grad_scale=None,
@@ -515,6 +522,7 @@ def softmax_rows_fwd(logits, target, weight, rows, *, reduction, out_dtype, out_
     """
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
+    weight = _unit_stride(weight)
     reduce = reduction != "none" and stats_mode != "write"
     if out is None and stats_mode != "write":
         out = new_tensor(logits, () if reduce else out_shape, out_dtype)
@@ -555,6 +563,7 @@ def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_outpu
     n_rows = n_batch * n_spatial
     if n_rows == 0 or n_classes == 0:
         return
+    weight = _unit_stride(weight)
     grid, num_warps, constexprs = _bwd_plan(n_rows, n_classes, n_spatial, logits.element_size(), logits.dtype,
                                             prob_target, input_is_logprob, weight is not None, smoothing > 0,
                                             softcap is not None, mean, grad is not None, target_grad is not None)

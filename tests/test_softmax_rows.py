@@ -332,6 +332,24 @@ def test_all_targets_ignored(fn, reduction, backend):
     check_parity(getattr(FL, fn), getattr(F, fn), x, target, backend, weight=weight, reduction=reduction)
 
 
+@pytest.mark.parametrize("layout", ["step", "column", "expanded"])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.2}, {"reduction": "none"}], ids=str)
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_strided_class_weight(fn, options, layout):
+    """A class weight that is a view with stride != 1 (every other entry, a column of a table, an expanded
+    scalar): the kernels index w[c] at weight_ptr + c, so the launchers copy such a view first (they once
+    read the wrong entries, or past a one-element buffer)."""
+    if fn == "nll_loss" and "label_smoothing" in options:
+        pytest.skip("nll_loss has no label smoothing")
+    x = logits_of((7, 10, 3), torch.float32)
+    target = class_target(x.shape)
+    weight = {"step": lambda: torch.rand(20, device=DEVICE)[::2],
+              "column": lambda: torch.rand(10, 3, device=DEVICE)[:, 1],
+              "expanded": lambda: torch.rand(1, device=DEVICE).expand(10)}[layout]()
+    assert weight.stride(0) != 1
+    check_parity(getattr(FL, fn), getattr(F, fn), x, target, "triton", weight=weight, **options)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(2,), (6, 10), (3, 10, 4)], ids=str)
 def test_nll_loss_mean_over_zero_class_weight(shape, backend):
