@@ -141,11 +141,20 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
     if not prob_target and dispatch.debug_enabled() and process_group is None:
         check.check_class_targets(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+    if inplace_backward and _overlapping(input):
+        inplace_backward = False  # one memory location per several logits can hold none of their gradients
     options = SoftmaxRowsOptions(  # positional: the fields in their order (cheaper than keywords)
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, False, bool(inplace_backward),
         bool(grad_in_forward), "" if process_group is None else _vocab_parallel.group_name(process_group))
     return softmax_rows_loss(input, target, weight, options)
+
+
+def _overlapping(tensor):
+    """True for a view whose elements share memory (stride 0 along a dimension of size > 1: an expanded
+    tensor), which ``inplace_backward`` cannot overwrite with a gradient per element (torch's in-place ops
+    refuse such a tensor); the gradient then gets its own buffer, as without the option."""
+    return any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride()))
 
 
 _CROSS_ENTROPY = Route("cross_entropy", _eager_cross_entropy, _fused_cross_entropy, _unsupported_softmax_rows,

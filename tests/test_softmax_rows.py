@@ -292,6 +292,24 @@ def test_inplace_backward(reduction):
     assert logits.grad.data_ptr() == logits.data_ptr(), "the gradient lives in the logits' buffer"
 
 
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_inplace_backward_of_expanded_logits(reduction, grad_in_forward):
+    """Expanded logits (stride 0: several logits in one memory location) cannot hold their gradient: the
+    option is ignored for them (the kernels once wrote every row's gradient over the shared elements: wrong
+    gradients, and with grad_in_forward a wrong loss, read back after being overwritten)."""
+    base = torch.randn(1, 7, 5, device=DEVICE, requires_grad=True)
+    target = class_target((6, 7, 5))
+    kwargs = dict(reduction=reduction, inplace_backward=True, grad_in_forward=grad_in_forward)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(base.expand(6, 7, 5), target, **kwargs)
+    expected = F.cross_entropy(base.expand(6, 7, 5), target, reduction=reduction)
+    torch.testing.assert_close(loss, expected)
+    upstream = torch.rand(loss.shape, device=DEVICE) + 0.5
+    torch.testing.assert_close(torch.autograd.grad(loss, base, upstream)[0],
+                               torch.autograd.grad(expected, base, upstream)[0])
+
+
 # ------------------------------------------------------------------ grad_output, graph reuse, edge cases
 
 
