@@ -122,11 +122,13 @@ def _check_nll_shapes(input, target, dim, target_dim):
         raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
 
 
-def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False, sharded=False):
+def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False, sharded=False,
+                        reduction=None):
     """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices.
     (The devices were checked by the dispatcher.) ``input`` needs only ``shape``, ``dim()``, ``dtype``,
     ``is_floating_point()`` and ``is_cuda`` (linear_cross_entropy passes its logits' shape). ``sharded``:
-    the input holds one block of the classes (vocab parallel)."""
+    the input holds one block of the classes (vocab parallel). ``reduction`` (when given): also the error
+    torch's computation raises for this reduction."""
     if not isinstance(input, LogitsShape):
         check_tensor("input", input)
     check_tensor("target", target)
@@ -148,6 +150,10 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
         raise IndexError("Dimension specified as 0 but tensor has no dimensions")
     check_floating_input(input, "log_softmax_lastdim_kernel_impl")
     check_nll_nd(input, target, weight, autocast, sharded)
+    if (reduction == "mean" and label_smoothing and weight is not None and target.dtype is torch.uint8
+            and not sharded):
+        # torch's smoothed 'mean' gathers the targets' class weights for its denominator: int64 indices only
+        raise RuntimeError("gather(): Expected dtype int32/int64 for index")
     return False
 
 

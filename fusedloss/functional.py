@@ -134,7 +134,8 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
         _check_extras(z_loss, softcap)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
-                                            autocast=out_dtype != input.dtype, sharded=process_group is not None)
+                                            autocast=out_dtype != input.dtype, sharded=process_group is not None,
+                                            reduction=reduction)
     if not prob_target:
         check.check_not_differentiable("nll_loss_forward", "weight", weight)
     if input.dim() == 1 and not prob_target:
@@ -266,7 +267,7 @@ def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     reduction = check.reduction_from_args(None, None, reduction)
     logits = check.LogitsShape(logits_shape, input.dtype, input.is_cuda)
     check.check_cross_entropy(logits, target, weight, ignore_index, label_smoothing, autocast=autocast,
-                              sharded=process_group is not None)
+                              sharded=process_group is not None, reduction=reduction)
     return reduction, prob_target, ignore_index
 
 

@@ -393,6 +393,8 @@ BAD_CALLS = {
     "class weight size": lambda x, w, t: (x, w, t, {"weight": torch.rand(6, device=DEVICE)}),
     "class weight dtype": lambda x, w, t: (x, w, t, {"weight": torch.rand(7, device=DEVICE, dtype=torch.float64)}),
     "target dtype": lambda x, w, t: (x, w, t.int(), {}),
+    "uint8 target, weight, smoothing, mean": lambda x, w, t: (x, w, t.to(torch.uint8), {
+        "weight": torch.rand(7, device=DEVICE), "label_smoothing": 0.1}),
     "target batch": lambda x, w, t: (x, w, t[:3], {}),
     "operand dtypes": lambda x, w, t: (x.double(), w, t, {}),
 }

@@ -490,6 +490,8 @@ def bad_cross_entropy_calls():
         "prob_ignore_index": (x, torch.rand(4, 5), dict(ignore_index=2)),
         "prob_long_target": (x, torch.randint(0, 5, (4, 5)), {}),
         "prob_integer_input": (x.long(), torch.rand(4, 5), {}),
+        # torch's smoothed 'mean' with class weights gathers them with the targets as indices: int64 only
+        "uint8_target_weight_smoothing_mean": (x, y.to(torch.uint8), dict(weight=torch.rand(5), label_smoothing=0.1)),
     }
 
 
