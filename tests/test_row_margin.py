@@ -187,6 +187,16 @@ def test_no_features(fn, kwargs):
     torch.testing.assert_close(loss, getattr(F, fn)(*args, **kwargs))
 
 
+def test_no_features_strided_view():
+    """Empty operands whose strides do not merge into (N, D, S) (a sliced view): torch counts an empty
+    tensor as contiguous, so copying it kept those strides, and the kernel got no stride (a crash)."""
+    x1 = torch.randn(0, 9, 3, device=DEVICE, requires_grad=True)
+    x2 = torch.zeros(0, 9, 7, device=DEVICE)[..., 1::2]
+    with fusedloss.backend("triton"):
+        loss = FL.cosine_similarity(x1, x2, dim=0)
+    torch.testing.assert_close(loss, F.cosine_similarity(x1, x2, dim=0))
+
+
 BROADCASTS = {
     # name: (fn, shapes of the positional tensors (a maker per position from EMBEDDING), kwargs)
     "triplet positive (1,D)": ("triplet_margin_loss", [(6, 11), (1, 11), (6, 11)], {}),

@@ -84,6 +84,8 @@ def _row_strides(tensor, dim):
     shape, strides = tensor.shape, tensor.stride()
     outer, inner = _merged_stride(shape[:dim], strides[:dim]), _merged_stride(shape[dim + 1:], strides[dim + 1:])
     if outer is None or inner is None:
+        if tensor.numel() == 0:  # nothing to read; and .contiguous() keeps an empty view's strides as they are
+            return tensor, (0, 0, 0)
         tensor = tensor.contiguous()
         return tensor, (_merged_stride(shape[:dim], tensor.stride()[:dim]), tensor.stride(dim),
                         _merged_stride(shape[dim + 1:], tensor.stride()[dim + 1:]))
