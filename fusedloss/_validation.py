@@ -27,14 +27,18 @@ def _shape(t):
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+_REDUCTION_NAMES = ("none", "mean", "sum")  # by torch's reduction enum
+
+
 def reduction_from_args(size_average, reduce, reduction):
-    """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check."""
+    """torch's mapping of the deprecated ``size_average``/``reduce`` to ``reduction``, then its check.
+    Returns the canonical name: torch's deprecated alias 'elementwise_mean' is 'mean' (with torch's warning)."""
     if size_average is None and reduce is None and (reduction == "mean" or reduction == "sum" or reduction == "none"):
         return reduction
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
-    return reduction
+    # ValueError "<x> is not a valid value for reduction"; the enum names the reduction the ops understand
+    return _REDUCTION_NAMES[_reduction.get_enum(reduction)]
 
 
 def check_tensor(name, value):
@@ -84,6 +88,10 @@ def check_nll_nd(input, target, weight, autocast=False, sharded=False):
             raise NotImplementedError(
                 f"\"nll_loss_forward_reduce_cuda_kernel_2d_index\" not implemented for '{c10_name(target.dtype)}'")
         raise RuntimeError(f"expected target dtype to be Long or Byte, but got {c10_name(target.dtype)}")
+    if dim >= 3 and target.dtype is torch.uint8:
+        # (N, C, d1..dk) inputs run as nll_loss2d, which reads the targets as int64 only (its checks accept
+        # uint8, its kernels do not)
+        raise RuntimeError("expected scalar type Long but found Byte")
     check_floating_input(input, "nll_loss_out_frame")
 
 
@@ -114,11 +122,13 @@ def _check_nll_shapes(input, target, dim, target_dim):
         raise RuntimeError(f"Expected target size {expected}, got {_shape(target)}".replace(",]", "]"))
 
 
-def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False, sharded=False):
+def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, autocast=False, sharded=False,
+                        reduction=None):
     """torch's cross_entropy_loss checks. Returns True for probability targets, False for class indices.
     (The devices were checked by the dispatcher.) ``input`` needs only ``shape``, ``dim()``, ``dtype``,
     ``is_floating_point()`` and ``is_cuda`` (linear_cross_entropy passes its logits' shape). ``sharded``:
-    the input holds one block of the classes (vocab parallel)."""
+    the input holds one block of the classes (vocab parallel). ``reduction`` (when given): also the error
+    torch's computation raises for this reduction."""
     if not isinstance(input, LogitsShape):
         check_tensor("input", input)
     check_tensor("target", target)
@@ -140,6 +150,10 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
         raise IndexError("Dimension specified as 0 but tensor has no dimensions")
     check_floating_input(input, "log_softmax_lastdim_kernel_impl")
     check_nll_nd(input, target, weight, autocast, sharded)
+    if (reduction == "mean" and label_smoothing and weight is not None and target.dtype is torch.uint8
+            and not sharded):
+        # torch's smoothed 'mean' gathers the targets' class weights for its denominator: int64 indices only
+        raise RuntimeError("gather(): Expected dtype int32/int64 for index")
     return False
 
 
@@ -211,10 +225,20 @@ def check_not_differentiable(op, name, tensor):
                            "This input cannot have requires_grad True.")
 
 
-def check_weight_size(input, weight):
-    """l1_loss, mse_loss, huber_loss: the weight must have the input's size."""
+def check_weight_size(input, target, weight):
+    """l1_loss, mse_loss, huber_loss: the weight must have the input's size, checked after torch broadcasts
+    the input and target (a RuntimeError first where they do not broadcast)."""
     if weight is not None and weight.size() != input.size():
+        torch.broadcast_shapes(input.shape, target.shape)
         raise ValueError("Weights and input must have the same size.")
+
+
+def check_weighted_reduction(weight, reduction):
+    """l1_loss, mse_loss, huber_loss with a weight: torch reduces in Python and knows only 'none', 'mean' and
+    'sum' (``reduction`` as given, after the legacy mapping: the deprecated alias 'elementwise_mean', which
+    the unweighted losses take as 'mean', raises there)."""
+    if weight is not None and reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
 
 def check_beta(beta):
@@ -245,7 +269,8 @@ def kl_div_reduction(size_average, reduce, reduction):
             "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
             stacklevel=3)
     if reduction != "batchmean":
-        _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+        # ValueError "<x> is not a valid value for reduction"; 'elementwise_mean' is 'mean' (torch's alias)
+        return _REDUCTION_NAMES[_reduction.get_enum(reduction)]
     return reduction
 
 

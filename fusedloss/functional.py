@@ -134,18 +134,28 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
         _check_extras(z_loss, softcap)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
-                                            autocast=out_dtype != input.dtype, sharded=process_group is not None)
+                                            autocast=out_dtype != input.dtype, sharded=process_group is not None,
+                                            reduction=reduction)
     if not prob_target:
         check.check_not_differentiable("nll_loss_forward", "weight", weight)
     if input.dim() == 1 and not prob_target:
         target = target.reshape(())  # torch takes a (1,) target for a (C,) input as a 0-d one
     if not prob_target and dispatch.debug_enabled() and process_group is None:
         check.check_class_targets(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+    if inplace_backward and _overlapping(input):
+        inplace_backward = False  # one memory location per several logits can hold none of their gradients
     options = SoftmaxRowsOptions(  # positional: the fields in their order (cheaper than keywords)
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, False, bool(inplace_backward),
         bool(grad_in_forward), "" if process_group is None else _vocab_parallel.group_name(process_group))
     return softmax_rows_loss(input, target, weight, options)
+
+
+def _overlapping(tensor):
+    """True for a view whose elements share memory (stride 0 along a dimension of size > 1: an expanded
+    tensor), which ``inplace_backward`` cannot overwrite with a gradient per element (torch's in-place ops
+    refuse such a tensor); the gradient then gets its own buffer, as without the option."""
+    return any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride()))
 
 
 _CROSS_ENTROPY = Route("cross_entropy", _eager_cross_entropy, _fused_cross_entropy, _unsupported_softmax_rows,
@@ -258,7 +268,7 @@ def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     reduction = check.reduction_from_args(None, None, reduction)
     logits = check.LogitsShape(logits_shape, input.dtype, input.is_cuda)
     check.check_cross_entropy(logits, target, weight, ignore_index, label_smoothing, autocast=autocast,
-                              sharded=process_group is not None)
+                              sharded=process_group is not None, reduction=reduction)
     return reduction, prob_target, ignore_index
 
 
@@ -459,9 +469,10 @@ def huber_loss(
 
 def _fused_huber(input, target, reduction, delta, weight):
     check.warn_size_mismatch(input, target, "huber_loss")
-    reduction = check.reduction_from_args(None, None, reduction)
+    given, reduction = reduction, check.reduction_from_args(None, None, reduction)
+    check.check_weight_size(input, target, weight)  # torch's order: weight size, delta, weighted reduction
     check.check_delta(delta)
-    check.check_weight_size(input, weight)
+    check.check_weighted_reduction(weight, given)
     options = PointwiseOptions("huber", reduction, _out_dtype("huber_loss", input), float(delta))
     return pointwise_loss(options, input, target, weight=weight)
 
@@ -502,8 +513,10 @@ def _l1_or_mse(formula):
 
     def fused(input, target, size_average, reduce, reduction, weight):
         check.warn_size_mismatch(input, target, op)
-        reduction = check.reduction_from_args(size_average, reduce, reduction)
-        check.check_weight_size(input, weight)
+        legacy = size_average is not None or reduce is not None
+        given, reduction = reduction, check.reduction_from_args(size_average, reduce, reduction)
+        check.check_weight_size(input, target, weight)
+        check.check_weighted_reduction(weight, reduction if legacy else given)
         if weight is not None and reduction == "mean":
             reduction = "weight_mean"  # torch's weighted mean: sum(weight * loss) / sum(weight)
         return pointwise_loss(PointwiseOptions(formula, reduction, _out_dtype(op, input)), input, target,
@@ -582,7 +595,10 @@ def poisson_nll_loss(
 
 
 def _fused_poisson_nll(input, target, log_input, full, size_average, eps, reduce, reduction):
-    reduction = check.reduction_from_args(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = check.reduction_from_args(size_average, reduce, reduction)
+    # torch's poisson_nll_loss checks the name in Python: its alias 'elementwise_mean' raises there
+    check.check_three_reductions(reduction, reduction + " is not a valid value for reduction")
     options = PointwiseOptions("poisson_nll_log_input" if log_input else "poisson_nll", reduction,
                                _out_dtype("poisson_nll_loss", input), float(eps), 0.0, bool(full))
     return pointwise_loss(options, input, target)

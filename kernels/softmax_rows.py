@@ -15,8 +15,10 @@ Math, per row r with logits x (after the optional softcap x <- cap * tanh(x / ca
       the smoothing sums are kept relative to m too)
       probability target t, smoothed t' = (1 - eps) t + eps / C:
         loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c + z lse**2,   row_weight = 1
-  (3) gradient, with p = softmax(x) = exp(x - lse) and g the row's grad_output (over the denominator
-      for 'mean'), times (1 - (x_c / cap)**2) with a softcap:
+  (3) gradient, with p = softmax(x) = exp((x - lse) - lse_lo) and g the row's grad_output (over the
+      denominator for 'mean'), times (1 - (x_c / cap)**2) with a softcap. lse is stored rounded, with
+      lse_lo = (m + log d) - lse, its rounding error (TwoSum): large logits (|x| ~ 1e3 in float32: an ulp
+      of lse is 6e-5) keep the precision of torch's (x - m) - log d.
       class index:  dloss/dx_c = g * (y_coef (p_c - [c == y]) + coef p_c - (eps / C) w_c)
                     y_coef = (1 - eps) w_y,   coef = (eps / C) sum_c w_c + 2 z w_y lse
                     (the terms kept apart as torch's (1 - eps)(p - y) + eps (p - 1/C): exact cases
@@ -29,7 +31,8 @@ A target outside [0, C) that is not ``ignore_index`` makes the row's loss, weigh
 no host sync, no out-of-bounds access.
 
 WORKSPACE. The forward writes one float buffer (the accumulation dtype) that the backward reads, laid
-out as [lse (n_saved) | coef (n_saved) | denom (1) | partial sums (2 per program)]: n_saved is N*S
+out as [lse (n_saved) | coef (n_saved) | lse_lo (n_saved) | denom (1) | partial sums (2 per program)]:
+n_saved is N*S
 when a gradient will be needed (0 for NLL, whose gradient needs neither); denom is the 'mean'
 denominator; the partial sums are the per-program sums of loss and row weight that the last program
 reduces (kernels/_reduce.py). One allocation, no views on the host.
@@ -45,7 +48,7 @@ a whole row. The backward needs nothing more: lse and the coefficients are globa
 shard's columns.
 
 Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per row), two modes:
-  two-pass (default)  forward reads C*B and saves lse and p_coef (8 bytes per row); backward reads C*B
+  two-pass (default)  forward reads C*B and saves lse, lse_lo and p_coef (12 bytes per row); backward reads C*B
                       and writes C*B. Forward+backward 3*C*B against the minimal 2*C*B (read once, write
                       the gradient once): 1.5x whatever grad_output is, since the gradient is written once
                       g is known.
@@ -75,6 +78,15 @@ def _softcapped(x, mask, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _rounding_error(a, b, s):
+    """(a + b) - s for s = a + b rounded (Knuth's TwoSum, exact in any order of magnitude); 0 where s is
+    not finite (a row of -inf logits: no correction to make)."""
+    b_virtual = s - a
+    error = (a - (s - b_virtual)) + (b - b_virtual)
+    return tl.where((s == s) & (tl.abs(s) != float("inf")), error, 0.0)
+
+
+@triton.jit
 def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_total, HAS_WEIGHT: tl.constexpr,
                    ACC: tl.constexpr):
     """Per row: the target class y, whether it counts (not ignore_index), whether it is a class (of all
@@ -95,20 +107,23 @@ def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_tota
 def _write_row_gradients(
     logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr,
     x_row, t_row, d_row, e_row, row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset,
-    n_total, lse, coef, y, y_coef, g, smoothing, softcap,
+    n_total, lse, lse_lo, coef, y, y_coef, g, smoothing, softcap,
     BLOCK_C: tl.constexpr, PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, ACC: tl.constexpr,
 ):
-    """(3) One sweep over the rows' columns, with p = exp(x - lse) recomputed from the logits and g the
-    row's grad_output over the 'mean' denominator (0 for ignored rows, NaN for invalid targets):
+    """(3) One sweep over the rows' columns, with p = exp((x - lse) - lse_lo) recomputed from the logits
+    (lse + lse_lo: the log-sum-exp to twice the working precision) and g the row's grad_output over the
+    'mean' denominator (0 for ignored rows, NaN for invalid targets):
 
       class index y   grad_c = g * (y_coef (p_c - [c == y]) + coef p_c - (eps / C) w_c) * softcap'
                       (y_coef = (1 - eps) w_y, coef = (eps / C) sum_c w_c + 2 z w_y lse: kept apart so
                       that exact cases stay exact, e.g. C = 1: 0, as torch)
       probabilities   grad_c = g * (coef p_c - w_c t'_c) * softcap'      (coef = sum_c w_c t'_c + 2 z lse)
                       and, with GRAD_TARGET, d loss / d t_c = g (1 - eps) w_c (lse - x_c)
-      NLL             grad_c = -g w_y [c == y]
+      NLL             grad_c = -g w_y at c == y, ``coef`` elsewhere: 0 (NaN for an invalid target), not
+                      g * 0: torch writes only the target's column, so the others stay 0 also where g is
+                      infinite (a 'mean' whose counted class weights sum to 0)
 
     Column c of these logits is class ``class_offset + c`` of ``n_total`` (a vocabulary shard; 0 and C
     otherwise): the class weights and the target are global, lse and the coefficients too.
@@ -121,12 +136,13 @@ def _write_row_gradients(
         mask = row_mask[:, None] & col_mask[None, :]
         cols64 = cols[None, :].to(tl.int64)
         if INPUT_IS_LOGPROB:
-            grad = tl.where(cols64 == y_local[:, None], -y_coef[:, None], 0.0)
+            grad = tl.where(cols64 == y_local[:, None], -(y_coef * g)[:, None], coef[:, None])  # g applied
         else:
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
                 x = softcap * tanh(x / softcap)
-            p = tl.exp(x - lse[:, None])
+            x_lse = (x - lse[:, None]) - lse_lo[:, None]  # x - lse, exact where they are close
+            p = tl.exp(x_lse)
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
                     w = tl.load(weight_ptr + class_offset + cols, mask=col_mask, other=0.0).to(ACC)
@@ -138,7 +154,7 @@ def _write_row_gradients(
                     t = t * (1.0 - smoothing) + smoothing / n_total
                 grad = coef[:, None] * p - w[None, :] * t
                 if GRAD_TARGET:
-                    tgrad = (lse[:, None] - x) * w[None, :] * g[:, None]
+                    tgrad = -x_lse * w[None, :] * g[:, None]
                     if HAS_SMOOTHING:
                         tgrad = tgrad * (1.0 - smoothing)
                     tl.store(tgrad_ptr + e_row[:, None] + cols64 * stride_ec, tgrad.to(tgrad_ptr.dtype.element_ty),
@@ -153,7 +169,8 @@ def _write_row_gradients(
                 capped = x / softcap
                 grad = grad * (1.0 - capped * capped)
         if GRAD_INPUT:
-            grad = grad * g[:, None]
+            if not INPUT_IS_LOGPROB:
+                grad = grad * g[:, None]
             tl.store(grad_ptr + d_row[:, None] + cols64 * stride_dc, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -175,7 +192,7 @@ def _softmax_rows_fwd_kernel(
     target_ptr,  # (N, S) int64/uint8 class indices, or (N, C, S) probabilities when PROB_TARGET
     weight_ptr,  # (n_total,) class weights, read when HAS_WEIGHT
     out_ptr,  # REDUCTION "none": (N*S,) per-row loss; else () the reduced loss; in the output dtype (out)
-    work_ptr,  # float workspace (out), see WORKSPACE: [lse | p_coef | denom | partial sums]
+    work_ptr,  # float workspace (out), see WORKSPACE: [lse | p_coef | lse_lo | denom | partial sums]
     grad_ptr,  # (N, C, S) gradient for grad_output = 1 (out, when WRITE_GRAD); may alias logits_ptr
     given_denom_ptr,  # () float: the 'mean' denominator computed before the launch (DENOM_GIVEN)
     counter_ptr,  # () int32 ticket counter, zero between launches (REDUCTION != "none")
@@ -255,9 +272,11 @@ def _softmax_rows_fwd_kernel(
     if INPUT_IS_LOGPROB:
         log_d = d  # unused: NLL needs no log-sum-exp
         lse = d
+        lse_lo = d
     else:
         log_d = tl.log(d)
         lse = m + log_d
+        lse_lo = _rounding_error(m, log_d, lse)  # lse + lse_lo = m + log d to twice the precision
 
     # (2) the row's loss, its share of the 'mean' denominator, and the gradient's row coefficients
     g = tl.full([BLOCK_R], 1.0, ACC)  # the row's gradient scale for grad_output = 1 (WRITE_GRAD)
@@ -319,14 +338,16 @@ def _softmax_rows_fwd_kernel(
         if SAVE_FOR_BACKWARD and not INPUT_IS_LOGPROB:
             tl.store(work_ptr + rows, lse, mask=row_mask)
             tl.store(work_ptr + n_saved + rows, p_coef, mask=row_mask)
+            tl.store(work_ptr + 2 * n_saved + rows, lse_lo, mask=row_mask)
 
         # (3) gradient for grad_output = 1 (or the rows' own, SCALE_GRAD), while the row is still in L2
         if WRITE_GRAD:
             d_row = n * stride_dn + s * stride_ds
             _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, grad_ptr, x_row, t_row, d_row, d_row,
                                  row_mask, stride_xc, stride_tc, stride_dc, stride_dc, n_classes, class_offset,
-                                 n_total, lse, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET,
-                                 INPUT_IS_LOGPROB, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, True, False, ACC)
+                                 n_total, lse, lse_lo, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C,
+                                 PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, True, False,
+                                 ACC)
 
         # (4) the loss: per row, or reduced over the whole grid in this launch (kernels/_reduce.py): every
         #     program stores its sums of loss and row weight; the last one adds them in program order and
@@ -336,7 +357,7 @@ def _softmax_rows_fwd_kernel(
             tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
         else:
             n_programs = tl.num_programs(0)
-            denom_ptr = work_ptr + 2 * n_saved
+            denom_ptr = work_ptr + 3 * n_saved
             partials_ptr = denom_ptr + 1
             tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
             if REDUCTION == "mean" and not DENOM_GIVEN:
@@ -361,7 +382,7 @@ def _softmax_rows_bwd_kernel(
     logits_ptr,  # (N, C, S) logits (log-probabilities when INPUT_IS_LOGPROB: not read)
     target_ptr,  # (N, S) class indices, or (N, C, S) probabilities when PROB_TARGET
     weight_ptr,  # (n_total,) class weights, read when HAS_WEIGHT
-    work_ptr,  # float workspace of the forward, see WORKSPACE: lse, p_coef, denom (read when MEAN)
+    work_ptr,  # float workspace of the forward, see WORKSPACE: lse, p_coef, lse_lo, denom (read when MEAN)
     grad_out_ptr,  # grad_output: (N, S) for reduction 'none', a single element otherwise (strides 0)
     grad_ptr,  # (N, C, S) gradient of the logits (out, GRAD_INPUT); may alias logits_ptr (in-place backward)
     tgrad_ptr,  # (N, C, S) gradient of probability targets (out, GRAD_TARGET)
@@ -394,13 +415,15 @@ def _softmax_rows_bwd_kernel(
     # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if MEAN:
-        g = g / tl.load(work_ptr + 2 * n_saved).to(ACC)
+        g = g / tl.load(work_ptr + 3 * n_saved).to(ACC)
     if INPUT_IS_LOGPROB:
         lse = tl.zeros([BLOCK_R], ACC)  # unused: the NLL gradient needs no softmax
         p_coef = lse
+        lse_lo = lse
     else:
         lse = tl.load(work_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         p_coef = tl.load(work_ptr + n_saved + rows, mask=row_mask, other=0.0).to(ACC)
+        lse_lo = tl.load(work_ptr + 2 * n_saved + rows, mask=row_mask, other=0.0).to(ACC)
     if PROB_TARGET:
         y = rows  # unused for probability targets
         y_coef = p_coef
@@ -409,12 +432,15 @@ def _softmax_rows_bwd_kernel(
                                                    n_total, HAS_WEIGHT, ACC)
         g = tl.where(counted, g, 0.0)
         g = tl.where(counted & ~in_range, float("nan"), g)
+        if INPUT_IS_LOGPROB:  # NLL: the gradient of the columns other than the target's
+            p_coef = tl.where(counted & ~in_range, float("nan"), 0.0).to(ACC)
         y_coef = w_y
         if HAS_SMOOTHING:
             y_coef = (1.0 - smoothing) * w_y
     _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr, x_row, t_row, d_row, e_row,
                          row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset, n_total, lse,
-                         p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT,
+                         lse_lo, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB,
+                         HAS_WEIGHT,
                          HAS_SMOOTHING, HAS_SOFTCAP, GRAD_INPUT, GRAD_TARGET, ACC)
 
 
@@ -472,7 +498,7 @@ def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, 
         SCALE_GRAD=grad_scale_strides is not None, ACC=accumulation_dtypes(dtype)[0])
     n_programs = triton.cdiv(n_rows, block_r)
     n_saved = n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
-    work_size = 2 * n_saved + 1 + (2 * n_programs if reduction != "none" else 0)
+    work_size = 3 * n_saved + 1 + (2 * n_programs if reduction != "none" else 0)
     class_offset, n_total = shard or (0, n_classes)
     scalars = (*x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *(grad_scale_strides or (0, 0)),
                n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats_stride,
@@ -508,6 +534,13 @@ def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
+def _unit_stride(weight):
+    """The class weights as the kernels address them, w[c] at ``weight_ptr + c``: a copy of a strided view
+    (a slice with a step, a column, an expanded scalar: C elements, rare) that would otherwise be read at
+    the wrong addresses."""
+    return weight if weight is None or weight.stride(0) == 1 or weight.numel() <= 1 else weight.contiguous()
+
+
 def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_shape, ignore_index, smoothing, z_loss,
                      softcap, prob_target, input_is_logprob, save_for_backward, *, grad=None, grad_strides=None,
                      denom=None, out=None, shard=None, stats=None, stats_mode="", grad_scale=None,
@@ -528,6 +561,7 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
     (a (5, >= N*S) float view: [m | d | x_y | sum_a | sum_ad]) and nothing else; "read" takes them from
     there (combined over the shards) instead of sweeping the logits for them.
     """
+    weight = _unit_stride(weight)
     reduce = reduction != "none" and stats_mode != "write"
     if out is None and stats_mode != "write":
         out = new_tensor(logits, () if reduce else out_shape, out_dtype)
@@ -560,6 +594,7 @@ def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_outpu
     """
     if rows[0] * rows[2] == 0 or rows[1] == 0:
         return
+    weight = _unit_stride(weight)
     grid, num_warps, constexprs, scalars = _bwd_plan(
         rows, logits.dtype, prob_target, input_is_logprob, weight is not None, smoothing, softcap, mean,
         grad_output_strides, None if grad is None else grad_strides,

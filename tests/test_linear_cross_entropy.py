@@ -144,6 +144,16 @@ OPTION_SETS = {
 }
 
 
+@needs_torchs
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deprecated_elementwise_mean_is_mean(backend):
+    """torch takes reduction='elementwise_mean' as 'mean' (a deprecation warning); the Triton path once
+    passed the name on and summed."""
+    x, w, target, b = make_inputs((9, 5, 7), torch.float32, bias=True)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        check_parity(x, w, target, b, backend, reduction="elementwise_mean")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -383,6 +393,8 @@ BAD_CALLS = {
     "class weight size": lambda x, w, t: (x, w, t, {"weight": torch.rand(6, device=DEVICE)}),
     "class weight dtype": lambda x, w, t: (x, w, t, {"weight": torch.rand(7, device=DEVICE, dtype=torch.float64)}),
     "target dtype": lambda x, w, t: (x, w, t.int(), {}),
+    "uint8 target, weight, smoothing, mean": lambda x, w, t: (x, w, t.to(torch.uint8), {
+        "weight": torch.rand(7, device=DEVICE), "label_smoothing": 0.1}),
     "target batch": lambda x, w, t: (x, w, t[:3], {}),
     "operand dtypes": lambda x, w, t: (x.double(), w, t, {}),
 }

@@ -317,6 +317,14 @@ def bad_calls():
         "l1 weight size": ("l1_loss", (x, y), {"weight": torch.ones(4, 1)}),
         "mse bad reduction": ("mse_loss", (x, y), {"reduction": "batchmean"}),
         "mse weighted bad reduction": ("mse_loss", (x, y), {"reduction": "avg", "weight": torch.ones(4, 5)}),
+        # torch's weighted path knows no 'elementwise_mean' (the unweighted one takes it as 'mean')
+        "l1 weighted elementwise_mean": ("l1_loss", (x, y), {"reduction": "elementwise_mean",
+                                                             "weight": torch.ones(4, 5)}),
+        "huber weighted elementwise_mean": ("huber_loss", (x, y), {"reduction": "elementwise_mean",
+                                                                   "weight": torch.ones(4, 5)}),
+        "huber weight size before delta": ("huber_loss", (x, y), {"delta": -1.0, "weight": torch.ones(5)}),
+        "mse weighted not broadcastable": ("mse_loss", (x, y[:, :3]), {"weight": torch.ones(4, 3)}),
+        "poisson elementwise_mean": ("poisson_nll_loss", (x, y), {"reduction": "elementwise_mean"}),
         "soft_margin target requires grad": ("soft_margin_loss", (x, y.clone().requires_grad_()), {}),
         "soft_margin input smaller than target": ("soft_margin_loss", (x[0], y), {}),
         "kl bad reduction": ("kl_div", (x, y), {"reduction": "elementwise"}),
@@ -374,6 +382,23 @@ def test_legacy_reduction_arguments(fn, backend):
         with backend_context(backend), pytest.warns(UserWarning):
             got = getattr(FL, fn)(*args, size_average=size_average, reduce=reduce)
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", ["binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
+                                "huber_loss", "l1_loss", "mse_loss", "soft_margin_loss", "kl_div",
+                                "margin_ranking_loss", "hinge_embedding_loss"])
+def test_deprecated_elementwise_mean_is_mean(fn, backend):
+    """torch still takes reduction='elementwise_mean' as 'mean' (with a deprecation warning); the Triton
+    path once passed the name on and the kernels summed."""
+    x, y = probability((6, 5)).float().requires_grad_(), probability((6, 5)).float()
+    args = (x, y, sign((6, 5)).float()) if fn == "margin_ranking_loss" else (x, y)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        expected = getattr(F, fn)(*args, reduction="elementwise_mean")
+    with backend_context(backend), pytest.warns(UserWarning, match="elementwise_mean"):
+        got = getattr(FL, fn)(*args, reduction="elementwise_mean")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0])
 
 
 # ------------------------------------------------------------------ grad_output, graph reuse, determinism

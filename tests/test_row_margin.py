@@ -187,6 +187,16 @@ def test_no_features(fn, kwargs):
     torch.testing.assert_close(loss, getattr(F, fn)(*args, **kwargs))
 
 
+def test_no_features_strided_view():
+    """Empty operands whose strides do not merge into (N, D, S) (a sliced view): torch counts an empty
+    tensor as contiguous, so copying it kept those strides, and the kernel got no stride (a crash)."""
+    x1 = torch.randn(0, 9, 3, device=DEVICE, requires_grad=True)
+    x2 = torch.zeros(0, 9, 7, device=DEVICE)[..., 1::2]
+    with fusedloss.backend("triton"):
+        loss = FL.cosine_similarity(x1, x2, dim=0)
+    torch.testing.assert_close(loss, F.cosine_similarity(x1, x2, dim=0))
+
+
 BROADCASTS = {
     # name: (fn, shapes of the positional tensors (a maker per position from EMBEDDING), kwargs)
     "triplet positive (1,D)": ("triplet_margin_loss", [(6, 11), (1, 11), (6, 11)], {}),
@@ -528,6 +538,27 @@ def test_legacy_reduction_arguments():
             with fusedloss.backend("triton"):
                 got = FL.multilabel_soft_margin_loss(x, x.sigmoid(), size_average=size_average, reduce=reduce)
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("call", ["multi_margin_loss", "multilabel_margin_loss", "cosine_embedding_loss",
+                                  "triplet_margin_loss", "rank_hinge_loss"])
+def test_deprecated_elementwise_mean_is_mean(call):
+    """torch takes reduction='elementwise_mean' as 'mean' (a deprecation warning); the Triton path once
+    passed the name on and the kernel summed."""
+    x = scores((6, 5)).float().requires_grad_()
+    other = scores((6, 5)).float()
+    args = {"multi_margin_loss": (x, torch.tensor([0, 1, 2, 3, 4, 0], device=DEVICE)),
+            "multilabel_margin_loss": (x, torch.tensor([[0, 3, -1, 1, 1]] * 6, device=DEVICE)),
+            "cosine_embedding_loss": (x, other, torch.tensor([1.0, -1.0] * 3, device=DEVICE)),
+            "triplet_margin_loss": (x, other, scores((6, 5)).float()),
+            "rank_hinge_loss": (x[:, :1], None)}[call]
+    reference = rank_hinge_reference if call == "rank_hinge_loss" else getattr(F, call)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        expected = reference(*args, reduction="elementwise_mean")
+    with fusedloss.backend("triton"), pytest.warns(UserWarning, match="elementwise_mean"):
+        got = getattr(FL, call)(*args, reduction="elementwise_mean")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0])
 
 
 # ------------------------------------------------------------------ triplet_margin_with_distance_loss's distances

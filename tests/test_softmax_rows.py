@@ -292,6 +292,24 @@ def test_inplace_backward(reduction):
     assert logits.grad.data_ptr() == logits.data_ptr(), "the gradient lives in the logits' buffer"
 
 
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_inplace_backward_of_expanded_logits(reduction, grad_in_forward):
+    """Expanded logits (stride 0: several logits in one memory location) cannot hold their gradient: the
+    option is ignored for them (the kernels once wrote every row's gradient over the shared elements: wrong
+    gradients, and with grad_in_forward a wrong loss, read back after being overwritten)."""
+    base = torch.randn(1, 7, 5, device=DEVICE, requires_grad=True)
+    target = class_target((6, 7, 5))
+    kwargs = dict(reduction=reduction, inplace_backward=True, grad_in_forward=grad_in_forward)
+    with fusedloss.backend("triton"):
+        loss = FL.cross_entropy(base.expand(6, 7, 5), target, **kwargs)
+    expected = F.cross_entropy(base.expand(6, 7, 5), target, reduction=reduction)
+    torch.testing.assert_close(loss, expected)
+    upstream = torch.rand(loss.shape, device=DEVICE) + 0.5
+    torch.testing.assert_close(torch.autograd.grad(loss, base, upstream)[0],
+                               torch.autograd.grad(expected, base, upstream)[0])
+
+
 # ------------------------------------------------------------------ grad_output, graph reuse, edge cases
 
 
@@ -330,6 +348,40 @@ def test_all_targets_ignored(fn, reduction, backend):
     target = torch.full((6,), -100, device=DEVICE)
     weight = torch.rand(10, device=DEVICE)
     check_parity(getattr(FL, fn), getattr(F, fn), x, target, backend, weight=weight, reduction=reduction)
+
+
+@pytest.mark.parametrize("layout", ["step", "column", "expanded"])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.2}, {"reduction": "none"}], ids=str)
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_strided_class_weight(fn, options, layout):
+    """A class weight that is a view with stride != 1 (every other entry, a column of a table, an expanded
+    scalar): the kernels index w[c] at weight_ptr + c, so the launchers copy such a view first (they once
+    read the wrong entries, or past a one-element buffer)."""
+    if fn == "nll_loss" and "label_smoothing" in options:
+        pytest.skip("nll_loss has no label smoothing")
+    x = logits_of((7, 10, 3), torch.float32)
+    target = class_target(x.shape)
+    weight = {"step": lambda: torch.rand(20, device=DEVICE)[::2],
+              "column": lambda: torch.rand(10, 3, device=DEVICE)[:, 1],
+              "expanded": lambda: torch.rand(1, device=DEVICE).expand(10)}[layout]()
+    assert weight.stride(0) != 1
+    check_parity(getattr(FL, fn), getattr(F, fn), x, target, "triton", weight=weight, **options)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2,), (6, 10), (3, 10, 4)], ids=str)
+def test_nll_loss_mean_over_zero_class_weight(shape, backend):
+    """'mean' whose counted targets all have class weight 0: the loss is 0 / 0 = NaN, and torch's gradient
+    is NaN only in the target's column (-w_y g / 0), 0 in the others (the kernel once multiplied those
+    zeros by the infinite g / 0: NaN everywhere)."""
+    x = torch.randn(shape, device=DEVICE).log_softmax(0 if len(shape) == 1 else 1).requires_grad_()
+    target = class_target(shape)
+    weight = torch.zeros(n_classes(shape), device=DEVICE)
+    with fusedloss.backend(backend):
+        loss = FL.nll_loss(x, target, weight=weight)
+    expected = F.nll_loss(x, target, weight=weight)
+    torch.testing.assert_close(loss, expected, equal_nan=True)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0], equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -422,6 +474,9 @@ def bad_calls():
         "0d_input": (torch.tensor(1.0), torch.tensor(0), {}),
         "integer_input": (x.long(), y, {}),
         "2d_input_0d_target": (x, torch.tensor(1), {}),
+        # (N, C, d1..dk) inputs run as nll_loss2d, whose kernels read int64 targets only
+        "uint8_spatial_target": (torch.randn(2, 5, 3), torch.randint(0, 5, (2, 3), dtype=torch.uint8), {}),
+        "uint8_2d_spatial_target": (torch.randn(2, 5, 3, 4), torch.randint(0, 5, (2, 3, 4), dtype=torch.uint8), {}),
     }
 
 
@@ -435,6 +490,8 @@ def bad_cross_entropy_calls():
         "prob_ignore_index": (x, torch.rand(4, 5), dict(ignore_index=2)),
         "prob_long_target": (x, torch.randint(0, 5, (4, 5)), {}),
         "prob_integer_input": (x.long(), torch.rand(4, 5), {}),
+        # torch's smoothed 'mean' with class weights gathers them with the targets as indices: int64 only
+        "uint8_target_weight_smoothing_mean": (x, y.to(torch.uint8), dict(weight=torch.rand(5), label_smoothing=0.1)),
     }
 
 
@@ -508,6 +565,21 @@ def test_legacy_reduction_arguments(size_average, reduce, backend):
     with backend_context(backend), pytest.warns(UserWarning):
         loss = FL.cross_entropy(x, target, size_average=size_average, reduce=reduce)
     torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_deprecated_elementwise_mean_is_mean(fn, backend):
+    """torch still takes reduction='elementwise_mean' as 'mean' (with a deprecation warning); the Triton
+    path once passed the name on and the kernel summed."""
+    x = logits_of((9, 11), torch.float32)
+    target = class_target(x.shape)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        ref = getattr(F, fn)(x, target, reduction="elementwise_mean")
+    with backend_context(backend), pytest.warns(UserWarning, match="elementwise_mean"):
+        loss = getattr(FL, fn)(x, target, reduction="elementwise_mean")
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(ref, x)[0])
 
 
 def test_no_gradient_work_without_grad():
@@ -736,6 +808,19 @@ def test_confident_rows_keep_their_precision(base, gap, options, dtype):
     error, torch_error = (loss.double() - ref).abs(), (same.double() - ref).abs()
     assert loss.dtype == same.dtype and torch.isfinite(loss).all()
     assert (error <= 2 * torch_error + 2 * torch.finfo(dtype).eps * ref.abs() + 1e-30).all(), (loss, same, ref)
+
+
+@pytest.mark.parametrize("offset", [-1279.23, 5000.0])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1}, {"grad_in_forward": True}, {"z_loss": 1e-4},
+                                     {"probability": True}], ids=str)
+def test_large_logits_keep_the_gradient_precise(offset, options):
+    """Logits far from 0 (a large common offset, which the softmax ignores) in float32: the gradient's
+    p = exp(x - lse) with lse rounded to float32 lost |lse| * 2**-24 relative (3e-5 at 1279, 1.5e-4 at 5000;
+    torch 1e-7, from (x - m) - log d). The forward keeps lse's rounding error beside it for the backward."""
+    options = dict(options)
+    x = (3 * torch.randn(8, 100, device=DEVICE) + offset).requires_grad_()
+    target = prob_target(x.shape) if options.pop("probability", False) else class_target(x.shape)
+    check_parity(FL.cross_entropy, eager_extras, x, target, "triton", **options)
 
 
 @pytest.mark.parametrize("weight", [False, True])

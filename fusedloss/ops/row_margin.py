@@ -85,6 +85,8 @@ def _row_strides(tensor, dim):
     """
     strides = _strides_around(tensor.shape, tensor.stride(), dim)
     if strides is None:
+        if tensor.numel() == 0:  # nothing to read; and .contiguous() keeps an empty view's strides as they are
+            return tensor, (0, 0, 0)
         tensor = tensor.contiguous()
         strides = _strides_around(tensor.shape, tensor.stride(), dim)
     return tensor, strides

@@ -208,7 +208,7 @@ class SoftmaxRows:
         out = input.new_empty(shape, dtype=options.out_dtype)
         n_saved = n * s if (needs_grad[0] or needs_grad[1]) and not options.input_is_logprob else 0
         # the workspace's size depends on the launch grid: any size serves the fake (it is only saved)
-        return out, (input.new_empty(2 * n_saved + 1, dtype=_acc(input.dtype)), None)
+        return out, (input.new_empty(3 * n_saved + 1, dtype=_acc(input.dtype)), None)
 
 
 def mean_denominator(target, weight, options, n_rows, n_classes, acc):
