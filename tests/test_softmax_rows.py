@@ -277,6 +277,34 @@ def test_cross_entropy_extras(shape, dtype, reduction, extras):
     assert_matches_torch(grad, same_grad, ref_grad, dtype, "grad")
 
 
+@pytest.mark.parametrize("case", ["nothing counted", "ignored row of -inf logits", "counted weights all 0"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_z_loss_backends_agree_on_ignored_rows(case, reduction):
+    """An ignored row adds no z-loss and gets no gradient whatever its logits, on both backends (the eager
+    formula once multiplied its lse**2 by a 0 weight: NaN for -inf logits, and NaN gradients everywhere for
+    a 'mean' that counts no row, where torch's own cross_entropy and the kernels give 0)."""
+    x = torch.randn(4, 5, device=DEVICE)
+    target = torch.tensor([0, 1, -100, 3], device=DEVICE)
+    kwargs = dict(reduction=reduction, z_loss=0.1)
+    if case == "nothing counted":
+        target = torch.full_like(target, -100)
+    elif case == "ignored row of -inf logits":
+        x[2] = float("-inf")
+    else:
+        kwargs["weight"] = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0], device=DEVICE)
+    results = []
+    for backend in ("torch", "triton"):
+        logits = x.clone().requires_grad_()
+        with fusedloss.backend(backend):
+            loss = FL.cross_entropy(logits, target, **kwargs)
+        results.append((loss, torch.autograd.grad(loss.sum(), logits)[0]))
+    (eager, eager_grad), (fused, fused_grad) = results
+    torch.testing.assert_close(fused, eager, equal_nan=True)
+    torch.testing.assert_close(fused_grad, eager_grad, equal_nan=True)
+    plain = F.cross_entropy(x.clone().requires_grad_(), target, reduction=reduction, weight=kwargs.get("weight"))
+    assert torch.equal(eager.isnan(), plain.isnan())  # NaN exactly where torch's loss is NaN
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_inplace_backward(reduction):
     """The gradient is right and is written into the logits' own buffer (no N*C allocation)."""

@@ -30,6 +30,10 @@ def eager_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
         safe_target = torch.where(counted, target, torch.zeros_like(target)).long()
         row_weight = weight.to(acc)[safe_target] if weight is not None else torch.ones_like(lse)
         row_weight = row_weight * counted
+        # an ignored row adds nothing and gets no gradient, whatever its logits (-inf, NaN: 0 * lse**2 would
+        # be NaN), as torch ignores its loss; a 'mean' that counts no row is then NaN with zero gradients, as
+        # torch's and the kernels' (lse is replaced, not multiplied by 0: where() would pass 0 * NaN back)
+        lse = torch.where(counted, lse, torch.zeros_like(lse))
     z_term = z_loss * row_weight * lse * lse
     if reduction == "none":
         return (loss.to(acc) + z_term).to(loss.dtype)
