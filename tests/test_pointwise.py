@@ -659,3 +659,20 @@ def test_64bit_offsets():
     assert float(loss) == 14.0
     grad, = torch.autograd.grad(loss, x)
     assert grad[-3:].tolist() == [2.0, 4.0, 6.0] and float(grad[:-3].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_float16_gradient_beyond_float16_before_grad_output(reduction, backend):
+    """The gradient for grad_output 1 may exceed float16's range where the real one, scaled by a grad_output
+    below 1, does not (binary cross entropy: -1/x = -1e5 at x = 1e-5; torch gives -9984 for grad_output
+    0.1): the forward keeps it in float32 for float16 operands. It once came back -inf."""
+    x = torch.tensor([1e-5, 0.5, 2e-5], dtype=torch.float16, device=DEVICE).requires_grad_()
+    y = torch.ones(3, dtype=torch.float16, device=DEVICE)
+    upstream = torch.full((3,) if reduction == "none" else (), 0.1 if reduction != "mean" else 0.3,
+                          dtype=torch.float16, device=DEVICE)
+    expected = torch.autograd.grad(F.binary_cross_entropy(x, y, reduction=reduction), x, upstream)[0]
+    with backend_context(backend):
+        got = torch.autograd.grad(FL.binary_cross_entropy(x, y, reduction=reduction), x, upstream)[0]
+    assert got.dtype == torch.float16 and torch.isfinite(expected).all()
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=0)

@@ -59,6 +59,16 @@ def _expand(tensor, shape):
     return tensor if tensor is None or tensor.shape == shape else tensor.expand(shape)
 
 
+def _state_dtype(operand, full_shape):
+    """The dtype of the gradient the forward writes for grad_output 1 (the state): the operand's own, but
+    float32 for a float16 operand (whose g = 1 gradient may overflow float16 where torch's gradient, scaled
+    by a grad_output < 1 first, does not: 1 / x at x = 1e-5) and for a broadcast operand's full-shape
+    buffer (summed down later). The backward casts to the operand's dtype after applying grad_output."""
+    if full_shape and operand.dtype != torch.float16:
+        return operand.dtype
+    return _acc(operand.dtype)
+
+
 class Pointwise(_scaffold.Family):
     name = "pointwise"
     options_type = PointwiseOptions
@@ -79,13 +89,13 @@ class Pointwise(_scaffold.Family):
             denom = weight.sum(dtype=_acc(a.dtype))  # torch.sum(weight): over the weight's own shape
         elif reduction != "none" and reduction != "sum":
             divisor = _scaffold.reduction_divisor(reduction, shape.numel(), a.shape[0] if a.dim() else 1)
-        grad_dtypes = [None if not need else t.dtype if t.shape == shape else _acc(t.dtype)
-                       for t, need in zip((a, b, c), needs_grad)]
+        grad_dtypes = [None if not need else _state_dtype(t, t.shape == shape) for t, need in zip((a, b, c), needs_grad)]
         out, grads = kernels().pointwise_fwd(
             options.loss, *inputs, shape, options.p, options.q, options.full, options.out_dtype, reduction != "none",
             1.0 / divisor if divisor else 1.0, divisor, denom, grad_dtypes)
-        if broadcast and reduction != "none":
-            grads = [None if g is None else _reduce_to(g, t) for g, t in zip(grads, (a, b, c))]  # broadcast operands
+        if broadcast and reduction != "none":  # broadcast operands: summed to their shapes
+            grads = [None if g is None else g.sum_to_size(t.shape).to(_state_dtype(t, True))
+                     for g, t in zip(grads, (a, b, c))]
         return out, grads
 
     @staticmethod
@@ -106,6 +116,7 @@ class Pointwise(_scaffold.Family):
             scaled = [None if g is None else scale(g, grad_output) for g in grads]
         else:
             scaled = [None if g is None else g * grad_output for g in grads]
+        scaled = [g if g is None or g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(scaled, inputs)]  # float16
         return (*scaled, None, None)  # no gradient for weight and pos_weight (the callers check)
 
     @staticmethod
@@ -125,9 +136,9 @@ class Pointwise(_scaffold.Family):
             if not need:
                 grads.append(None)
             elif options.reduction == "none":
-                grads.append(a.new_empty(shape, dtype=t.dtype if t.shape == shape else _acc(t.dtype)))
+                grads.append(a.new_empty(shape, dtype=_state_dtype(t, t.shape == shape)))
             else:
-                grads.append(a.new_empty(t.shape, dtype=t.dtype))
+                grads.append(a.new_empty(t.shape, dtype=_state_dtype(t, True)))
         return out, grads
 
 
