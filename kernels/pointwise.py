@@ -51,9 +51,6 @@ per BLOCK elements):
                       1.0x for grad_output == 1; (sum B + 3 sum G) / (sum B + sum G) otherwise, e.g.
                       5/3 = 1.67x for one input and a target of the same dtype with one gradient.
 """
-import functools
-
-import torch
 import triton
 import triton.language as tl
 

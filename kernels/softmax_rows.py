@@ -59,7 +59,6 @@ Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per 
   Probability targets add C*Bt per pass that reads the row, and C*Bt written when they require grad.
   NLL: the forward reads one element per row; the backward writes C*B without reading the input.
 """
-import torch
 import triton
 import triton.language as tl
 
