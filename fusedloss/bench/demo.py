@@ -88,27 +88,42 @@ def _committed_gpu_results(folder):
     return sorted(docs, key=lambda d: d[0], reverse=True)
 
 
-def _fallback_overhead(rounds=7, calls=100):
-    """fusedloss's eager fallback against torch directly, cross entropy 256 x 4000 forward+backward."""
+def _fallback_overhead(rounds=10, calls=20):
+    """fusedloss's eager fallback against torch directly, cross entropy 256 x 4000 forward+backward, measured
+    as ``bench --host`` measures (fusedloss/bench/host.py): the two interleaved round by round, torch on
+    one thread, the best round of each. Returns {"fusedloss": ms, "torch": ms, "summary": host.overhead()}:
+    on a shared machine the same call varies by 2x run to run, so the ratio comes with its spread."""
     import torch.nn.functional as F
 
+    import fusedloss
     import fusedloss.functional as FL
 
+    from . import host
+
+    torch.manual_seed(0)
     x = torch.randn(256, 4000, requires_grad=True)
     y = torch.randint(0, 4000, (256,))
-    times = {"fusedloss": [], "torch": []}
-    for _ in range(rounds):
-        for name, fn in (("fusedloss", FL.cross_entropy), ("torch", F.cross_entropy)):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                torch.autograd.grad(fn(x, y), x)
-            times[name].append((time.perf_counter() - t0) / calls * 1e3)
-    return {name: min(ts) for name, ts in times.items()}
+    steps = {"fusedloss": lambda: torch.autograd.grad(FL.cross_entropy(x, y), x),
+             "torch": lambda: torch.autograd.grad(F.cross_entropy(x, y), x)}
+    with host.one_thread(), fusedloss.backend("auto"):  # auto on CPU tensors: the eager fallback
+        times = host.time_rounds(steps, rounds, calls, warmup=3)
+    return {"fusedloss": min(times["fusedloss"]) * 1e3, "torch": min(times["torch"]) * 1e3,
+            "summary": host.overhead(times["fusedloss"], times["torch"])}
+
+
+def fallback_overhead_text(overhead):
+    """The demo's sentence for ``_fallback_overhead()``'s figures."""
+    from . import host
+
+    return (f"cross_entropy 256 x 4000 forward+backward on this CPU (torch on one thread, best of interleaved "
+            f"rounds): fusedloss {overhead['fusedloss']:.3f} ms, torch {overhead['torch']:.3f} ms; fusedloss / "
+            f"torch {host.describe_overhead(overhead['summary'])}. The compute is torch's in both.")
 
 
 def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
     """The CPU demo (``losses``: a subset of the registry, default all): returns its text, and writes it
-    as Markdown and a PNG beside ``out_stem``."""
+    as Markdown and a PNG beside ``out_stem``. ``results_folder``: where the committed GPU results are
+    (None when fusedloss was not imported from its source tree)."""
     from . import traffic
 
     lines = ["# fusedloss on this machine (no GPU)", "",
@@ -124,20 +139,18 @@ def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
     lines += [f"| {r['loss']} | {r['dtype']} | {r['fusedloss']:.2e} | "
               f"{'no CPU kernel' if r['torch'] is None else format(r['torch'], '.2e')} |" for r in parity_rows]
     lines.append("")
-    gpu_docs = _committed_gpu_results(results_folder)
+    gpu_docs = _committed_gpu_results(results_folder) if results_folder else []
     lines += [f"## {SECTIONS[2]} (not measured on this machine)", ""]
     if gpu_docs:
         for _, path, doc in gpu_docs:
             lines += [f"From `{path}`: **{doc['device']}**, torch {doc['torch']}, triton {doc['triton']}, "
                       f"{doc['date']}.", "", report.summary_table(doc), ""]
-    else:
+    elif results_folder:
         lines += [f"No committed GPU results in {results_folder}/.", ""]
-    overhead = _fallback_overhead()
-    ratio = overhead["fusedloss"] / overhead["torch"]
-    lines += [f"## {SECTIONS[3]}", "",
-              f"cross_entropy 256 x 4000 forward+backward on this CPU: fusedloss {overhead['fusedloss']:.3f} ms, "
-              f"torch {overhead['torch']:.3f} ms ({ratio:.3f}x: the dispatcher's cost; the compute is torch's).",
-              ""]
+    else:
+        lines += ["fusedloss was not imported from its source tree (an installed wheel), so there are no committed "
+                  "GPU results to show: they are in the repository's bench/results/.", ""]
+    lines += [f"## {SECTIONS[3]}", "", fallback_overhead_text(_fallback_overhead()), ""]
     text = "\n".join(lines)
     written = []
     if out_stem:
@@ -145,20 +158,26 @@ def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
         with open(out_stem + ".md", "w") as f:
             f.write(text + "\n")
         written.append(out_stem + ".md")
-        png = plot(traffic_rows, parity_rows, [doc for _, _, doc in gpu_docs[:1]], out_stem + ".png")
-        written.append(png or "no PNG (matplotlib is not installed)")
+        panels = plot_panels(traffic_rows, parity_rows, [doc for _, _, doc in gpu_docs[:1]])
+        png = report.barh_panels(panels, out_stem + ".png")
+        written.append(png or f"no PNG ({report.why_no_plot(panels)})")
     return text, written
 
 
 def plot(traffic_rows, parity_rows, gpu_docs, path):
     """One panel per question that has data (traffic, parity, committed GPU speed-ups); the path, or None
-    without matplotlib."""
+    (``report.why_no_plot`` says why)."""
+    return report.barh_panels(plot_panels(traffic_rows, parity_rows, gpu_docs), path)
+
+
+def plot_panels(traffic_rows, parity_rows, gpu_docs):
+    """The panels of ``plot``: one per question that has data."""
     panels = []
     if traffic_rows:
         labels = [f"{r['loss']} {r['impl'].replace('fusedloss', '').strip()}".strip() for r in traffic_rows]
         panels.append(("Memory traffic, forward+backward (x the minimal; lower is better)", labels,
                        {"fusedloss": [r["fusedloss_ratio"] for r in traffic_rows],
-                        "torch eager": [r["torch_ratio"] for r in traffic_rows]}, "linear"))
+                        "torch eager": [r["torch_ratio"] or 0.0 for r in traffic_rows]}, "linear"))
     if parity_rows:
         labels = [f"{r['loss']} {r['dtype']}" for r in parity_rows]
         panels.append(("Largest error vs float64 (log scale; lower is better)", labels,
@@ -172,4 +191,4 @@ def plot(traffic_rows, parity_rows, gpu_docs, path):
                            "results)", [f"{loss} {dtype} {report._shape(shape)}" for (loss, dtype, shape, _), _ in rows],
                            {"fusedloss": [v["torch"]["median_ms"] / v["fusedloss"]["median_ms"] for _, v in rows]},
                            "linear"))
-    return report.barh_panels(panels, path)
+    return panels

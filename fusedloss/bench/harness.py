@@ -3,8 +3,10 @@
 GPU: median of CUDA-event times per iteration after a warm-up, with the input sets rotated so that
 small problems are not served from L2; peak extra memory from ``torch.cuda.max_memory_allocated`` above
 what the inputs hold; the roofline is a device-to-device copy measured in the same run.
-CPU: the same loop timed with ``time.perf_counter`` (the fused kernels need CUDA, so fusedloss runs its
-eager fallback there); no memory figures.
+CPU (``bench --cpu-fallback`` only): the fused kernels need CUDA, so fusedloss runs its eager fallback
+there and both sides run torch's kernels: what is measured is the dispatcher's overhead over torch, the
+two interleaved round by round with torch on one thread (as ``bench --host``, fusedloss/bench/host.py),
+reported with its spread across rounds; no memory figures.
 """
 import dataclasses
 import math
@@ -37,6 +39,10 @@ class Result:
     roofline_fraction: Optional[float] = None
     tflops: Optional[float] = None  # the entry's floating-point operations per second (compute-bound losses)
     status: str = "ok"
+    # CPU fallback only: milliseconds per call of each interleaved round (median_ms is their median,
+    # best_ms their minimum)
+    rounds_ms: Optional[list] = None
+    best_ms: Optional[float] = None
 
 
 def _sync(device):
@@ -141,6 +147,47 @@ def measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth):
     return result
 
 
+FALLBACK_ROUNDS = 10  # interleaved rounds per (loss, dtype, shape, mode) of the CPU fallback
+FALLBACK_ROUND_MS = 20.0  # milliseconds of calls per implementation and round
+
+
+def measure_fallback(bench, shape, dtype, mode, bandwidth, rounds=None, round_ms=None):
+    """The CPU fallback: fusedloss (its dispatcher choosing torch) and torch, interleaved round by round
+    with torch on one thread (host.time_rounds), each round ``round_ms`` of calls; two Results."""
+    import fusedloss
+
+    from . import host
+
+    rounds = rounds or FALLBACK_ROUNDS
+    round_ms = round_ms or FALLBACK_ROUND_MS
+    inputs = bench.make_inputs(shape, dtype, "cpu")
+    flops = bench.flops(inputs, mode == "forward+backward") if bench.flops is not None else None
+    impls = {"fusedloss": registry.fusedloss_impl(bench), "torch": registry.torch_impl(bench)}
+    results = {name: Result(bench.label, str(dtype).replace("torch.", ""), tuple(shape), mode, name,
+                            minimal_bytes=bench.minimal_bytes(inputs, mode == "forward+backward"))
+               for name in impls}
+    steps = {name: make_step(impl, [inputs], mode) for name, impl in impls.items()}
+    try:
+        with host.one_thread(), fusedloss.backend("auto"):  # auto on CPU tensors: the eager fallback
+            t0 = time.perf_counter()
+            steps["torch"]()
+            calls = max(1, int(round_ms / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+            times = host.time_rounds(steps, rounds, calls, warmup=2)
+    except Exception as exc:  # record it, keep going
+        for result in results.values():
+            result.status = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+        return list(results.values())
+    for name, result in results.items():
+        result.rounds_ms = [t * 1e3 for t in times[name]]
+        result.median_ms = statistics.median(result.rounds_ms)
+        result.best_ms = min(result.rounds_ms)
+        result.gbps = result.minimal_bytes / (result.best_ms * 1e-3) / 1e9
+        result.roofline_fraction = result.gbps / bandwidth
+        if flops is not None:
+            result.tflops = flops / (result.best_ms * 1e-3) / 1e12
+    return list(results.values())
+
+
 def fits(bench, shape, dtype, device):
     """Skip shapes whose logits and gradient would not fit in a third of the device's memory."""
     if device != "cuda":
@@ -185,7 +232,9 @@ class _Progress:
 
 def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, progress=True, shapes=None):
     """Run the selected entries; returns the results document (a dict, JSON-ready). ``shapes``: run these
-    instead of the registry's (each loss at those with its number of dimensions)."""
+    instead of the registry's (each loss at those with its number of dimensions). On the CPU
+    (``device="cpu"``) this is the eager fallback's overhead over torch (``measure_fallback``): fusedloss
+    and torch only, ``impl_filter`` unused."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     benches = registry.select(losses)
     bandwidth = copy_bandwidth_gbps(device)
@@ -193,10 +242,13 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
     notes = {}
     for bench in benches:
         impls, skipped = registry.implementations(bench, device)
-        for peer, why in skipped.items():
+        for peer, why in skipped.items() if device == "cuda" else ():  # the CPU fallback has no peers
             notes[f"{bench.label}: {peer}"] = why
         if impl_filter:
             impls = {k: v for k, v in impls.items() if k in impl_filter}
+        names = [str(dtype).replace("torch.", "") for dtype in bench.dtypes]
+        if dtypes and not set(names) & set(dtypes):
+            notes[bench.label] = f"skipped: benchmarked in {', '.join(names)} only"
         for dtype in bench.dtypes:
             if dtypes and str(dtype).replace("torch.", "") not in dtypes:
                 continue
@@ -209,6 +261,9 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
                     notes[f"{bench.label} {dtype} {shape}"] = "skipped: too large for this device"
                     continue
                 for mode in MODES:
+                    if device != "cuda":
+                        plan.append((bench, shape, dtype, "fusedloss / torch", None, mode))
+                        continue
                     for impl_name, impl in impls.items():
                         if "inplace" in impl_name and mode == "forward":
                             continue  # the in-place variants differ from fusedloss only in the backward
@@ -217,11 +272,16 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
     bar = _Progress(len(plan), progress)
     for i, (bench, shape, dtype, impl_name, impl, mode) in enumerate(plan, 1):
         bar.step(i, f"{bench.label} {str(dtype).replace('torch.', '')} {'x'.join(map(str, shape))} {mode} {impl_name}")
-        results.append(measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth))
+        if device != "cuda":
+            results += measure_fallback(bench, shape, dtype, mode, bandwidth)
+        else:
+            results.append(measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth))
     bar.close()
     return {
         "device": device_name(device),
         "device_type": device,
+        "cpu_fallback": device != "cuda",
+        "fusedloss": _fusedloss_version(),
         "torch": torch.__version__,
         "triton": _triton_version(),
         "python": platform.python_version(),
@@ -249,11 +309,50 @@ def _triton_version():
         return None
 
 
+def _fusedloss_version():
+    import fusedloss
+
+    return fusedloss.__version__
+
+
+def source_tree():
+    """The root of the fusedloss source tree the imported package comes from (the folder holding its
+    pyproject.toml, kernels/ and bench/), or None when it was installed from a wheel. Checked: that
+    root's fusedloss/__init__.py is the imported module's file and its pyproject.toml names fusedloss."""
+    import fusedloss
+
+    package_file = os.path.abspath(fusedloss.__file__)
+    root = os.path.dirname(os.path.dirname(package_file))
+    return root if _is_fusedloss_tree(root, package_file) else None
+
+
+def _is_fusedloss_tree(root, package_file):
+    try:
+        if not os.path.samefile(os.path.join(root, "fusedloss", "__init__.py"), package_file):
+            return False
+        with open(os.path.join(root, "pyproject.toml")) as f:
+            return any(line.replace(" ", "").strip() == 'name="fusedloss"' for line in f)
+    except OSError:
+        return False
+
+
 def _git_commit():
+    """The commit of the fusedloss repository the imported package comes from (not the current
+    directory's): None when the package is not in a git checkout of fusedloss (a wheel install)."""
     if os.environ.get("FUSEDLOSS_GIT_COMMIT"):  # machines that get a copy of the tree without .git
         return os.environ["FUSEDLOSS_GIT_COMMIT"]
+    import fusedloss
+
+    package_file = os.path.abspath(fusedloss.__file__)
+
+    def git(*args, cwd):
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        top = git("rev-parse", "--show-toplevel", cwd=os.path.dirname(package_file))
+        if not top or not _is_fusedloss_tree(top, package_file):  # an unrelated repository around an install
+            return None
+        return git("rev-parse", "--short", "HEAD", cwd=top) or None
     except Exception:
         return None

@@ -14,7 +14,11 @@ Each figure is the best over rounds of the mean time of a batch of calls (the le
 rest of a shared machine), the implementations interleaved round by round so that drift hits all alike.
 torch runs on one thread meanwhile: host time is one thread's, and at these sizes torch's intra-op
 threads only add their wake-ups (or, with another process on the cores, waits of a millisecond).
+
+``time_rounds`` and ``overhead`` are that method for any set of calls: ``make demo``'s eager fallback
+overhead and ``bench --cpu-fallback`` measure with them.
 """
+import contextlib
 import os
 import time
 
@@ -39,6 +43,84 @@ CASES = {
 _BACKENDS = {"fusedloss (triton, launches stubbed)": "triton", "torch": "auto", "fusedloss (eager fallback)": "auto"}
 
 
+def loss_names():
+    """The names ``--host --loss`` takes: each case's function name, and the case names themselves."""
+    return sorted({name for name, _, _ in CASES.values()} | set(CASES))
+
+
+def select(losses=None):
+    """The cases for ``losses`` (function names or case names; all when None). Raises ValueError naming
+    the losses that have no case."""
+    if not losses:
+        return list(CASES)
+    unknown = [loss for loss in losses if loss not in loss_names()]
+    if unknown:
+        raise ValueError(f"--host has no case for {', '.join(unknown)}; its cases: {', '.join(loss_names())}")
+    return [case for case, (name, _, _) in CASES.items() if case in losses or name in losses]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside the block (host time is one thread's; see the module docstring)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def time_rounds(steps, rounds, calls, warmup=20, contexts=None):
+    """{name: [seconds per call, one figure per round]} of each ``steps[name]()``: ``warmup`` calls each,
+    then ``rounds`` rounds that run ``calls`` calls of every step in turn (interleaved, so that drift and
+    other processes hit all alike). ``contexts``: {name: a function returning the context each runs in}."""
+    contexts = contexts or {}
+    enter = {name: contexts.get(name, contextlib.nullcontext) for name in steps}
+    for name, step in steps.items():
+        with enter[name]():
+            for _ in range(warmup):
+                step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            with enter[name]():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    step()
+                times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
+def overhead(ours, theirs):
+    """``ours`` against ``theirs`` (per-round times of ``time_rounds``, same rounds): the best-of ratio
+    min(ours) / min(theirs), the range of the per-round ratios (each round's pair ran back to back), and
+    ``noise``: True when 1.0 lies inside that range (the difference is inside the spread across rounds).
+    The best-of ratio always lies inside the range."""
+    per_round = [o / t for o, t in zip(ours, theirs)]
+    low, high = min(per_round), max(per_round)
+    return {"ratio": min(ours) / min(theirs), "low": low, "high": high, "noise": low <= 1.0 <= high,
+            "rounds": len(per_round)}
+
+
+def describe_overhead(summary, what="dispatcher overhead"):
+    """One phrase for an ``overhead`` summary: the ratio, its spread and what it means."""
+    figures = (f"{summary['ratio']:.3f}x, per-round range {summary['low']:.3f}-{summary['high']:.3f}x "
+               f"over {summary['rounds']} interleaved rounds")
+    if summary["noise"]:
+        return f"{figures}: 1.0 lies inside the spread, so the difference is noise (no measurable {what})"
+    if summary["low"] > 1.0:
+        return f"{figures}: above 1.0 in every round, a measurable {what}"
+    return (f"{figures}: below 1.0 in every round, an order or caching effect, not a speed-up (both sides "
+            "run torch's kernels)")
+
+
+def reading(summary):
+    """A short word for an ``overhead`` summary (a table cell)."""
+    if summary["noise"]:
+        return "noise (1.0 inside the spread)"
+    return "overhead" if summary["low"] > 1.0 else "below 1.0: order effect"
+
+
 def _step(fn, args, kwargs):
     x = args[0]
     upstream = torch.ones(args[1].shape) if kwargs.get("reduction") == "none" else None
@@ -49,27 +131,18 @@ def _step(fn, args, kwargs):
     return step
 
 
-def _time_per_call(step, calls):
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - t0) / calls * 1e6
-
-
-def measure(rounds=15, calls=200):
-    """{case: {implementation: microseconds per forward+backward}} (the best round of each)."""
+def measure(cases=None, rounds=15, calls=200):
+    """{case: {implementation: microseconds per forward+backward}} (the best round of each), for the
+    ``cases`` named (keys of CASES; all when None)."""
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the forced Triton path on CPU tensors (launches stubbed)
     import fusedloss
     fusedloss.dispatch.reload_environment()
 
     results = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for case, (name, make, kwargs) in CASES.items():
+    with one_thread():
+        for case in cases or CASES:
+            name, make, kwargs = CASES[case]
             results[case] = _measure_case(name, make, kwargs, rounds, calls)
-    finally:
-        torch.set_num_threads(threads)
     return results
 
 
@@ -86,20 +159,19 @@ def _measure_case(name, make, kwargs, rounds, calls):
     impls = {"fusedloss (triton, launches stubbed)": _step(ours, args, kwargs),
              "torch": _step(theirs, args, kwargs),
              "fusedloss (eager fallback)": _step(ours, args, kwargs)}
-    times = {impl: [] for impl in impls}
+    contexts = {impl: (lambda backend=_BACKENDS[impl]: fusedloss.backend(backend)) for impl in impls}
     _launch.set_stub(lambda *launch_args: None)
     try:
-        for impl, fn in impls.items():  # warm-up: plans cached, lazy imports done
-            with fusedloss.backend(_BACKENDS[impl]):
-                for _ in range(20):
-                    fn()
-        for _ in range(rounds):
-            for impl, fn in impls.items():
-                with fusedloss.backend(_BACKENDS[impl]):
-                    times[impl].append(_time_per_call(fn, calls))
+        times = time_rounds(impls, rounds, calls, contexts=contexts)
     finally:
         _launch.set_stub(None)
-    return {impl: min(ts) for impl, ts in times.items()}
+    return {impl: min(ts) * 1e6 for impl, ts in times.items()}
+
+
+def is_host_result(doc):
+    """True for what ``bench --host --out`` writes: {case: {implementation: microseconds}}."""
+    return (isinstance(doc, dict) and bool(doc) and all(isinstance(v, dict) for v in doc.values())
+            and all("torch" in v and "fusedloss (eager fallback)" in v for v in doc.values()))
 
 
 def table(results):

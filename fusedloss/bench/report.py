@@ -9,6 +9,10 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _shape(shape):
     return "x".join(str(s) for s in shape)
 
@@ -76,17 +80,61 @@ def summary_table(doc):
     return "\n".join(lines)
 
 
+def _versions(doc):
+    ours = f"fusedloss {doc['fusedloss']} · " if doc.get("fusedloss") else ""
+    return f"{ours}commit {doc.get('git_commit')} · torch {doc['torch']} · triton {doc['triton']}"
+
+
 def header(doc):
-    return (f"Device: **{doc['device']}** · torch {doc['torch']} · triton {doc['triton']} · commit "
-            f"{doc.get('git_commit')} · {doc['date']} · measured copy bandwidth "
+    if doc.get("cpu_fallback"):
+        return (f"Device: **{doc['device']}** (no GPU: fusedloss runs torch's kernels, its eager fallback) · "
+                f"{_versions(doc)} · {doc['date']}. Both sides run torch's kernels, so this is not a race: "
+                "fusedloss / torch is the dispatcher's overhead over torch, best of interleaved rounds (torch on "
+                "one thread), with the range of the per-round ratios; where 1.0 lies inside that range the "
+                "difference is noise.")
+    return (f"Device: **{doc['device']}** · {_versions(doc)} · {doc['date']} · measured copy bandwidth "
             f"{doc['copy_bandwidth_gbps']:.0f} GB/s (read + write). Times are medians; (x) is fusedloss's "
             "speedup over that implementation; % roofline is the minimal traffic (inputs read once, "
             "gradients written once) over the measured copy bandwidth, divided by fusedloss's time.")
 
 
+def fallback_rows(doc):
+    """[(loss, dtype, shape, mode, fusedloss result, torch result, host.overhead summary or None)] of a
+    CPU fallback document."""
+    from . import host
+
+    rows = []
+    for (loss, dtype, shape, mode), by_impl in grouped(doc).items():
+        ours, theirs = by_impl.get("fusedloss", {}), by_impl.get("torch", {})
+        summary = (host.overhead(ours["rounds_ms"], theirs["rounds_ms"])
+                   if ours.get("rounds_ms") and theirs.get("rounds_ms") else None)
+        rows.append((loss, dtype, shape, mode, ours, theirs, summary))
+    return rows
+
+
+def fallback_table(doc):
+    """The CPU fallback's table: both best-of times and the dispatcher's overhead with its spread."""
+    from . import host
+
+    lines = ["| loss | dtype | shape | mode | fusedloss ms (best) | torch ms (best) | dispatcher overhead over "
+             "torch: fusedloss / torch (per-round range) | reading |", "|---|---|---|---|---|---|---|---|"]
+    for loss, dtype, shape, mode, ours, theirs, summary in fallback_rows(doc):
+        if summary is None:
+            lines.append(f"| {loss} | {dtype} | {_shape(shape)} | {mode} | {ours.get('status', '-')} | "
+                         f"{theirs.get('status', '-')} | - | - |")
+            continue
+        lines.append(f"| {loss} | {dtype} | {_shape(shape)} | {mode} | {ours['best_ms']:.3f} | "
+                     f"{theirs['best_ms']:.3f} | {summary['ratio']:.3f}x ({summary['low']:.3f}-{summary['high']:.3f}) "
+                     f"| {host.reading(summary)} |")
+    return "\n".join(lines)
+
+
 def text_report(doc):
-    parts = [header(doc), "", "Forward+backward summary (x: speedup of fusedloss):", "", summary_table(doc), "",
-             "All measurements:", "", markdown_table(doc)]
+    if doc.get("cpu_fallback"):
+        parts = [header(doc), "", fallback_table(doc)]
+    else:
+        parts = [header(doc), "", "Forward+backward summary (x: speedup of fusedloss):", "", summary_table(doc), "",
+                 "All measurements:", "", markdown_table(doc)]
     if doc.get("notes"):
         parts += ["", "Notes:"] + [f"- {k}: {v}" for k, v in doc["notes"].items()]
     return "\n".join(parts)
@@ -111,12 +159,22 @@ def save(doc, out_path):
     return written
 
 
-def plot(doc, path):
-    """Forward+backward time per implementation and, where measured (GPU), peak extra memory: one
-    horizontal-bar panel per quantity that has data, a row per (loss, dtype, shape)."""
+def plot_panels(doc):
+    """The panels ``plot`` draws: forward+backward time per implementation and, where measured (GPU),
+    peak extra memory; for a CPU fallback document, the dispatcher's overhead ratio. Empty when nothing
+    was measured."""
     groups = [(k, v) for k, v in grouped(doc).items() if k[3] == "forward+backward"]
-    impls = list(dict.fromkeys(name for _, by_impl in groups for name in by_impl))
     labels = [f"{loss} {dtype} {_shape(shape)}" for (loss, dtype, shape, _), _ in groups]
+    if doc.get("cpu_fallback"):
+        rows = [(f"{loss} {dtype} {_shape(shape)}", summary["ratio"])
+                for loss, dtype, shape, mode, _, _, summary in fallback_rows(doc)
+                if mode == "forward+backward" and summary]
+        if not rows:
+            return []
+        return [(f"dispatcher overhead over torch, forward+backward, fusedloss / torch (best of rounds; 1.0 = "
+                 f"none; both run torch's kernels), {doc['device']}", [r[0] for r in rows],
+                 {"fusedloss / torch": [r[1] for r in rows]}, "linear")]
+    impls = list(dict.fromkeys(name for _, by_impl in groups for name in by_impl))
     panels = []
     for title, field, scale in ((f"forward+backward, median ms (log scale), {doc['device']}", "median_ms", "log"),
                                 ("peak extra memory, MB", "peak_extra_mb", "linear")):
@@ -124,7 +182,27 @@ def plot(doc, path):
         series = {name: values for name, values in series.items() if any(values)}
         if series:
             panels.append((title, labels, series, scale))
-    return barh_panels(panels, path)
+    return panels
+
+
+def plot(doc, path):
+    """``plot_panels(doc)`` as horizontal bars, a row per (loss, dtype, shape), to ``path``; the path, or
+    None (``why_no_plot`` says why)."""
+    return barh_panels(plot_panels(doc), path)
+
+
+def matplotlib_missing():
+    """Why matplotlib cannot draw here (it does not import), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        return f"matplotlib is not installed ({error}; pip install matplotlib, or the package's [bench] extra)"
+    return None
+
+
+def why_no_plot(panels):
+    """Why ``barh_panels(panels, ...)`` drew nothing: matplotlib missing, or no data to plot."""
+    return matplotlib_missing() or ("nothing to plot" if not panels else None)
 
 
 def barh_panels(panels, path):
@@ -158,9 +236,31 @@ def barh_panels(panels, path):
     return path
 
 
+def result_kind(doc):
+    """What a results file holds: "speed" (``bench``'s document), "traffic" (``bench --traffic``'s rows),
+    "host" (``bench --host``'s figures), or None when it is none of those."""
+    from . import host
+
+    if isinstance(doc, dict) and isinstance(doc.get("results"), list) and "device" in doc:
+        return "speed"
+    if (isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc)
+            and all({"loss", "impl", "shape", "fusedloss_ratio", "torch_ratio"} <= set(r) for r in doc)):
+        return "traffic"
+    if host.is_host_result(doc):
+        return "host"
+    return None
+
+
+KIND_NAMES = {"speed": "a speed-results document (bench)", "traffic": "a --traffic result",
+              "host": "a --host result"}
+
+
 def compare_table(old, new):
     """Both times and new / old for every (loss, dtype, shape, mode, implementation) the two documents
-    share; a warning line first when they come from different devices or versions."""
+    share; a warning line first when they come from different devices or versions. Two --traffic results:
+    both ratios to the minimal and their difference (``traffic_compare_table``)."""
+    if result_kind(old) == "traffic" and result_kind(new) == "traffic":
+        return traffic_compare_table(old, new)
     lines = []
     differs = [f"{key}: {old.get(key)} -> {new.get(key)}" for key in ("device", "torch", "triton")
                if old.get(key) != new.get(key)]
@@ -183,4 +283,26 @@ def compare_table(old, new):
                      f"{_fmt(r.get('median_ms'), '.3f') if r.get('median_ms') else r.get('status')} | {ratio} |")
     if not shared:
         lines.append("| (no row in common) | | | | | | | |")
+    return "\n".join(lines)
+
+
+def traffic_compare_table(old, new):
+    """Two ``bench --traffic`` results: forward+backward bytes over the minimal, old and new, for every
+    (loss, implementation, dtype, shape) both have (traffic is deterministic: any change is real)."""
+    key = lambda r: (r["loss"], r["impl"], r.get("dtype"), tuple(r["shape"]))  # noqa: E731
+    before = {key(r): r for r in old}
+    lines = ["| loss | implementation | dtype | shape | grad_output 1: old | new | grad_output 2**16: old | new "
+             "| torch eager: old | new |", "|---|---|---|---|---|---|---|---|---|---|"]
+    shared = 0
+    for r in new:
+        o = before.get(key(r))
+        if o is None:
+            continue
+        shared += 1
+        cells = [f"{_ratio(o.get(f))} | {_ratio(r.get(f))}"
+                 for f in ("fusedloss_ratio", "fusedloss_scaled_grad_ratio", "torch_ratio")]
+        lines.append(f"| {r['loss']} | {r['impl']} | {r.get('dtype')} | {_shape(r['shape'])} | " + " | ".join(cells)
+                     + " |")
+    if not shared:
+        lines.append("| (no row in common) | | | | | | | | | |")
     return "\n".join(lines)

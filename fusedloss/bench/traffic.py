@@ -150,9 +150,12 @@ def measure_traffic(impl, inputs, grad_scale=None):
     return meter
 
 
-def run_traffic(losses=None, shapes=None):
+def run_traffic(losses=None, shapes=None, dtypes=None, notes=None):
     """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU (at
-    ``shapes`` instead of the entries' traffic shapes when given, those with the entry's dimensions)."""
+    ``shapes`` instead of the entries' traffic shapes when given, those with the entry's dimensions), in
+    each of ``dtypes`` (names, e.g. "float32") the entry is benchmarked in, else in its first dtype.
+    ``notes``: a dict that receives why an entry gave no row."""
+    notes = {} if notes is None else notes
     if "fusedloss.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the traffic meter needs Triton's interpreter from the start of the process: "
                            "run `TRITON_INTERPRET=1 python -m fusedloss bench --traffic`")
@@ -161,12 +164,22 @@ def run_traffic(losses=None, shapes=None):
     rows = []
     for bench in registry.select(losses):
         chosen = [s for s in shapes if len(s) == bench.ndim] if shapes else bench.traffic_shapes
-        for shape in chosen:
-            dtype = bench.dtypes[0]
+        names = [str(d).replace("torch.", "") for d in bench.dtypes]
+        chosen_dtypes = [d for d, name in zip(bench.dtypes, names) if name in dtypes] if dtypes else bench.dtypes[:1]
+        if not chosen:
+            notes[bench.label] = (f"skipped: none of the shapes asked for has its {bench.ndim} dimension(s)"
+                                  if shapes else "no traffic shape: too large for the interpreter (give one with "
+                                                 "--shape)")
+        elif not chosen_dtypes:
+            notes[bench.label] = f"skipped: benchmarked in {', '.join(names)} only"
+        for shape, dtype in ((shape, dtype) for shape in chosen for dtype in chosen_dtypes):
             torch.manual_seed(0)
             inputs = bench.make_inputs(shape, dtype, "cpu")
             minimal = bench.minimal_bytes(inputs, backward=True)
-            eager = measure_traffic(registry.torch_impl(bench), inputs)
+            try:
+                eager = measure_traffic(registry.torch_impl(bench), inputs)
+            except (RuntimeError, NotImplementedError):  # no CPU kernel of torch's at this dtype
+                eager = None
             variants = {"": {}, **{f" ({label})": extra for label, extra in bench.variants.items()
                                    if "inplace" not in label}}
             for suffix, extra in variants.items():
@@ -179,8 +192,8 @@ def run_traffic(losses=None, shapes=None):
                     "dtype": str(dtype).replace("torch.", ""), "minimal_bytes": minimal,
                     "fusedloss_ratio": unit.total / minimal,
                     "fusedloss_scaled_grad_ratio": scaled.total / minimal,
-                    "torch_ratio": eager.total / minimal,
-                    "fusedloss_by_op": dict(unit.by_op), "torch_by_op": dict(eager.by_op),
+                    "torch_ratio": None if eager is None else eager.total / minimal,
+                    "fusedloss_by_op": dict(unit.by_op), "torch_by_op": None if eager is None else dict(eager.by_op),
                 })
     return rows
 
@@ -190,5 +203,6 @@ def traffic_table(rows):
              "| torch eager |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['loss']} | {r['impl']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['minimal_bytes']} | "
-                     f"{r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | {r['torch_ratio']:.2f}x |")
+                     f"{r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | "
+                     f"{'no CPU kernel' if r['torch_ratio'] is None else format(r['torch_ratio'], '.2f') + 'x'} |")
     return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""The command line says what it measured and only that: no race without a GPU, options validated and
+honoured in every mode, results that name their own commit, readable errors (issue 18)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusedloss
+import fusedloss.__main__ as cli
+from fusedloss.bench import demo, harness, host, registry, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(fusedloss.__file__)))
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fast_fallback(monkeypatch):
+    """Every entry at one small CPU shape and short rounds, so the CPU fallback runs in a second."""
+    for bench in registry.REGISTRY:
+        monkeypatch.setattr(bench, "cpu_shapes", [tuple(max(1, min(s, 97)) for s in bench.cpu_shapes[0])])
+    monkeypatch.setattr(harness, "copy_bandwidth_gbps", lambda device: 10.0)
+    monkeypatch.setattr(harness, "FALLBACK_ROUNDS", 4)
+    monkeypatch.setattr(harness, "FALLBACK_ROUND_MS", 2.0)
+
+
+def _exit_status(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 1. no race without a GPU
+
+
+@pytest.mark.parametrize("argv", [["bench", "--quick"], ["bench"], ["bench", "--device", "cpu", "--loss", "mse_loss"]])
+def test_bench_without_a_gpu_refuses_and_points_to_what_runs(argv, no_gpu, monkeypatch, capsys):
+    monkeypatch.setattr(harness, "run", lambda **kwargs: pytest.fail("timed torch against itself"))
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for needle in ("fused kernels", "make demo", "bench --traffic", "bench --host", "--cpu-fallback",
+                   "torch against itself"):
+        assert needle in captured.err, needle
+
+
+def test_cpu_fallback_reports_the_dispatchers_overhead_with_its_spread(tmp_path, fast_fallback, capsys):
+    out = tmp_path / "fallback.json"
+    assert cli.main(["bench", "--cpu-fallback", "--loss", "mse_loss", "--dtype", "float32", "--out", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["cpu_fallback"] and doc["fusedloss"] == fusedloss.__version__
+    assert {(r["impl"], r["mode"]) for r in doc["results"]} == {
+        (impl, mode) for impl in ("fusedloss", "torch") for mode in harness.MODES}
+    assert all(len(r["rounds_ms"]) == 4 and r["best_ms"] == min(r["rounds_ms"]) for r in doc["results"])
+    markdown = (tmp_path / "fallback.md").read_text()
+    for shown in (text, markdown):
+        assert "dispatcher overhead over torch: fusedloss / torch (per-round range)" in shown
+        assert "speedup" not in shown.lower() and "speed-up" not in shown.lower() and "(x)" not in shown
+        assert "| mse_loss | float32 | 97 | forward+backward |" in shown
+
+
+def _fallback_doc(ours_rounds, torch_rounds):
+    return {"cpu_fallback": True, "results": [
+        {"loss": "mse_loss", "dtype": "float32", "shape": [8], "mode": "forward+backward", "impl": impl,
+         "rounds_ms": rounds, "best_ms": min(rounds), "median_ms": sorted(rounds)[len(rounds) // 2], "status": "ok"}
+        for impl, rounds in (("fusedloss", ours_rounds), ("torch", torch_rounds))]}
+
+
+def test_fallback_table_calls_a_difference_inside_the_spread_noise():
+    noisy = report.fallback_table(_fallback_doc([1.9, 1.0, 1.1], [1.0, 1.2, 1.0]))
+    assert "| 1.000 | 1.000 | 1.000x (0.833-1.900) | noise (1.0 inside the spread) |" in noisy
+    steady = report.fallback_table(_fallback_doc([1.2, 1.3, 1.25], [1.0, 1.1, 1.05]))
+    assert "| 1.200 | 1.000 | 1.200x (1.182-1.200) | overhead |" in steady
+
+
+def test_bench_help_reads_true_for_every_mode(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = capsys.readouterr().out
+    for line in ("bench --cpu-fallback [--loss] [--dtype] [--shape] [--device cpu] [--out] [--no-progress]",
+                 "bench --traffic [--loss] [--dtype] [--shape] [--out]", "bench --host [--loss] [--out]",
+                 "Without a CUDA device it stops (exit status 2)", "never a speed-up"):
+        assert line in text, line
+
+
+# ------------------------------------------------------------------ 2. the demo's eager fallback overhead
+
+
+def test_time_rounds_interleaves_the_calls():
+    log = []
+    times = host.time_rounds({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, rounds=3, calls=2,
+                             warmup=1)
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_demo_fallback_overhead_is_measured_like_bench_host(monkeypatch):
+    seen = {}
+
+    def fake_rounds(steps, rounds, calls, warmup=20, contexts=None):
+        seen.update(threads=torch.get_num_threads(), names=list(steps), backend=fusedloss.dispatch.requested_backend())
+        for step in steps.values():
+            step()  # the real calls run
+        return {"fusedloss": [0.0064, 0.0033, 0.0040], "torch": [0.0034, 0.0035, 0.0060]}
+
+    monkeypatch.setattr(host, "time_rounds", fake_rounds)
+    overhead = demo._fallback_overhead()
+    assert seen == {"threads": 1, "names": ["fusedloss", "torch"], "backend": "auto"}
+    assert overhead["fusedloss"] == pytest.approx(3.3) and overhead["torch"] == pytest.approx(3.4)
+    text = demo.fallback_overhead_text(overhead)
+    assert "0.971x, per-round range 0.667-1.882x over 3 interleaved rounds" in text
+    assert "the difference is noise (no measurable dispatcher overhead)" in text
+
+    monkeypatch.setattr(host, "time_rounds", lambda *a, **k: {"fusedloss": [1.2, 1.3], "torch": [1.0, 1.1]})
+    assert "above 1.0 in every round, a measurable dispatcher overhead" in demo.fallback_overhead_text(
+        demo._fallback_overhead())
+
+
+def test_demo_fallback_overhead_real_rounds():
+    overhead = demo._fallback_overhead(rounds=3, calls=1)
+    summary = overhead["summary"]
+    assert summary["rounds"] == 3 and summary["low"] <= summary["ratio"] <= summary["high"]
+    assert summary["ratio"] == pytest.approx(overhead["fusedloss"] / overhead["torch"])
+
+
+# ------------------------------------------------------------------ 3. options validated and honoured
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["bench", "--dtype", "float64"], ["'bfloat16'", "'float32'"]),
+    (["bench", "--impl", "fused"], ["'fusedloss'", "'torch'", "'fusedloss (grad in forward)'"]),
+    (["bench", "--loss", "mse"], ["'mse_loss'", "'cross_entropy[smoothing+weight]'"]),
+    (["demo", "--loss", "mse"], ["'mse_loss'"]),
+])
+def test_invalid_option_values_are_errors_listing_the_valid_ones(argv, valid, capsys):
+    status, err = _exit_status(argv, capsys)
+    assert status == 2
+    option = argv[1]
+    assert f"argument {option}: invalid choice: '{argv[2]}'" in err
+    assert all(v in err for v in valid)
+
+
+def _fake_host_case(measured):
+    def measure_case(name, make, kwargs, rounds, calls):
+        measured.append((name, kwargs))
+        return {"fusedloss (triton, launches stubbed)": 2.0, "torch": 1.0, "fusedloss (eager fallback)": 1.0}
+    return measure_case
+
+
+def test_host_honours_loss_and_out(monkeypatch, tmp_path, fusedloss_env, capsys):
+    fusedloss_env("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))  # host.measure may set it
+    measured = []
+    monkeypatch.setattr(host, "_measure_case", _fake_host_case(measured))
+    out = tmp_path / "host.json"
+    assert cli.main(["bench", "--host", "--loss", "mse_loss", "--out", str(out)]) == 0
+    assert measured == [("mse_loss", {})]
+    assert list(json.loads(out.read_text())) == ["mse_loss"]
+    assert "| mse_loss |" in capsys.readouterr().out
+    measured.clear()
+    assert cli.main(["bench", "--host", "--loss", "cross_entropy"]) == 0  # a function name: its every case
+    assert [name for name, _ in measured] == ["cross_entropy"] * 3
+
+
+def test_host_without_a_case_for_the_loss_lists_its_cases(monkeypatch, capsys):
+    monkeypatch.setattr(host, "_measure_case", lambda *a: pytest.fail("measured"))
+    status, err = _exit_status(["bench", "--host", "--loss", "kl_div"], capsys)
+    assert status == 2
+    assert "--host has no case for kl_div; its cases: " in err
+    assert "mse_loss" in err and "cross_entropy (smoothing)" in err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--host", "--dtype", "float32"], "--dtype: not an option of --host"),
+    (["--host", "--impl", "torch"], "--impl: not an option of --host"),
+    (["--host", "--quick", "--shape", "8"], "--quick --shape: not an option of --host"),
+    (["--traffic", "--quick"], "--quick: not an option of --traffic"),
+    (["--traffic", "--impl", "torch"], "--impl: not an option of --traffic"),
+    (["--traffic", "--device", "cpu"], "--device: not an option of --traffic"),
+    (["--cpu-fallback", "--impl", "torch"], "--impl: not an option of --cpu-fallback"),
+    (["--cpu-fallback", "--device", "cuda"], "--device cuda: --cpu-fallback times the eager fallback on the CPU"),
+    (["--host", "--traffic"], "--traffic and --host are separate modes"),
+])
+def test_options_a_mode_cannot_honour_are_errors(argv, named, capsys):
+    status, err = _exit_status(["bench", *argv], capsys)
+    assert status == 2 and named in err
+
+
+def _cli(*argv, cwd=None):
+    env = dict(os.environ, TRITON_INTERPRET="1")  # the traffic meter needs the interpreter from the start
+    return subprocess.run([sys.executable, "-m", "fusedloss", *argv], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_traffic_honours_dtype(tmp_path):
+    out = tmp_path / "traffic.json"
+    run = _cli("bench", "--traffic", "--loss", "mse_loss", "--dtype", "float32", "--shape", "101", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["dtype"], r["minimal_bytes"]) for r in rows] == [("float32", 3 * 101 * 4)]  # input, target, grad
+    assert "| mse_loss | fusedloss | float32 | 101 |" in run.stdout
+
+
+def test_a_selection_that_runs_nothing_is_an_error(tmp_path, fast_fallback, capsys):
+    assert cli.main(["bench", "--cpu-fallback", "--loss", "nll_loss", "--dtype", "float32", "--out",
+                 str(tmp_path / "r.json")]) == 2
+    assert "nothing was measured" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+    run = _cli("bench", "--traffic", "--loss", "nll_loss", "--dtype", "float32")
+    assert run.returncode == 2 and "nll_loss: skipped: benchmarked in bfloat16 only" in run.stderr
+
+
+# ------------------------------------------------------------------ 4. why there is no plot
+
+
+def test_no_plot_says_nothing_to_plot_when_matplotlib_is_there(tmp_path, monkeypatch, fast_fallback, capsys):
+    import matplotlib  # noqa: F401  (installed: the bench extra)
+
+    real_run = harness.run
+
+    def failing_run(**kwargs):
+        doc = real_run(**kwargs)
+        for r in doc["results"]:
+            r.update(status="error: RuntimeError: no", median_ms=None, best_ms=None, rounds_ms=None)
+        return doc
+
+    monkeypatch.setattr(harness, "run", failing_run)
+    assert cli.main(["bench", "--cpu-fallback", "--loss", "mse_loss", "--dtype", "float32", "--out",
+                 str(tmp_path / "r.json"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "no plot: nothing to plot" in text and "matplotlib is not installed" not in text
+    assert report.why_no_plot(demo.plot_panels([], [], [])) == "nothing to plot"
+
+
+# ------------------------------------------------------------------ 5. compare
+
+
+def _speed_doc():
+    return {"device": "GPU A", "torch": "2.13", "triton": "3.8", "results": [
+        {"loss": "mse_loss", "dtype": "float32", "shape": [8], "mode": "forward+backward", "impl": "fusedloss",
+         "median_ms": 1.0, "status": "ok"}]}
+
+
+def _traffic_rows(ratio):
+    return [{"loss": "mse_loss", "impl": "fusedloss", "shape": [101], "dtype": "bfloat16", "minimal_bytes": 606,
+             "fusedloss_ratio": ratio, "fusedloss_scaled_grad_ratio": 1.67, "torch_ratio": 2.5}]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read {old}: No such file or directory"),
+    ("not json", "{old} is not a JSON results file"),
+    (json.dumps({"a": 1}), "{old} is not a fusedloss results file"),
+    (json.dumps(_traffic_rows(1.0)), "{old} is a --traffic result and {new} is a speed-results document"),
+    (json.dumps({"mse_loss": {"fusedloss (triton, launches stubbed)": 2.0, "torch": 1.0,
+                              "fusedloss (eager fallback)": 1.0}}), "{old} is a --host result"),
+])
+def test_compare_says_why_a_file_cannot_be_compared(tmp_path, capsys, content, message):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    if content is not None:
+        old.write_text(content)
+    new.write_text(json.dumps(_speed_doc()))
+    status, err = _exit_status(["bench", "compare", str(old), str(new)], capsys)
+    assert status == 2 and message.format(old=old, new=new) in err and "Traceback" not in err
+
+
+def test_compare_two_traffic_results(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_traffic_rows(1.5)))
+    new.write_text(json.dumps(_traffic_rows(1.0)))
+    assert cli.main(["bench", "compare", str(old), str(new)]) == 0
+    assert "| mse_loss | fusedloss | bfloat16 | 101 | 1.50x | 1.00x | 1.67x | 1.67x | 2.50x | 2.50x |" in \
+        capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 6. the package's own commit
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True).stdout.strip()
+
+
+def _unrelated_repository(path):
+    path.mkdir()
+    _git("init", "-q", cwd=path)
+    (path / "file").write_text("x")
+    _git("add", "file", cwd=path)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "unrelated", cwd=path)
+    commit = _git("rev-parse", "--short", "HEAD", cwd=path)
+    assert commit
+    return commit
+
+
+def test_results_record_the_packages_commit_not_the_current_directorys(tmp_path, monkeypatch):
+    monkeypatch.delenv("FUSEDLOSS_GIT_COMMIT", raising=False)
+    ours = _git("rev-parse", "--short", "HEAD", cwd=os.path.dirname(fusedloss.__file__)) or None
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    assert harness._git_commit() == ours
+    other = _unrelated_repository(tmp_path / "other")
+    monkeypatch.chdir(tmp_path / "other")
+    assert harness._git_commit() == ours != other
+
+
+def test_an_installed_package_inside_an_unrelated_repository_has_no_commit(tmp_path, monkeypatch):
+    monkeypatch.delenv("FUSEDLOSS_GIT_COMMIT", raising=False)
+    _unrelated_repository(tmp_path / "project")
+    installed = tmp_path / "project" / "venv" / "site-packages" / "fusedloss"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    monkeypatch.setattr(fusedloss, "__file__", str(installed / "__init__.py"))
+    assert harness._git_commit() is None and harness.source_tree() is None
+
+
+# ------------------------------------------------------------------ 7. the demo's files, wherever it runs
+
+
+@pytest.fixture
+def quick_demo(monkeypatch, no_gpu, fusedloss_env):
+    """The CPU demo with its measurements replaced by fixed figures (the sections are tested elsewhere)."""
+    from fusedloss.bench import interpreter, traffic
+
+    fusedloss_env("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))  # restored after the test
+    monkeypatch.setattr(interpreter, "round_bfloat16_like_the_gpu", lambda: None)
+    monkeypatch.setattr(traffic, "run_traffic", lambda losses: [])
+    monkeypatch.setattr(demo, "_parity", lambda losses: [])
+    monkeypatch.setattr(demo, "_fallback_overhead", lambda: {
+        "fusedloss": 1.0, "torch": 1.0, "summary": host.overhead([1.0, 1.1], [1.05, 1.0])})
+
+
+def test_demo_finds_the_committed_results_from_the_package_not_the_cwd(tmp_path, monkeypatch, quick_demo, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--loss", "cross_entropy", "--out", str(tmp_path / "d")]) == 0
+    text = capsys.readouterr().out
+    assert f"From `{os.path.join(REPO, 'bench', 'results', 'nvidia-h100-80gb-hbm3-cross-entropy.json')}`" in text
+    assert "NVIDIA H100 80GB HBM3" in text and f"wrote {tmp_path / 'd'}.md" in text
+    assert (tmp_path / "d.md").exists()
+
+
+def test_demo_outside_a_source_tree_writes_to_the_cwd_and_says_so(tmp_path, monkeypatch, quick_demo, capsys):
+    monkeypatch.setattr(harness, "source_tree", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--loss", "mse_loss"]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {os.path.join(os.curdir, 'cpu-demo.md')}" in text
+    assert "not imported from its source tree" in text and "writing to the current directory" in text
+    assert (tmp_path / "cpu-demo.md").exists()
+
+
+def test_default_results_folder_is_the_source_trees(tmp_path, monkeypatch, fast_fallback, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli._results_folder() == (os.path.join(REPO, "bench", "results"), True)
+    saved = []
+    monkeypatch.setattr(report, "save", lambda doc, path: saved.append(path) or [path])
+    assert cli.main(["bench", "--cpu-fallback", "--loss", "mse_loss", "--dtype", "float32", "--no-progress"]) == 0
+    assert os.path.dirname(saved[0]) == os.path.join(REPO, "bench", "results")
+    assert f"wrote {saved[0]}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 8. info
+
+
+def test_info_table_is_aligned():
+    rows = [("cross_entropy", "triton", "CUDA tensors and every option supported"),
+            ("binary_cross_entropy_with_logits[pos_weight]", "torch", "not supported by the kernels: x"),
+            ("mse_loss", "cannot run", "tensors are on the CPU")]
+    lines = cli.info_table(rows)
+    starts = {line.index(reason) for line, (_, _, reason) in zip(lines[1:], rows)}
+    backends = {line.index(backend, len(label)) for line, (label, backend, _) in zip(lines[1:], rows)}
+    assert len(starts) == 1 and len(backends) == 1
+    assert lines[0].index("reason") in starts
+
+
+def test_info_with_triton_forced_and_no_interpreter_says_the_reason_once(fusedloss_env, no_gpu, capsys):
+    fusedloss_env("FUSEDLOSS_BACKEND", "triton")
+    fusedloss_env("TRITON_INTERPRET", "0")
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("TRITON_INTERPRET=1 is not set") == 1 and "was requested for" not in text
+    labels = {bench.label for bench in registry.REGISTRY}
+    assert f"no loss can run on the forced triton backend here ({len(labels)} losses), for one reason:" in text
+    assert all(bench.label in text for bench in registry.REGISTRY)
