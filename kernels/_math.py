@@ -78,3 +78,31 @@ def join_float(hi, lo, ACC: tl.constexpr):
     """A host float passed as two fp32 halves (``_config.split_float``: Triton passes Python floats as
     fp32), rejoined in ACC: exact to about 48 bits, so float64 kernels keep their parameters."""
     return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def sqrt_rn(x):
+    """sqrt(x) correctly rounded, as torch's: float32's ``tl.sqrt`` is approximate on the GPU
+    (``sqrt.approx``), float64's is correctly rounded already (``sqrt_rn`` takes float32 only)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def div_rn(x, y):
+    """x / y correctly rounded, as torch's: float32's ``/`` is ``div.full.f32`` on the GPU (up to 2 ulp),
+    float64's is correctly rounded already. x and y of one dtype (broadcast shapes)."""
+    if x.dtype == tl.float32:
+        return tl.div_rn(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
+def offset64(n, k):
+    """n * k as a 64-bit element offset. Integer arguments below 2**31 arrive in a kernel as int32, and so
+    does a product of them: 3 * n wraps from n = 715,827,883. ``n``: a runtime argument (listed in
+    ``do_not_specialize``: a value-specialised 1 is a constexpr, without ``.to``)."""
+    return n.to(tl.int64) * k

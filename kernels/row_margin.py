@@ -27,8 +27,15 @@ else 1; every gradient below is written times s; step numbers as in the kernels)
     (2) loss = [y == 1] (1 - cos) + [y == -1] max(0, cos - margin);  G = dloss/dcos (clamp: >= 0 passes)
     (3) d/da = G (b / sqrt(m1 m2) - cos a / m1);  d/db = G (a / sqrt(m1 m2) - cos b / m2)
   cosine_similarity (dim, eps; torch's normalise-first form with its no-grad clamp):
-    (1) s = <a, b>, n1 = |a|, n2 = |b|;  c_i = max(n_i, eps);  out = s / (c1 c2)
-    (3) d/da = b / (c1 c2) - out / (c1 n1) a  (0 / 0 = 0 where n1 = 0);  d/db likewise
+    (1) s = <a, b>, n1 = |a|, n2 = |b|;  c_i = max(n_i, eps);  u = a / c1, v = b / c2;  out = <u, v>
+        (a row in one tile; longer rows s / c1 / c2)
+    (3) d/da = (v - out u q1) / c1 with q1 = c1 / n1 (0 where n1 = 0);  d/db likewise. Where a and b are
+        parallel (D = 1 always) v = out u exactly, so the gradient is exactly 0, as torch's
+  The cosine losses of float32 inputs compute in float64 (every other loss: float32 for 16- and 32-bit
+  inputs): their gradient subtracts two nearly equal terms (b / |a||b| - cos a / |a|^2), which float32
+  leaves with an error of a few ulp of the terms, up to 4x torch's; float64 holds it below torch's. Norms
+  and the divisions by them are correctly rounded (``sqrt_rn``, ``div_rn``: the GPU's default float32
+  sqrt and division are approximate), so exact cases stay exact.
   pairwise_distance (p > 0, eps):  out = |a - b + eps|_p;  d/da = grad_p(a - b + eps) = -d/db
   triplet (anchor a, positive b, negative c, margin, p, eps, swap):
     (1) d_ap = |a - b + eps|_p, d_an = |a - c + eps|_p, with swap d_pn = |b - c + eps|_p and
@@ -57,19 +64,20 @@ targets, the loss, the partial sums):
             statistics and the gradient; longer embedding rows are swept twice, the second time from L2)
             and, when gradients are needed, writes each gradient row once. multilabel_margin reads its
             int64 target row (8 D bytes) once in full (torch rejects an out-of-range entry anywhere in it)
-            and its prefix again from L1/L2; with more than BLOCK_T targets a row also re-reads its
-            gradient row once per further block of targets.
+            and its prefix again from L1/L2; with more than BLOCK_T targets a row also re-reads its scores
+            (from L1/L2) once per further block of targets; its gradient row is written once.
   backward  grad_output 1 (scalar, or a row's entry): nothing but grad_output's element; otherwise reads
             and writes each gradient row once more.
   forward+backward over the minimal (read each input once, write each gradient once): 1.0x at
   grad_output 1; (I + 3G) / (I + G) for another grad_output (I input bytes, G gradient bytes).
 """
+import torch
 import triton
 import triton.language as tl
 
 from ._config import plan_cache, row_margin_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import join_float, logistic, pow_runtime
+from ._math import div_rn, join_float, logistic, pow_runtime, sqrt_rn
 from ._reduce import finish_grid_sum
 from .pointwise import _bce_with_logits
 from .softmax_rows import softmax_rows_rescale
@@ -108,7 +116,7 @@ def _norm_of(total, p, P_KIND: tl.constexpr):
     if P_KIND == "l1":
         return total
     elif P_KIND == "l2":
-        return tl.sqrt(total)
+        return sqrt_rn(total)  # correctly rounded, as torch's norm (a row's, once: free)
     else:
         return pow_runtime(total, 1.0 / p)
 
@@ -190,7 +198,7 @@ def _is_target(t_ptr, t_row, st_d, cols, n_targets, BLOCK_T: tl.constexpr):
     """[BLOCK_D] whether each class in ``cols`` is one of the row's first ``n_targets`` targets."""
     hit = cols < 0
     for j0 in range(0, n_targets, BLOCK_T):
-        j = j0 + tl.arange(0, BLOCK_T)
+        j = (j0 + tl.arange(0, BLOCK_T)).to(tl.int64)
         jm = j < n_targets
         t = tl.load(t_ptr + t_row + j * st_d, mask=jm, other=-1)
         hit = hit | (tl.max((t[:, None] == cols[None, :]).to(tl.int32), axis=0) > 0)
@@ -202,7 +210,7 @@ def _multiplicity(t_ptr, t_row, st_d, tj, n_targets, BLOCK_T: tl.constexpr, ACC:
     """[BLOCK_T] how often each target in ``tj`` occurs among the row's first ``n_targets``."""
     mult = tl.zeros([BLOCK_T], ACC)
     for j0 in range(0, n_targets, BLOCK_T):
-        j = j0 + tl.arange(0, BLOCK_T)
+        j = (j0 + tl.arange(0, BLOCK_T)).to(tl.int64)
         jm = j < n_targets
         t = tl.load(t_ptr + t_row + j * st_d, mask=jm, other=-1)
         mult += tl.sum(((tj[:, None] == t[None, :]) & jm[None, :]).to(ACC), axis=1)
@@ -210,9 +218,35 @@ def _multiplicity(t_ptr, t_row, st_d, tj, n_targets, BLOCK_T: tl.constexpr, ACC:
 
 
 @triton.jit
+def _class_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, n_targets, c0, BLOCK_D: tl.constexpr,
+                 BLOCK_T: tl.constexpr, ACC: tl.constexpr):
+    """Classes c0 .. c0 + BLOCK_D of the row: (their offsets, which are classes that are not among the
+    row's ``n_targets`` targets, their scores)."""
+    cols = (c0 + tl.arange(0, BLOCK_D)).to(tl.int64)
+    others = (cols < n_cols) & ~_is_target(t_ptr, t_row, st_d, cols, n_targets, BLOCK_T)
+    x = tl.load(a_ptr + a_row + cols * sa_d, mask=cols < n_cols, other=0.0).to(ACC)
+    return cols, others, x
+
+
+@triton.jit
+def _target_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, n_targets, j0, BLOCK_T: tl.constexpr,
+                  ACC: tl.constexpr):
+    """Targets j0 .. j0 + BLOCK_T of the row's list: (their classes, clamped into [0, C) for the gathers;
+    which are in the list; their scores)."""
+    j = (j0 + tl.arange(0, BLOCK_T)).to(tl.int64)
+    jm = j < n_targets
+    tj = tl.load(t_ptr + t_row + j * st_d, mask=jm, other=0)
+    tj = tl.where((tj >= 0) & (tj < n_cols), tj, 0)
+    x_t = tl.load(a_ptr + a_row + tj * sa_d, mask=jm, other=0.0).to(ACC)
+    return tj, jm, x_t
+
+
+@triton.jit
 def _multilabel_margin(a_ptr, t_ptr, ga_ptr, a_row, t_row, g_row, sa_d, st_d, g_col, n_cols, scale,
                        GRAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
-    """multilabel_margin_loss of one row (scalar offsets); returns its loss."""
+    """multilabel_margin_loss of one row (scalar offsets); returns its loss. Every gradient element is a
+    count of active hinge terms times 1/C, counted in float32 registers and stored once (never a 16-bit
+    buffer read back and added to)."""
     # (1) the whole target row: k = the position of its first negative entry, bad = an entry outside [-1, C)
     k = tl.zeros((), tl.int64) + n_cols
     bad = tl.zeros((), tl.int32)
@@ -224,36 +258,43 @@ def _multilabel_margin(a_ptr, t_ptr, ga_ptr, a_row, t_row, g_row, sa_d, st_d, g_
         bad = tl.maximum(bad, tl.max(tl.where(m & ((t < -1) | (t >= n_cols)), 1, 0), axis=0))
     ok = bad == 0
     g_scale = _nan_unless(ok, scale / n_cols)
-    # (2) blocks of BLOCK_T targets (one block unless k > BLOCK_T): the hinge of each target against every
-    #     non-target class; a non-target class's gradient counts its active targets, a target's counts
-    #     its active classes (times its multiplicity). With k = 0 one pass writes the zero gradient.
+    # (2) class blocks, each against every block of targets: the loss, and a non-target class's gradient
+    #     (its active targets, counted over the whole list) stored once per class block; the first
+    #     BLOCK_T targets' counts (their active classes) add up over the class blocks in registers.
+    #     With k = 0 this writes the zero gradient.
     total = tl.zeros((), ACC)
-    for j0 in range(0, tl.maximum(k, 1), BLOCK_T):
-        j = j0 + tl.arange(0, BLOCK_T)
-        jm = j < k
-        tj = tl.load(t_ptr + t_row + j * st_d, mask=jm, other=0)
-        tj = tl.where((tj >= 0) & (tj < n_cols), tj, 0)
-        x_t = tl.load(a_ptr + a_row + tj * sa_d, mask=jm, other=0.0).to(ACC)
-        count = tl.zeros([BLOCK_T], ACC)
-        for c0 in range(0, n_cols, BLOCK_D):
-            cols = (c0 + tl.arange(0, BLOCK_D)).to(tl.int64)
-            others = (cols < n_cols) & ~_is_target(t_ptr, t_row, st_d, cols, k, BLOCK_T)
-            x = tl.load(a_ptr + a_row + cols * sa_d, mask=cols < n_cols, other=0.0).to(ACC)
-            z = 1.0 - x_t[:, None] + x[None, :]
+    tj_first, jm_first, _ = _target_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, k, 0, BLOCK_T, ACC)
+    count_first = tl.zeros([BLOCK_T], ACC)
+    for c0 in range(0, n_cols, BLOCK_D):
+        cols, others, x = _class_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, k, c0, BLOCK_D, BLOCK_T, ACC)
+        class_count = tl.zeros([BLOCK_D], ACC)
+        for j0 in range(0, k, BLOCK_T):
+            tj, jm, x_t = _target_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, k, j0, BLOCK_T, ACC)
+            z = 1.0 - x_t[:, None] + x[None, :]  # the hinge terms of [targets x classes]
             active = (z > 0) & jm[:, None] & others[None, :]
             total += tl.sum(tl.sum(tl.where(active, z, 0.0), axis=1), axis=0)
-            if GRAD:
-                hits = active.to(ACC)
-                count += tl.sum(hits, axis=1)
-                g = tl.sum(hits, axis=0) * g_scale
-                ptrs = ga_ptr + g_row + cols * g_col
-                if j0 > 0:  # a further block of targets: add to what the first wrote
-                    g += tl.load(ptrs, mask=others, other=0.0).to(ACC)
-                tl.store(ptrs, g.to(ga_ptr.dtype.element_ty), mask=others)
+            hits = active.to(ACC)
+            class_count += tl.sum(hits, axis=0)
+            if j0 == 0:
+                count_first += tl.sum(hits, axis=1)
         if GRAD:
+            tl.store(ga_ptr + g_row + cols * g_col, (class_count * g_scale).to(ga_ptr.dtype.element_ty), mask=others)
+    # (3) a target's gradient: -(its multiplicity) x (its active classes) / C; the first block's counts are
+    #     complete, each further block of targets (k > BLOCK_T) counts its own over the classes again.
+    if GRAD:
+        mult = _multiplicity(t_ptr, t_row, st_d, tj_first, k, BLOCK_T, ACC)
+        tl.store(ga_ptr + g_row + tj_first * g_col, (-(mult * count_first) * g_scale).to(ga_ptr.dtype.element_ty),
+                 mask=jm_first)
+        for j0 in range(BLOCK_T, k, BLOCK_T):
+            tj, jm, x_t = _target_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, k, j0, BLOCK_T, ACC)
+            count = tl.zeros([BLOCK_T], ACC)
+            for c0 in range(0, n_cols, BLOCK_D):
+                cols, others, x = _class_block(a_ptr, t_ptr, a_row, t_row, sa_d, st_d, n_cols, k, c0, BLOCK_D,
+                                               BLOCK_T, ACC)
+                active = ((1.0 - x_t[:, None] + x[None, :]) > 0) & jm[:, None] & others[None, :]
+                count += tl.sum(active.to(ACC), axis=1)
             mult = _multiplicity(t_ptr, t_row, st_d, tj, k, BLOCK_T, ACC)
             tl.store(ga_ptr + g_row + tj * g_col, (-(mult * count) * g_scale).to(ga_ptr.dtype.element_ty), mask=jm)
-            tl.debug_barrier()  # this block's stores precede the next block's reads
     return _nan_unless(ok, total / n_cols)
 
 
@@ -335,7 +376,7 @@ def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND
     if LOSS == "cosine_embedding":
         m1 = s1 + eps
         m2 = s2 + eps
-        denom = tl.sqrt(m1 * m2)
+        denom = sqrt_rn(m1 * m2)
         cos = s0 / denom
         pos = y == 1.0
         neg = y == -1.0
@@ -344,14 +385,16 @@ def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND
         g = (tl.where(pos, -1.0, 0.0) + tl.where(neg & (hinge >= 0), 1.0, 0.0)) * scale
         return loss, g / denom, g * cos / m1, g * cos / m2, s0, s0, s0
     elif LOSS == "cosine_similarity":
-        n1 = tl.sqrt(s1)
-        n2 = tl.sqrt(s2)
-        c1 = tl.where(n1 < eps, eps, n1)  # torch clamps the norms without a gradient
+        # torch's normalise-first form: u = a / c1, v = b / c2 (c_i = max(|x_i|, eps), a clamp without a
+        # gradient), out = <u, v>; here out from the sums (a row in one tile recomputes it as <u, v>)
+        n1 = sqrt_rn(s1)
+        n2 = sqrt_rn(s2)
+        c1 = tl.where(n1 < eps, eps, n1)
         c2 = tl.where(n2 < eps, eps, n2)
-        out = s0 / c1 / c2
-        k1 = tl.where(n1 == 0, 0.0, out / (c1 * n1)) * scale
-        k2 = tl.where(n2 == 0, 0.0, out / (c2 * n2)) * scale
-        return out, scale / (c1 * c2), k1, k2, s0, s0, s0
+        out = div_rn(div_rn(s0, c1), c2)
+        q1 = tl.where(n1 == 0, 0.0, div_rn(c1, n1))  # c1 / n1: 1 unless clamped
+        q2 = tl.where(n2 == 0, 0.0, div_rn(c2, n2))
+        return out, c1, c2, q1, q2, s0, s0
     elif LOSS == "pairwise_distance":
         r = _norm_of(s0, p, P_KIND)
         zero = s0 * 0.0
@@ -379,11 +422,19 @@ def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND
 
 
 @triton.jit
-def _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS: tl.constexpr, P_KIND: tl.constexpr,
+def _row_gradients(a, b, c, out, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr,
                    SWAP: tl.constexpr):
-    """(3) d/da, d/db, d/dc of a tile from the row coefficients of _row_finish."""
-    if LOSS == "cosine_embedding" or LOSS == "cosine_similarity":
+    """(3) d/da, d/db, d/dc of a tile from the row coefficients of _row_finish (``out``: the rows' loss)."""
+    if LOSS == "cosine_embedding":
         return k0[:, None] * b - k1[:, None] * a, k0[:, None] * a - k2[:, None] * b, a
+    elif LOSS == "cosine_similarity":
+        # d out / da = (v - out (a / n1)) / c1 with v = b / c2 and a / n1 = u q1 (0 where n1 = 0): where
+        # the vectors are parallel, v = out u exactly (e.g. D = 1: u, v = +-1) and the gradient is 0
+        u = div_rn(a, k0[:, None])
+        v = div_rn(b, k1[:, None])
+        da = div_rn(v - out[:, None] * (u * k2[:, None]), k0[:, None]) * scale
+        db = div_rn(u - out[:, None] * (v * k3[:, None]), k1[:, None]) * scale
+        return da, db, a
     elif LOSS == "pairwise_distance":
         g_ab = k0[:, None] * _norm_grad(a - b + eps, k3[:, None], p, P_KIND)
         return g_ab, -g_ab, a
@@ -440,16 +491,18 @@ def _embedding(a_ptr, b_ptr, c_ptr, t_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row,
             s2 += t2
     # (2) the loss and the gradients' row coefficients
     loss, k0, k1, k2, k3, k4, k5 = _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS, P_KIND, SWAP)
+    if LOSS == "cosine_similarity" and ONE_BLOCK:  # torch's <a / c1, b / c2>: exact where the vectors are parallel
+        loss = tl.sum(tl.where(mask, div_rn(a, k0[:, None]) * div_rn(b, k1[:, None]), 0.0), axis=1)
     # (3) gradients
     if GRAD:
         if ONE_BLOCK:
-            da, db, dc = _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS, P_KIND, SWAP)
+            da, db, dc = _row_gradients(a, b, c, loss, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS, P_KIND, SWAP)
             _store_gradients(ga_ptr, gb_ptr, gc_ptr, g_row, cols, mask, g_col, da, db, dc, GRAD_A, GRAD_B, GRAD_C)
         else:
             for c0 in range(0, n_cols, BLOCK_D):
                 a, b, c, cols, mask = _load_tile(a_ptr, b_ptr, c_ptr, a_row, b_row, c_row, row_mask, sa_d, sb_d,
                                                  sc_d, c0, n_cols, HAS_C, BLOCK_D, ACC)
-                da, db, dc = _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS, P_KIND, SWAP)
+                da, db, dc = _row_gradients(a, b, c, loss, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS, P_KIND, SWAP)
                 _store_gradients(ga_ptr, gb_ptr, gc_ptr, g_row, cols, mask, g_col, da, db, dc, GRAD_A, GRAD_B,
                                  GRAD_C)
     return loss
@@ -573,6 +626,16 @@ def _row_margin_fwd_kernel(
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
+_FLOAT64_FOR_FLOAT32 = ("cosine_embedding", "cosine_similarity")  # see the module docstring (cosine losses)
+
+
+def _accumulation(loss, dtype):
+    """(Triton, torch) dtype the kernel computes ``loss`` in for inputs of ``dtype``."""
+    if dtype == torch.float32 and loss in _FLOAT64_FOR_FLOAT32:
+        return tl.float64, torch.float64
+    return accumulation_dtypes(dtype)
+
+
 @plan_cache
 def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, reduce, grads):
     """(grid, num_warps, constexprs) of the forward kernel for one signature."""
@@ -580,7 +643,7 @@ def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, redu
     constexprs = dict(
         LOSS=loss, P=p_int, P_KIND=p_kind, HAS_WEIGHT=has_weight, SWAP=swap, REDUCE=reduce, GRAD_A=grads[0],
         GRAD_B=grads[1], GRAD_C=grads[2], ONE_BLOCK=one_block, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_T=block_t,
-        RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
+        RBLOCK=_RBLOCK, ACC=_accumulation(loss, dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
@@ -612,7 +675,10 @@ def row_margin_fwd(loss, operands, strides, target, target_strides, weight, rows
         loss, n_rows, n_cols, a.dtype, int(p) if p in (1, 2) else 0, p_kind,
         weight is not None or (loss == "multilabel_soft_margin" and operands[2] is not None), swap, reduce,
         (grads[0] is not None, grads[1] is not None, grads[2] is not None))
-    partials = new_tensor(a, grid[0], accumulation_dtypes(a.dtype)[1]) if reduce else out
+    acc = _accumulation(loss, a.dtype)[1]
+    if acc != accumulation_dtypes(a.dtype)[1]:  # float32 inputs computed in float64: torch's float32 scalars
+        margin, eps = split_float(margin)[0], split_float(eps)[0]
+    partials = new_tensor(a, grid[0], acc) if reduce else out
     ga, gb, gc = grads
     launch(_row_margin_fwd_kernel, grid, (
         *(t if t is not None else a for t in operands), target if target is not None else a,
