@@ -6,10 +6,16 @@ the kernels can be timed on any machine. Triton's own front end (``JITFunction.r
 specialisation, the cache lookup) runs as is: bypassing it needs a measurement on a GPU with the Triton
 versions in use (see bench/NOTES.md).
 
-``reduction_counter`` hands out the int32 ticket counter of the grid-wide reductions (kernels/_reduce.py):
-one per (device, stream) on CUDA and one per thread under the interpreter (on the CPU), zero between launches (the
-last program of every launch resets it), so no memset precedes a launch and a captured CUDA graph can
-replay the kernel as it is.
+``reduction_counter`` hands out the int32 ticket counter of the grid-wide reductions (kernels/_reduce.py),
+zero when a launch starts (the last program of every launch resets it):
+  - eager CUDA launches: one counter per (device, stream), shared by the launches on that stream. Safe
+    because launches on one stream run one after another: each finds the counter at 0 and leaves it at
+    0, and no launch on another stream ever uses it. No memset precedes a launch.
+  - launches captured into a CUDA graph: a counter of the launch's own, allocated (and zeroed, a memset
+    node of the graph) inside the capture, so in the graph's private pool. Graphs replayed at the same
+    time on different streams share nothing (every capture runs on one capture stream: a counter per
+    stream would have been shared by every graph), and nothing shared is allocated inside a capture.
+  - the interpreter (CPU tensors): one per thread (it runs a launch's programs one after another).
 """
 import contextlib
 import threading
@@ -84,6 +90,8 @@ def reduction_counter(tensor):
         if _thread.cpu is None:
             _thread.cpu = torch.zeros(1, dtype=torch.int32)
         return _thread.cpu
+    if torch._C._cuda_isCurrentStreamCapturing():  # its own counter, in the graph being captured
+        return torch.zeros(1, dtype=torch.int32, device=tensor.device)
     index = tensor.get_device()
     key = (index, torch._C._cuda_getCurrentRawStream(index))
     counter = _counters.get(key)

@@ -64,7 +64,7 @@ import triton.language as tl
 
 from ._config import plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import join_float, tanh
+from ._math import join_float, offset64, tanh
 from ._reduce import is_last_program, release_counter, sum_partials
 
 
@@ -184,7 +184,7 @@ def _row_offsets(pid, n_rows, n_spatial, stride_n, stride_s, BLOCK_R: tl.constex
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "z_loss_hi", "z_loss_lo",
-                            "softcap_hi", "softcap_lo", "class_offset", "n_total", "stats_stride"])
+                            "softcap_hi", "softcap_lo", "class_offset", "n_total", "n_saved", "stats_stride"])
 def _softmax_rows_fwd_kernel(
     # pointers
     logits_ptr,  # (N, C, S) logits, or log-probabilities when INPUT_IS_LOGPROB
@@ -239,8 +239,8 @@ def _softmax_rows_fwd_kernel(
     if STATS == "read":
         m = tl.load(stats_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         d = tl.load(stats_ptr + stats_stride + rows, mask=row_mask, other=1.0).to(ACC)
-        sum_a = tl.load(stats_ptr + 3 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
-        sum_ad = tl.load(stats_ptr + 4 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
+        sum_a = tl.load(stats_ptr + offset64(stats_stride, 3) + rows, mask=row_mask, other=0.0).to(ACC)
+        sum_ad = tl.load(stats_ptr + offset64(stats_stride, 4) + rows, mask=row_mask, other=0.0).to(ACC)
     elif not INPUT_IS_LOGPROB:
         for c0 in range(0, n_classes, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
@@ -299,7 +299,7 @@ def _softmax_rows_fwd_kernel(
         y_local = y - class_offset
         gather = row_mask & counted & in_range & (y_local >= 0) & (y_local < n_classes)  # the target is here
         if STATS == "read":
-            x_y = tl.load(stats_ptr + 2 * stats_stride + rows, mask=row_mask, other=0.0).to(ACC)
+            x_y = tl.load(stats_ptr + offset64(stats_stride, 2) + rows, mask=row_mask, other=0.0).to(ACC)
         else:
             x_y = tl.load(logits_ptr + x_row + y_local * stride_xc, mask=gather, other=0.0).to(ACC)
             x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
@@ -330,14 +330,14 @@ def _softmax_rows_fwd_kernel(
     if STATS == "write":  # this shard's statistics (x_y: 0 unless the target is one of its classes)
         tl.store(stats_ptr + rows, m, mask=row_mask)
         tl.store(stats_ptr + stats_stride + rows, d, mask=row_mask)
-        tl.store(stats_ptr + 2 * stats_stride + rows, x_y, mask=row_mask)
-        tl.store(stats_ptr + 3 * stats_stride + rows, sum_a, mask=row_mask)
-        tl.store(stats_ptr + 4 * stats_stride + rows, sum_ad, mask=row_mask)
+        tl.store(stats_ptr + offset64(stats_stride, 2) + rows, x_y, mask=row_mask)
+        tl.store(stats_ptr + offset64(stats_stride, 3) + rows, sum_a, mask=row_mask)
+        tl.store(stats_ptr + offset64(stats_stride, 4) + rows, sum_ad, mask=row_mask)
     else:
         if SAVE_FOR_BACKWARD and not INPUT_IS_LOGPROB:
             tl.store(work_ptr + rows, lse, mask=row_mask)
             tl.store(work_ptr + n_saved + rows, p_coef, mask=row_mask)
-            tl.store(work_ptr + 2 * n_saved + rows, lse_lo, mask=row_mask)
+            tl.store(work_ptr + offset64(n_saved, 2) + rows, lse_lo, mask=row_mask)
 
         # (3) gradient for grad_output = 1 (or the rows' own, SCALE_GRAD), while the row is still in L2
         if WRITE_GRAD:
@@ -356,7 +356,7 @@ def _softmax_rows_fwd_kernel(
             tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
         else:
             n_programs = tl.num_programs(0)
-            denom_ptr = work_ptr + 3 * n_saved
+            denom_ptr = work_ptr + offset64(n_saved, 3)
             partials_ptr = denom_ptr + 1
             tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
             if REDUCTION == "mean" and not DENOM_GIVEN:
@@ -375,7 +375,7 @@ def _softmax_rows_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo",
-                            "class_offset", "n_total"])
+                            "class_offset", "n_total", "n_saved"])
 def _softmax_rows_bwd_kernel(
     # pointers
     logits_ptr,  # (N, C, S) logits (log-probabilities when INPUT_IS_LOGPROB: not read)
@@ -414,7 +414,7 @@ def _softmax_rows_bwd_kernel(
     # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if MEAN:
-        g = g / tl.load(work_ptr + 3 * n_saved).to(ACC)
+        g = g / tl.load(work_ptr + offset64(n_saved, 3)).to(ACC)
     if INPUT_IS_LOGPROB:
         lse = tl.zeros([BLOCK_R], ACC)  # unused: the NLL gradient needs no softmax
         p_coef = lse
@@ -422,7 +422,7 @@ def _softmax_rows_bwd_kernel(
     else:
         lse = tl.load(work_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         p_coef = tl.load(work_ptr + n_saved + rows, mask=row_mask, other=0.0).to(ACC)
-        lse_lo = tl.load(work_ptr + 2 * n_saved + rows, mask=row_mask, other=0.0).to(ACC)
+        lse_lo = tl.load(work_ptr + offset64(n_saved, 2) + rows, mask=row_mask, other=0.0).to(ACC)
     if PROB_TARGET:
         y = rows  # unused for probability targets
         y_coef = p_coef
@@ -474,12 +474,24 @@ def _softmax_rows_rescale_kernel(
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
+def saved_rows(n_rows, save_for_backward, input_is_logprob, stats_mode=""):
+    """n_saved of WORKSPACE: the rows whose lse, coefficient and lse_lo the forward saves."""
+    return n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
+
+
+def state_size(n_saved):
+    """The elements of WORKSPACE that the backward reads ([lse | coef | lse_lo | denom]): the forward's
+    state, as the launcher returns it and as torch.compile's fake implementation sizes it (the partial
+    sums after them depend on the launch grid and stay the launcher's)."""
+    return 3 * n_saved + 1
+
+
 @plan_cache
 def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, prob_target, input_is_logprob,
               has_weight, save_for_backward, grad_strides, denom_given, shard, stats_stride, stats_mode,
               grad_scale_strides):
-    """The forward launch of one signature: (grid, num_warps, constexprs, workspace size, the kernel's
-    scalar arguments). ``reduction``: "none" when the loss is not reduced in the kernel; ``grad_strides`` /
+    """The forward launch of one signature: (grid, num_warps, constexprs, (workspace size, state size),
+    the kernel's scalar arguments). ``reduction``: "none" when the loss is not reduced in the kernel; ``grad_strides`` /
     ``grad_scale_strides``: None without that buffer."""
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
@@ -496,13 +508,13 @@ def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, 
         WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, STATS=stats_mode,
         SCALE_GRAD=grad_scale_strides is not None, ACC=accumulation_dtypes(dtype)[0])
     n_programs = triton.cdiv(n_rows, block_r)
-    n_saved = n_rows if save_for_backward and not input_is_logprob and stats_mode != "write" else 0
-    work_size = 3 * n_saved + 1 + (2 * n_programs if reduction != "none" else 0)
+    n_saved = saved_rows(n_rows, save_for_backward, input_is_logprob, stats_mode)
+    work_size = state_size(n_saved) + (2 * n_programs if reduction != "none" else 0)
     class_offset, n_total = shard or (0, n_classes)
     scalars = (*x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *(grad_scale_strides or (0, 0)),
                n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats_stride,
                ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0))
-    return (n_programs,), num_warps, constexprs, work_size, scalars
+    return (n_programs,), num_warps, constexprs, (work_size, state_size(n_saved)), scalars
 
 
 @plan_cache
@@ -550,7 +562,8 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
     (N, S) view of class-index targets (target strides (n, 0, s)) or (N, C, S) view of probabilities,
     strides in elements. Returns (out, work): out is the loss per row, shaped ``out_shape``, for reduction
     "none", else the reduced loss (0-d), in ``out_dtype`` (written into ``out`` when given: a view of a
-    larger buffer); work is the float workspace (WORKSPACE) the backward reads. With ``grad`` (a buffer
+    larger buffer); work is the part of the float workspace (WORKSPACE) that the backward reads, the
+    ``state_size`` first elements. With ``grad`` (a buffer
     addressed by ``grad_strides``, possibly the logits themselves) the kernel also writes the gradient for
     grad_output = 1, or for the rows' own grad_output with ``grad_scale`` (addressed over (N, S) by
     ``grad_scale_strides``); for 'mean' the denominator must then be given as ``denom``.
@@ -568,7 +581,7 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
         if reduce:
             out.fill_(float("nan") if reduction == "mean" else 0.0)
         return out, logits.new_zeros(1, dtype=accumulation_dtypes(logits.dtype)[1])
-    grid, num_warps, constexprs, work_size, scalars = _fwd_plan(
+    grid, num_warps, constexprs, (work_size, saved), scalars = _fwd_plan(
         rows, logits.dtype, reduction if reduce else "none", ignore_index, smoothing, z_loss, softcap, prob_target,
         input_is_logprob, weight is not None, save_for_backward, None if grad is None else grad_strides,
         denom is not None, shard, 0 if stats is None else stats.stride(0), stats_mode,
@@ -579,7 +592,7 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
         grad if grad is not None else logits, denom if denom is not None else work,
         reduction_counter(logits) if reduce else work, stats if stats is not None else work,
         grad_scale if grad_scale is not None else work, *scalars), constexprs, num_warps, logits.device)
-    return out, work
+    return out, (work if work_size == saved else work[:saved])
 
 
 def softmax_rows_bwd(logits, target, weight, rows, work, grad_output, grad_output_strides, grad, grad_strides,

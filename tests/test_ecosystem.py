@@ -9,6 +9,8 @@
   - CUDA graphs and torch.compile(mode="reduce-overhead") on a GPU
 All on the Triton backend (forced; the interpreter on a machine without a GPU) unless said otherwise.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -174,6 +176,41 @@ def test_compile_fullgraph_triton_path():
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
+def _transposed(calls):
+    """The same calls with every 2-D floating tensor a view of a transposed buffer (strides (1, N))."""
+    from helpers import strided_like
+
+    def relayout(t):
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.dim() != 2:
+            return t
+        view = strided_like(t.detach(), "transposed")
+        return view.requires_grad_(t.requires_grad)
+
+    return {name: ([relayout(a) for a in args], {k: relayout(v) for k, v in kwargs.items()})
+            for name, (args, kwargs) in calls.items()}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_compile_inductor_triton_path(layout):
+    """Every loss on the Triton backend under torch.compile's default backend, inductor, with gradients:
+    inductor checks every custom op's output sizes and strides against its fake implementation (aot_eager
+    does not), so a fake that disagrees with the real op fails here only. Two that did: the cross-entropy
+    forward's workspace (the real one held the reduction's partial sums too) and every backward's
+    gradients for transposed inputs (the fakes kept the input's strides, the kernels write contiguous)."""
+    calls, all_losses = _all_losses(torch.float32)
+    if layout == "transposed":
+        calls = _transposed(calls)
+        assert any(not a.is_contiguous() for args, _ in calls.values() for a in args if torch.is_tensor(a))
+    torch._dynamo.reset()
+    with fusedloss.backend("triton"):
+        eager = _losses_and_grads(all_losses, calls)
+        compiled = _losses_and_grads(torch.compile(all_losses, fullgraph=True), calls)
+    for ours, theirs, name in zip(compiled[0], eager[0], SAMPLES):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6, msg=name)
+    for ours, theirs in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def test_compile_inductor_auto_mode():
     """auto mode on CPU tensors (the eager torch path) compiles with inductor as torch does: fullgraph for
     every loss but gaussian_nll_loss, whose torch function checks var's values on the host (a graph
@@ -221,9 +258,11 @@ class _CountingBackend:
 
     def __init__(self):
         self.graphs = 0
+        self.fused = []  # per graph: whether it calls fusedloss's registered ops (the Triton path)
 
     def __call__(self, gm, example_inputs):
         self.graphs += 1
+        self.fused.append(any("fusedloss" in str(node.target) for node in gm.graph.nodes))
         from torch._dynamo.backends.debugging import aot_eager
         return aot_eager(gm, example_inputs)
 
@@ -253,19 +292,30 @@ def test_compile_dynamic_shapes_one_graph(fn, make):
     assert graphs[1] == graphs[0]
 
 
-def test_compile_decision_follows_the_backend_context():
-    """The dispatcher's decision is traced with guards: changing the backend recompiles, never reuses."""
+@pytest.mark.parametrize("first", ["outside", "torch", "triton"])
+def test_compile_decision_follows_the_backend_context(first):
+    """The dispatcher's decision is traced with guards: a call under another backend recompiles, never
+    reuses a graph traced for another one, whether the first compile ran inside a ``backend()`` block or
+    outside any (where the decision once went unguarded: the triton graph ran torch's path)."""
     x, y = torch.randn(4, 6, device=DEVICE), torch.randint(0, 6, (4,), device=DEVICE)
     torch._dynamo.reset()
+    counter = _CountingBackend()
     compiled = torch.compile(lambda a, b: fusedloss.functional.cross_entropy(a, b, reduction="sum"), fullgraph=True,
-                             backend="aot_eager")
-    with fusedloss.backend("triton"):
-        triton = compiled(x, y)
-    with fusedloss.backend("torch"):
-        eager = compiled(x, y)
-    torch.testing.assert_close(triton, eager)
+                             backend=counter)
+    order = {"outside": [None, "triton", "torch"], "torch": ["torch", "triton", None],
+             "triton": ["triton", "torch", None]}[first]
+    expected = torch.nn.functional.cross_entropy(x, y, reduction="sum")
+    auto = "triton" if DEVICE == "cuda" else "torch"
+    for name in order:
+        graphs = counter.graphs
+        with fusedloss.backend(name) if name else contextlib.nullcontext():
+            torch.testing.assert_close(compiled(x, y), expected)
+        if counter.graphs > graphs:  # a new graph: traced for this backend's path
+            assert counter.fused[-1] == ((name or auto) == "triton"), (name, counter.fused)
+        else:  # a graph reused: only between backends that take the same path
+            assert (name or auto) == auto and order.index(name) > 0, (name, counter.fused)
     with fusedloss.backend("triton"), pytest.raises(Exception, match="TRITON_INTERPRET|different devices"):
-        if DEVICE == "cpu":
+        if DEVICE == "cpu":  # the eager call raises here: so must the compiled one, not return torch's value
             fusedloss.dispatch.ENV.interpret, saved = False, fusedloss.dispatch.ENV.interpret
             try:
                 compiled(x, y)
@@ -382,3 +432,53 @@ def test_compile_reduce_overhead_cuda():
             compiled = _losses_and_grads(compiled_fn, calls)
     for ours, theirs in zip(compiled[0] + list(compiled[1]), eager[0] + list(eager[1])):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replayed_concurrently_share_no_counter():
+    """Two graphs captured one after the other (on torch's one capture stream), each with reductions
+    finished in the kernel, replayed at the same time on two streams many times: each gives its eager
+    result every time (a ticket counter shared between them would let a program of one count as the
+    last of the other, before every partial sum is written), and reductions launched eagerly afterwards
+    on either stream still write their result (a counter left non-zero would make them skip it)."""
+    torch.manual_seed(0)
+    problems = [(torch.randn(4096, 513, device="cuda"), torch.randint(0, 513, (4096,), device="cuda")),
+                (torch.randn(8191, 100, device="cuda"), torch.randn(8191, 100, device="cuda"))]
+
+    def loss(i):
+        x, y = problems[i]
+        with fusedloss.backend("triton"):
+            if i == 0:
+                return fusedloss.functional.cross_entropy(x, y) + fusedloss.functional.cross_entropy(x, y, reduction="sum")
+            return fusedloss.functional.mse_loss(x, y) + fusedloss.functional.l1_loss(x, y, reduction="sum")
+
+    expected = [loss(0), loss(1)]
+    graphs, outputs = [], []
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        loss(0), loss(1)
+    torch.cuda.current_stream().wait_stream(warm)
+    for i in range(2):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs.append(loss(i))
+        graphs.append(graph)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    results = [[], []]
+    for _ in range(50):
+        for i in range(2):
+            streams[i].wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(streams[i]):
+                graphs[i].replay()
+                results[i].append(outputs[i].clone())
+        for i in range(2):
+            torch.cuda.current_stream().wait_stream(streams[i])
+    torch.cuda.synchronize()
+    for i in range(2):
+        for got in results[i]:
+            torch.testing.assert_close(got, expected[i], rtol=0, atol=0)
+        with torch.cuda.stream(streams[i]):
+            after = loss(i)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(after, expected[i], rtol=0, atol=0)

@@ -238,6 +238,34 @@ def reference_vjp(family, options, inputs, needs_grad, grad_output):
 # torch.library registration (the torch.compile path)
 # ----------------------------------------------------------------------------------------------------
 
+def _gradient_layout(input):
+    """The registered backward's gradient of ``input``, as its fake implementation returns it: the input's
+    shape and dtype, contiguous (inductor checks a custom op's output sizes and strides against these)."""
+    return input.new_empty(input.shape)
+
+
+def _in_gradient_layout(grad, input):
+    """A real gradient in ``_gradient_layout``: as it is where it already is (every family writes
+    contiguous gradients in the input's dtype; a 0-element gradient of a problem with no work may not),
+    else copied into it."""
+    if grad is None:
+        raise RuntimeError("fusedloss: internal error: a family's backward returned no gradient for an input "
+                           "that needs one")
+    if grad.dtype == input.dtype and grad.shape == input.shape and grad.stride() == _contiguous_strides(input.shape):
+        return grad
+    out = _gradient_layout(input)
+    out.copy_(grad)
+    return out
+
+
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 _SCHEMA_TYPES = {int: "int", float: "float", bool: "bool", str: "str", torch.dtype: "ScalarType",
                  typing.Optional[float]: "float?", typing.Optional[int]: "int?", tuple: "float[]"}  # tuple: of floats
 _REGISTERED = {}
@@ -295,11 +323,12 @@ def _register(family):
         grad_output, needs_grad, values = args[n_inputs + 1], tuple(args[n_inputs + 2]), args[n_inputs + 3:]
         state = [s if s.numel() else None for s in state]  # empty: absent (an empty problem has no gradient work)
         grads = family.backward(options_of(values), inputs, state, grad_output, needs_grad, False)
-        return [g if g is not None else grad_output.new_empty(0) for g in grads]
+        return [_in_gradient_layout(g, t) if need else grad_output.new_empty(0)
+                for g, t, need in zip(grads, inputs, needs_grad)]
 
     def backward_fake(*args):
         inputs, grad_output, needs_grad = args[:n_inputs], args[n_inputs + 1], args[n_inputs + 2]
-        return [torch.empty_like(t) if need else grad_output.new_empty(0) for t, need in zip(inputs, needs_grad)]
+        return [_gradient_layout(t) if need else grad_output.new_empty(0) for t, need in zip(inputs, needs_grad)]
 
     backward_op = torch.library.custom_op(
         backward_name, backward_impl, mutates_args=(),

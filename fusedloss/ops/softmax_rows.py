@@ -206,9 +206,9 @@ class SoftmaxRows:
         n, c, s = _rows(input, target, options.prob_target)[2][:3]
         shape = _loss_shape(input, target, options) if options.reduction == "none" else ()
         out = input.new_empty(shape, dtype=options.out_dtype)
-        n_saved = n * s if (needs_grad[0] or needs_grad[1]) and not options.input_is_logprob else 0
-        # the workspace's size depends on the launch grid: any size serves the fake (it is only saved)
-        return out, (input.new_empty(3 * n_saved + 1, dtype=_acc(input.dtype)), None)
+        # the state the launcher returns, sized by the launcher's own functions (inductor checks the sizes)
+        n_saved = kernels().saved_rows(n * s, needs_grad[0] or needs_grad[1], options.input_is_logprob)
+        return out, (input.new_empty(kernels().state_size(n_saved), dtype=_acc(input.dtype)), None)
 
 
 def mean_denominator(target, weight, options, n_rows, n_classes, acc):
