@@ -14,6 +14,7 @@ reference kept in a variable) keep torch's function. Nothing else of torch is to
 """
 import contextlib
 import functools
+import sys
 import threading
 
 import torch
@@ -30,8 +31,15 @@ def _targets():
     targets = [(torch.nn.functional, name, getattr(functional, name)) for name in functional.__all__
                if hasattr(torch.nn.functional, name)]
     for name in nn.__all__:
-        for namespace in (torch.nn, torch.nn.modules, torch.nn.modules.loss):
-            if hasattr(namespace, name):
+        original = _originals.get((torch.nn, name)) or getattr(torch.nn, name, None)  # torch's, if patched
+        if not isinstance(original, type) or not issubclass(original, torch.nn.Module):
+            continue  # not one of torch's modules (a class of fusedloss's own, torch's options dataclass)
+        # torch.nn, torch.nn.modules, the module that defines the class (torch.nn.modules.loss for the
+        # losses, .distance for CosineSimilarity and PairwiseDistance), and torch.nn.modules.loss where
+        # it re-exports one (PairwiseDistance)
+        defining = sys.modules[original.__module__]
+        for namespace in dict.fromkeys((torch.nn, torch.nn.modules, defining, torch.nn.modules.loss)):
+            if getattr(namespace, name, None) in (original, getattr(nn, name)):
                 targets.append((namespace, name, getattr(nn, name)))
     targets.append((torch.jit, "script", _script_with_torch_losses))
     return targets

@@ -157,6 +157,16 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
     return False
 
 
+_LOSS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_loss_dtype(loss_dtype):
+    """fusedloss's ``loss_dtype`` extra: None or a floating dtype (an integer "loss" would be rounded)."""
+    if loss_dtype is not None and loss_dtype not in _LOSS_DTYPES:
+        raise TypeError(f"loss_dtype must be None or a floating dtype ({', '.join(map(str, _LOSS_DTYPES))}), "
+                        f"got {loss_dtype!r}")
+
+
 def check_label_smoothing(label_smoothing):
     if label_smoothing and label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
@@ -194,14 +204,61 @@ def check_same_size(input, target, op):
     raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
 
 
+class BroadcastError(RuntimeError):
+    """Shapes that do not broadcast. The dispatcher raises torch's own error for the call in its place
+    (``torch_broadcast_error``: the message torch's elementwise ops give, naming the operands in the
+    order torch's function combines them)."""
+
+
 def broadcast_shapes(*shapes):
-    """``torch.broadcast_shapes`` (its RuntimeError included), without its cost (~13 us on this CPU) when
-    every shape is the first's."""
+    """``torch.broadcast_shapes`` (a ``BroadcastError``, a RuntimeError, where they do not broadcast),
+    without its cost (~13 us on this CPU) when every shape is the first's."""
     first = shapes[0]
     for shape in shapes:
         if shape != first:
-            return torch.broadcast_shapes(*shapes)
+            try:
+                return torch.broadcast_shapes(*shapes)
+            except RuntimeError as error:
+                raise BroadcastError(str(error)) from None
     return torch.Size(first)
+
+
+def _mismatch(a, b):
+    """ATen's infer_size message for shapes a and b (dimensions compared from the last), or None."""
+    ndim = max(len(a), len(b))
+    for i in range(ndim - 1, -1, -1):
+        offset = ndim - 1 - i
+        size_a = a[len(a) - 1 - offset] if len(a) - 1 - offset >= 0 else 1
+        size_b = b[len(b) - 1 - offset] if len(b) - 1 - offset >= 0 else 1
+        if size_a != size_b and size_a != 1 and size_b != 1:
+            return (f"The size of tensor a ({size_a}) must match the size of tensor b ({size_b}) at non-singleton "
+                    f"dimension {i}")
+    return None
+
+
+def torch_broadcast_error(args, order):
+    """The RuntimeError torch's function raises for arguments whose shapes do not broadcast, or None.
+    ``order``: the elementwise operations in the order torch's function runs them, each a pair (a, b) of
+    argument positions (an int; a tuple of positions: the broadcast shape of those, an earlier result;
+    or a callable of the arguments returning a shape), the first that fails being torch's error (e.g. kl_div's ``target * (log target - input)``:
+    (1, 0))."""
+    def shape_of(position):
+        if callable(position):
+            return tuple(position(args))
+        if isinstance(position, int):
+            tensor = args[position]
+            return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+        shapes = [shape_of(p) for p in position]
+        return tuple(torch.broadcast_shapes(*(s for s in shapes if s is not None)))
+
+    for a, b in order:
+        shape_a, shape_b = shape_of(a), shape_of(b)
+        if shape_a is None or shape_b is None:
+            continue
+        message = _mismatch(shape_a, shape_b)
+        if message is not None:
+            return RuntimeError(message)
+    return None
 
 
 def check_broadcasts_to_input(input, *tensors):
@@ -229,7 +286,7 @@ def check_weight_size(input, target, weight):
     """l1_loss, mse_loss, huber_loss: the weight must have the input's size, checked after torch broadcasts
     the input and target (a RuntimeError first where they do not broadcast)."""
     if weight is not None and weight.size() != input.size():
-        torch.broadcast_shapes(input.shape, target.shape)
+        broadcast_shapes(input.shape, target.shape)
         raise ValueError("Weights and input must have the same size.")
 
 
@@ -362,6 +419,21 @@ def check_linear_cross_entropy(input, linear_weight, target, linear_bias, ignore
 # row-margin family (torch.nn.functional's Python checks, then ATen's (LossMultiMargin.cpp,
 # LossMultiLabelMargin.cpp, Loss.cpp, Distance.cpp), in torch's order and words)
 # ----------------------------------------------------------------------------------------------------
+
+def linear_cross_entropy_chunk_rows(options):
+    """The rows per chunk that linear_cross_entropy's ``options`` ask for (0: the memory budget's): its
+    ``batch_chunk_size``, of a ``torch.nn.LinearCrossEntropyOptions`` (``fusedloss.nn``'s on torches
+    without it). Anything else raises AttributeError, as torch's chunked path does, with a clear message."""
+    if options is None:
+        return 0
+    if not hasattr(options, "batch_chunk_size"):
+        raise AttributeError(f"linear_cross_entropy: options must be None or a LinearCrossEntropyOptions "
+                             f"(torch.nn's, or fusedloss.nn's on a torch without it), got {type(options).__name__}")
+    rows = options.batch_chunk_size
+    if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
+        raise ValueError(f"batch_chunk_size must be positive int or None, got {rows!r}")
+    return rows or 0
+
 
 def _check_class_scores(input):
     """multi_margin_loss, multilabel_margin_loss: a non-empty (C) or (N, C) input, or a 0-d one."""

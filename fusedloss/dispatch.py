@@ -29,6 +29,8 @@ from typing import Callable, Tuple
 
 import torch
 
+from . import _validation
+
 BACKENDS = ("auto", "triton", "torch")
 _log = logging.getLogger("fusedloss")
 
@@ -63,8 +65,12 @@ class _Environment:
 
 
 class _ThreadState(threading.local):
-    backend = None  # the innermost backend() context of this thread, or None
-    recorders = ()  # lists that explain()/decisions() collect Decisions into
+    def __init__(self):
+        # set on the instance, not as class defaults: torch.compile guards a traced read of an instance
+        # attribute, so a call compiled outside ``backend()`` recompiles inside one (a class default
+        # read was not guarded: the first graph was reused under another backend)
+        self.backend = None  # the innermost backend() context of this thread, or None
+        self.recorders = ()  # lists that explain()/decisions() collect Decisions into
 
 
 ENV = _Environment()
@@ -127,7 +133,8 @@ class Route:
     formula for an extra). ``fused``: validates as torch would and runs the fused op; None for a loss
     fusedloss never fuses (``eager`` serves every call, on every backend, and ``unsupported`` says why).
     ``unsupported``: why the kernels cannot serve this call (an option, a dtype), or None. ``tensors``: the positions of the
-    tensor arguments, whose devices decide.
+    tensor arguments, whose devices decide. ``broadcast``: the pairs of argument positions in the order
+    torch's function combines them elementwise, for torch's message when their shapes do not broadcast.
     """
 
     op: str
@@ -135,6 +142,7 @@ class Route:
     fused: Callable
     unsupported: Callable
     tensors: Tuple[int, ...]
+    broadcast: tuple = ((0, 1),)  # torch's elementwise operations, in order (_validation.torch_broadcast_error)
 
 
 def call(route, *args):
@@ -166,7 +174,10 @@ def _call_fused(route, requested, args):
     if _observed():
         _record(route.op, "triton", "backend 'triton' requested" if requested == "triton"
                 else "CUDA tensors and every option supported")
-    return route.fused(*args)
+    try:
+        return route.fused(*args)
+    except _validation.BroadcastError as error:  # torch's own error for these shapes, message included
+        raise (_validation.torch_broadcast_error(args, route.broadcast) or RuntimeError(str(error))) from None
 
 
 def _device_problem(route, args, requested):
@@ -198,6 +209,8 @@ def _device_problem(route, args, requested):
 def _eager_reason(route, requested, args):
     if requested == "torch":
         return "backend 'torch' requested"
+    if route.fused is None:  # a loss without kernels: that, not the device, is why torch runs it
+        return route.unsupported(*args)
     devices = sorted({args[i].device.type for i in route.tensors if isinstance(args[i], torch.Tensor)})
     return f"tensors on {', '.join(devices) or 'no tensors'}, not CUDA"
 

@@ -17,7 +17,7 @@ from . import dispatch
 from .dispatch import Route
 from .ops import _eager, _vocab_parallel
 from .ops._scaffold import autocast_policy
-from .ops.linear_cross_entropy import LinearCrossEntropyOptions, linear_cross_entropy_loss
+from .ops.linear_cross_entropy import MatmulRowsOptions, linear_cross_entropy_loss
 from .ops.pointwise import PointwiseOptions, pointwise_loss
 from .ops.row_margin import RowMarginOptions, row_margin_loss
 from .ops.softmax_rows import SoftmaxRowsOptions, softmax_rows_loss
@@ -99,6 +99,8 @@ def _check_extras(z_loss, softcap):
 
 def _eager_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
                          z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype, process_group):
+    if loss_dtype is not None:
+        check.check_loss_dtype(loss_dtype)
     if loss_dtype is not None and isinstance(input, Tensor) and loss_dtype != input.dtype:
         input = input.to(loss_dtype)  # the eager path's way to that dtype: torch computes in the input's
         weight = weight.to(loss_dtype) if isinstance(weight, Tensor) and weight.is_floating_point() else weight
@@ -132,6 +134,8 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
     reduction = check.reduction_from_args(size_average, reduce, reduction)
     if z_loss or softcap is not None:
         _check_extras(z_loss, softcap)
+    if loss_dtype is not None:
+        check.check_loss_dtype(loss_dtype)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     prob_target = check.check_cross_entropy(input, target, weight, ignore_index, label_smoothing,
                                             autocast=out_dtype != input.dtype, sharded=process_group is not None,
@@ -243,6 +247,8 @@ def linear_cross_entropy(
 
 def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                 label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
+    if loss_dtype is not None:
+        check.check_loss_dtype(loss_dtype)
     torch_linear_cross_entropy = getattr(F, "linear_cross_entropy", None)  # torch >= 2.13
     plain = not z_loss and softcap is None and process_group is None and (
         loss_dtype is None or not isinstance(input, Tensor) or loss_dtype == input.dtype)
@@ -251,6 +257,7 @@ def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
                                           reduction=reduction, ignore_index=ignore_index,
                                           label_smoothing=label_smoothing, options=options)
     _check_extras(z_loss, softcap)
+    check.linear_cross_entropy_chunk_rows(options)  # the eager formula holds the logits whole: options unused
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group)
     return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -285,6 +292,8 @@ def _autocast_linear(input, linear_weight, linear_bias):
 
 def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                 label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
+    if loss_dtype is not None:
+        check.check_loss_dtype(loss_dtype)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     autocast = out_dtype != input.dtype or torch.is_autocast_enabled(input.device.type)
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
@@ -298,8 +307,8 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
         target = target.reshape(())  # torch takes a (1,) target for an unbatched input as a 0-d one
     if not prob_target and dispatch.debug_enabled() and process_group is None:
         check.check_class_targets(target, linear_weight.shape[0], ignore_index)
-    chunk_rows = getattr(options, "batch_chunk_size", None) or 0
-    lce_options = LinearCrossEntropyOptions(
+    chunk_rows = check.linear_cross_entropy_chunk_rows(options)
+    lce_options = MatmulRowsOptions(
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, int(chunk_rows),
         "" if process_group is None else _vocab_parallel.group_name(process_group))
@@ -360,8 +369,8 @@ def _unsupported_pointwise(op, input, target, others=(), *, integer_target, trai
     return None
 
 
-def _pointwise_route(op, fused, unsupported, tensors, eager=None):
-    return Route(op, eager or getattr(F, op), fused, unsupported, tensors)
+def _pointwise_route(op, fused, unsupported, tensors, eager=None, broadcast=((0, 1),)):
+    return Route(op, eager or getattr(F, op), fused, unsupported, tensors, broadcast)
 
 
 def binary_cross_entropy(
@@ -426,7 +435,8 @@ _BCE_WITH_LOGITS = _pointwise_route(
     "binary_cross_entropy_with_logits", _fused_bce_with_logits,
     lambda input, target, weight, size_average, reduce, reduction, pos_weight: _unsupported_pointwise(
         "binary_cross_entropy_with_logits", input, target, (weight, pos_weight), integer_target=False),
-    (0, 1, 2, 6))
+    (0, 1, 2, 6),
+    broadcast=((6, 1), (2, 0)))  # torch: (pos_weight - 1) * target, loss * weight
 
 
 def smooth_l1_loss(
@@ -577,7 +587,8 @@ def _fused_kl_div(input, target, size_average, reduce, reduction, log_target):
 
 _KL_DIV = _pointwise_route(
     "kl_div", _fused_kl_div,
-    lambda input, target, *_: _unsupported_pointwise("kl_div", input, target, integer_target=False), (0, 1))
+    lambda input, target, *_: _unsupported_pointwise("kl_div", input, target, integer_target=False), (0, 1),
+    broadcast=((1, 0),))  # torch: target * (log(target) - input)
 
 
 def poisson_nll_loss(
@@ -606,7 +617,8 @@ def _fused_poisson_nll(input, target, log_input, full, size_average, eps, reduce
 
 _POISSON_NLL = _pointwise_route(
     "poisson_nll_loss", _fused_poisson_nll,
-    lambda input, target, *_: _unsupported_pointwise("poisson_nll_loss", input, target, integer_target=True), (0, 1))
+    lambda input, target, *_: _unsupported_pointwise("poisson_nll_loss", input, target, integer_target=True), (0, 1),
+    broadcast=((1, 0),))  # torch: target * input (or log(input + eps))
 
 
 def gaussian_nll_loss(
@@ -637,7 +649,8 @@ def _fused_gaussian_nll(input, target, var, full, eps, reduction):
 _GAUSSIAN_NLL = _pointwise_route(
     "gaussian_nll_loss", _fused_gaussian_nll,
     lambda input, target, var, *_: _unsupported_pointwise("gaussian_nll_loss", input, target, (var,),
-                                                          integer_target=True), (0, 1, 2))
+                                                          integer_target=True), (0, 1, 2),
+    broadcast=((0, 1), ((0, 1), 2)))  # torch: (input - target)**2 / var
 
 
 def margin_ranking_loss(
@@ -664,7 +677,8 @@ def _fused_margin_ranking(input1, input2, target, margin, size_average, reduce, 
 _MARGIN_RANKING = _pointwise_route(
     "margin_ranking_loss", _fused_margin_ranking,
     lambda input1, input2, target, *_: _unsupported_pointwise("margin_ranking_loss", input1, target, (input2,),
-                                                              integer_target=True), (0, 1, 2))
+                                                              integer_target=True), (0, 1, 2),
+    broadcast=((0, 1), (2, (0, 1))))  # torch: -target * (input1 - input2)
 
 
 def hinge_embedding_loss(
@@ -690,7 +704,8 @@ def _fused_hinge_embedding(input, target, margin, size_average, reduce, reductio
 _HINGE_EMBEDDING = _pointwise_route(
     "hinge_embedding_loss", _fused_hinge_embedding,
     lambda input, target, *_: _unsupported_pointwise("hinge_embedding_loss", input, target, integer_target=True),
-    (0, 1))
+    (0, 1),
+    broadcast=((1, 0),))  # torch: where(target != 1, clamp(margin - input, 0), 0)
 
 
 def sigmoid_focal_loss(
@@ -873,7 +888,8 @@ def _enlarges(input, tensor):
 
 
 _MULTILABEL_SOFT_MARGIN = Route("multilabel_soft_margin_loss", F.multilabel_soft_margin_loss,
-                                _fused_multilabel_soft_margin, _unsupported_multilabel_soft_margin, (0, 1, 2))
+                                _fused_multilabel_soft_margin, _unsupported_multilabel_soft_margin, (0, 1, 2),
+                                ((1, 0), ((0, 1), 2)))  # torch: target * logsigmoid(input), then * weight
 
 
 def cosine_embedding_loss(
@@ -900,10 +916,16 @@ def _fused_cosine_embedding(input1, input2, target, margin, size_average, reduce
     return row_margin_loss(options, input1, input2, t=target.detach())
 
 
+def _cosine_shape(args):
+    """The shape of cosine_embedding_loss's cosines: the inputs' broadcast shape without the last dimension."""
+    return torch.broadcast_shapes(args[0].shape, args[1].shape)[:-1]
+
+
 _COSINE_EMBEDDING_EPS = 9.999999960041972e-13  # ATen's EPSILON: the float 1e-12f (float64 inputs see it exactly)
 _COSINE_EMBEDDING = Route("cosine_embedding_loss", F.cosine_embedding_loss, _fused_cosine_embedding,
                           lambda input1, input2, target, *_: _unsupported_rows(
-                              "cosine_embedding_loss", (input1, input2), promoted=(input1, input2)), (0, 1, 2))
+                              "cosine_embedding_loss", (input1, input2), promoted=(input1, input2)), (0, 1, 2),
+                          ((0, 1), (2, _cosine_shape)))  # torch: where(target == 1, 1 - cos, 0), cos per row
 
 
 def triplet_margin_loss(
@@ -939,7 +961,8 @@ def _triplet_loss(op, anchor, positive, negative, margin, p, eps, swap, reductio
 _TRIPLET = Route("triplet_margin_loss", F.triplet_margin_loss, _fused_triplet,
                  lambda anchor, positive, negative, margin, p, *_: _unsupported_rows(
                      "triplet_margin_loss", (anchor, positive, negative),
-                     promoted=(anchor, positive, negative)) or _unsupported_norm(p), (0, 1, 2))
+                     promoted=(anchor, positive, negative)) or _unsupported_norm(p), (0, 1, 2),
+                 ((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
 
 
 def triplet_margin_with_distance_loss(
@@ -998,7 +1021,8 @@ def _unsupported_triplet_with_distance(anchor, positive, negative, distance_func
 
 
 _TRIPLET_WITH_DISTANCE = Route("triplet_margin_with_distance_loss", _eager_triplet_with_distance,
-                               _fused_triplet_with_distance, _unsupported_triplet_with_distance, (0, 1, 2))
+                               _fused_triplet_with_distance, _unsupported_triplet_with_distance, (0, 1, 2),
+                               ((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
 
 
 def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:

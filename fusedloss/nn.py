@@ -7,7 +7,11 @@ the same), keeps its constructor arguments and adds the keyword-only extras of `
 with the same parameters and options: TorchScript cannot compile fusedloss's Python, so a scripted model
 computes the loss with torch's kernels (values identical). A module using a fusedloss extra has no
 torch equivalent and raises, naming torch.compile, which runs the fused kernels in a compiled model.
+
+``LinearCrossEntropyOptions`` is torch's (torch >= 2.13), or a stand-in with its fields on older torches:
+what ``linear_cross_entropy(options=...)`` and ``LinearCrossEntropyLoss(options=...)`` take.
 """
+import dataclasses
 import math
 from typing import Optional, Tuple, Union
 
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.loss import _WeightedLoss
 
+from . import _validation as check
 from . import functional as F
 
 
@@ -73,6 +78,7 @@ class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
         self.softcap = softcap
         self.inplace_backward = inplace_backward
         self.grad_in_forward = grad_in_forward
+        check.check_loss_dtype(loss_dtype)
         self.loss_dtype = loss_dtype
         self.process_group = process_group
 
@@ -98,6 +104,7 @@ class _LinearCrossEntropyMixin:
     def _set_extras(self, z_loss, softcap, loss_dtype, process_group):
         self.z_loss = z_loss
         self.softcap = softcap
+        check.check_loss_dtype(loss_dtype)
         self.loss_dtype = loss_dtype
         self.process_group = process_group
 
@@ -147,6 +154,29 @@ class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
                 f" label_smoothing={self.label_smoothing}, options={self.options}")
         extras = self._extras_repr()
         return f"{text}, {extras}" if extras else text
+
+
+if hasattr(torch.nn, "LinearCrossEntropyOptions"):  # torch >= 2.13
+    LinearCrossEntropyOptions = torch.nn.LinearCrossEntropyOptions
+else:
+    @dataclasses.dataclass(frozen=True)
+    class LinearCrossEntropyOptions:
+        """torch 2.13's ``nn.LinearCrossEntropyOptions`` for torches without it: the same fields. fusedloss's
+        fused path reads ``batch_chunk_size`` (rows per chunk; None: a 224 MiB chunk of logits) and always
+        accumulates in float32; the other fields configure torch's own chunked path."""
+
+        allow_retain_graph: bool = False
+        batch_chunk_size: Optional[int] = None
+        chunking_method: Optional[str] = "auto"
+        acc_policy: str = "auto"
+        acc_dtype: Optional[torch.dtype] = None
+
+        def __post_init__(self):
+            rows = self.batch_chunk_size
+            if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
+                raise ValueError(f"batch_chunk_size must be positive int or None, got {rows!r}")
+            if self.acc_policy not in ("auto", "accurate", "balanced", "compact"):
+                raise ValueError(f"invalid acc_policy: {self.acc_policy!r}")
 
 
 if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.13

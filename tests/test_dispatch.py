@@ -136,3 +136,44 @@ def test_triton_missing_is_reported(monkeypatch):
         FL.cross_entropy(x, y)
     if DEVICE == "cuda":
         assert "not importable" in fusedloss.explain(FL.cross_entropy, x, y).reason
+
+
+def _t(*shape):
+    return torch.rand(*shape, device=DEVICE)
+
+
+# (function, argument shapes, kwargs): shapes that do not broadcast, the mismatch in each operand pair torch
+# combines (its message names them "tensor a" / "tensor b" in its order of operations)
+SHAPE_MISMATCHES = [
+    ("mse_loss", [(4, 3), (4, 5)], {}), ("l1_loss", [(4, 3), (5,)], {}), ("smooth_l1_loss", [(2, 4, 3), (4, 5)], {}),
+    ("huber_loss", [(4, 3), (4, 5)], {}), ("soft_margin_loss", [(4, 3), (4, 5)], {}),
+    ("kl_div", [(4, 3), (4, 5)], {}), ("poisson_nll_loss", [(4, 3), (4, 5)], {}),
+    ("gaussian_nll_loss", [(4, 3), (4, 5), (4, 3)], {}), ("margin_ranking_loss", [(3,), (5,), (3,)], {}),
+    ("margin_ranking_loss", [(3,), (3,), (5,)], {}), ("hinge_embedding_loss", [(4, 3), (4, 5)], {}),
+    ("multilabel_soft_margin_loss", [(4, 3), (4, 5)], {}), ("multilabel_soft_margin_loss", [(4, 3), (4, 3)],
+                                                             {"weight": (5,)}),
+    ("cosine_embedding_loss", [(4, 3), (4, 5), (4,)], {}), ("cosine_embedding_loss", [(3, 5), (3, 5), (4,)], {}),
+    ("triplet_margin_loss", [(4, 3), (4, 5), (4, 3)], {}),
+    ("triplet_margin_loss", [(4, 3), (4, 3), (4, 5)], {}), ("triplet_margin_with_distance_loss", [(4, 3), (4, 3), (4, 6)],
+                                                            {}),
+    ("pairwise_distance", [(4, 3), (4, 5)], {}), ("cosine_similarity", [(4, 3), (4, 5)], {}),
+    ("binary_cross_entropy_with_logits", [(4, 3), (4, 3)], {"pos_weight": (5,)}),
+]
+
+
+@pytest.mark.parametrize("fn,shapes,kwargs", SHAPE_MISMATCHES, ids=lambda v: str(v))
+def test_shape_mismatch_raises_torchs_error_and_message(fn, shapes, kwargs):
+    """The Triton path raises torch's exception for shapes that do not broadcast, with torch's message
+    (it said "Attempting to broadcast a dimension of length 5" where torch says "The size of tensor a (3)
+    must match the size of tensor b (5) at non-singleton dimension 1")."""
+    args = [_t(*shape) for shape in shapes]
+    if fn in ("margin_ranking_loss", "cosine_embedding_loss"):
+        args[-1] = torch.ones(shapes[-1], device=DEVICE)
+    kwargs = {k: _t(*v) for k, v in kwargs.items()}
+    errors = []
+    for backend in ("torch", "triton"):
+        with fusedloss.backend(backend), pytest.raises(Exception) as caught:
+            getattr(FL, fn)(*args, **kwargs)
+        errors.append((type(caught.value), str(caught.value)))
+    assert errors[1] == errors[0]
+    assert errors[0][0] is RuntimeError or errors[0][0] is ValueError

@@ -552,3 +552,24 @@ def test_loss_dtype_float32_from_16_bit_operands(reduction, backend, small_chunk
     for g, e in zip(grads, expected_grads):
         assert g.dtype == torch.bfloat16
         torch.testing.assert_close(g.float(), e.float(), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_options_class_and_bad_options(backend):
+    """``options`` is torch's ``LinearCrossEntropyOptions`` (``fusedloss.nn.LinearCrossEntropyOptions``: the
+    same class, or a stand-in on torches without it); fusedloss.functional no longer exports an internal
+    tuple of that name (``FL.LinearCrossEntropyOptions(batch_chunk_size=3)`` was a TypeError). Anything
+    else raises AttributeError on both paths, as torch's chunked path does, with a message naming it."""
+    assert not hasattr(FL, "LinearCrossEntropyOptions")
+    if hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        assert FN.LinearCrossEntropyOptions is torch.nn.LinearCrossEntropyOptions
+    x, w, target, _ = make_inputs((9, 5, 13), torch.float64)
+    options = FN.LinearCrossEntropyOptions(batch_chunk_size=3)
+    with backend_context(backend):
+        loss = FL.linear_cross_entropy(x, w, target, options=options)
+        torch.testing.assert_close(loss, torch_reference(x, w, target), rtol=1e-12, atol=1e-12)
+        for bad in (5, "chunked", object()):
+            with pytest.raises(AttributeError, match="options|_adjust"):
+                FL.linear_cross_entropy(x, w, target, options=bad)
+    with pytest.raises(ValueError, match="batch_chunk_size"):
+        FN.LinearCrossEntropyOptions(batch_chunk_size=0)

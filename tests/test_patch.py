@@ -38,6 +38,29 @@ def test_patch_swaps_and_unpatch_restores_exactly():
     assert fusedloss.unpatch() == []  # nothing to restore
 
 
+def test_patch_reports_only_what_it_swapped_where_torch_defines_it():
+    """Every name patch() reports existed in its namespace and now holds fusedloss's object, and the
+    module that defines each class is covered (torch.nn.modules.distance holds CosineSimilarity and
+    PairwiseDistance, and was left unpatched while a name that is not in torch.nn.modules.loss was reported)."""
+    import importlib
+
+    swapped = fusedloss.patch()
+    for label in swapped:
+        namespace, _, name = label.rpartition(".")
+        module = importlib.import_module(namespace) if namespace != "torch.jit" else torch.jit
+        replacement = getattr(FN, name, None) or getattr(FL, name, None)
+        assert replacement is not None or name == "script", label
+        if replacement is not None:
+            assert getattr(module, name) is replacement, label
+    for name in ("CosineSimilarity", "PairwiseDistance"):
+        assert f"torch.nn.modules.distance.{name}" in swapped
+        assert torch.nn.modules.distance.__dict__[name] is getattr(FN, name)
+    assert "torch.nn.modules.loss.CosineSimilarity" not in swapped
+    assert not any("LinearCrossEntropyOptions" in label for label in swapped)  # torch's own dataclass, as it is
+    fusedloss.unpatch()
+    assert torch.nn.modules.distance.CosineSimilarity is torch.nn.CosineSimilarity is not FN.CosineSimilarity
+
+
 def test_patched_context_restores_even_on_error():
     original = tF.mse_loss
     with pytest.raises(KeyError):

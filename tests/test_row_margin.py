@@ -695,7 +695,7 @@ def test_ctc_loss_runs_torch_with_the_reason(backend):
         decision = fusedloss.explain(FL.ctc_loss, log_probs, targets, *lengths)
         got = FN.CTCLoss(blank=0, zero_infinity=True)(log_probs, targets, *lengths)
     assert decision.backend == "torch"
-    if backend == "triton" or DEVICE == "cuda" and backend == "auto":
+    if backend != "torch":  # in auto mode on the CPU too: the reason is that it has no kernel, not the device
         assert "ctc_loss is not fused" in decision.reason
     expected = torch.nn.CTCLoss(blank=0, zero_infinity=True)(log_probs, targets, *lengths)
     torch.testing.assert_close(got, expected)

@@ -17,9 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import triton
+import triton.language as tl
+
 import fusedloss
 import fusedloss.functional as FL
 import fusedloss.nn as FN
+from fusedloss.kernels._math import offset64
 from helpers import DEVICE, DTYPES, assert_matches, assert_matches_torch, backend_context, strided_like
 
 SHAPES = [(37, 1000), (5, 4099), (3, 9001), (1, 1), (13, 7, 6), (2, 5, 3, 4), (11,)]
@@ -188,6 +192,30 @@ def test_cross_entropy_64bit_offsets():
     ref_grad[torch.arange(4), target[tail]] -= 1
     torch.testing.assert_close(x.grad[tail].float(), ref_grad, rtol=2e-2, atol=1e-3)
     assert x.grad[: n - 4].abs().sum() == 0
+
+
+@triton.jit(do_not_specialize=["n"])
+def _offsets_kernel(out_ptr, n):
+    tl.store(out_ptr + 0, offset64(n, 2))
+    tl.store(out_ptr + 1, offset64(n, 3))
+    tl.store(out_ptr + 2, offset64(n, 4))
+    tl.store(out_ptr + 3, (n * 3).to(tl.int64))  # the int32 product, for contrast
+
+
+def test_workspace_offsets_are_64_bit():
+    """The softmax-rows kernels address their workspace slots (``k * n_saved``: lse_lo, the denominator) and
+    the vocabulary-parallel statistics (``k * stats_stride``) through ``offset64``. At 800,000,000 rows (a
+    3-D segmentation volume with few classes) the int32 product of a kernel's arguments wraps: the helper's
+    must not. Checked without allocating the rows: a kernel that only computes and stores the offsets."""
+    n = 800_000_000
+    out = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(1,)](out, n)
+    assert out.tolist() == [2 * n, 3 * n, 4 * n, 3 * n - 2**32]  # the last wrapped: int32 arithmetic
+    from fusedloss.kernels import softmax_rows
+
+    for kernel in (softmax_rows._softmax_rows_fwd_kernel, softmax_rows._softmax_rows_bwd_kernel):
+        source = inspect.getsource(kernel.fn)  # every such product in the kernels goes through offset64
+        assert "* n_saved" not in source and "* stats_stride" not in source and "offset64(n_saved, 2)" in source
 
 
 # ------------------------------------------------------------------ nll_loss
@@ -900,3 +928,20 @@ def test_loss_dtype_float32_from_16_bit_logits(reduction, backend):
     assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
     torch.testing.assert_close(loss, expected, rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=8e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss_dtype", [torch.int64, torch.bool, torch.complex64, "float32", torch.float32.itemsize],
+                         ids=str)
+@pytest.mark.parametrize("fn", ["cross_entropy", "linear_cross_entropy"])
+def test_loss_dtype_must_be_floating(fn, loss_dtype, backend):
+    """Only a floating loss_dtype is served: an integer one once returned tensor(1) for a loss of 1.87 on
+    the Triton path (and raised an error about log_softmax on the eager one); both raise, naming it."""
+    x = torch.randn(4, 6, device=DEVICE, requires_grad=True)
+    target = torch.randint(0, 6, (4,), device=DEVICE)
+    args = (x, target) if fn == "cross_entropy" else (x, torch.randn(5, 6, device=DEVICE), target[:4] % 5)
+    with backend_context(backend), pytest.raises(TypeError, match="loss_dtype"):
+        getattr(FL, fn)(*args, loss_dtype=loss_dtype)
+    module = FN.CrossEntropyLoss if fn == "cross_entropy" else FN.LinearCrossEntropyLoss
+    with pytest.raises(TypeError, match="loss_dtype"):
+        module(loss_dtype=loss_dtype) if fn == "cross_entropy" else module(6, 5, loss_dtype=loss_dtype)

@@ -18,7 +18,8 @@ on each chunk (bench/NOTES.md has the bytes and FLOPs of this design and of a CC
     only; the backward recomputes each chunk's logits (a 4th GEMM) and writes the gradient for the rows'
     own grad_output, then GEMMs 2 and 3.
 
-No tensor of N x C elements exists at any time: the largest is the chunk buffer. The chunks run in a
+The largest temporary is the chunk buffer (CHUNK_BYTES, or ``chunk_rows`` rows): all N x C logits only
+when every row fits in one chunk. The chunks run in a
 fixed order, each accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), nothing
 syncs with the host, and the kernels index with 64-bit offsets.
 
@@ -48,7 +49,9 @@ from .softmax_rows import launch_forward, mean_denominator, per_class_sums, refe
 CHUNK_BYTES = 224 << 20
 
 
-class LinearCrossEntropyOptions(NamedTuple):
+class MatmulRowsOptions(NamedTuple):
+    """The registered op's options (internal; users pass torch's ``LinearCrossEntropyOptions``)."""
+
     reduction: str  # "none" | "mean" | "sum"
     out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
     ignore_index: int = -100
@@ -232,7 +235,7 @@ def _scale_in_place(grad, grad_output):
 
 class LinearCrossEntropy:
     name = "linear_cross_entropy"
-    options_type = LinearCrossEntropyOptions
+    options_type = MatmulRowsOptions
     n_inputs = 5  # input, linear_weight, target, linear_bias, weight (class weights)
 
     @staticmethod
