@@ -64,17 +64,54 @@ _NOT_FROM_SOURCE = ("fusedloss was not imported from its source tree (an install
 
 
 def _parse_shape(text):
-    """"8192x151936" -> (8192, 151936); a dimension may be written 2**24."""
+    """"8192x151936" -> (8192, 151936); a dimension may be written 2**24. Every dimension must be at least 1
+    (argparse reports the error as ``argument --shape: ...``, exit status 2)."""
     try:
         dims = []
         for part in text.lower().split("x"):
             base, _, exponent = part.partition("**")
             dims.append(int(base) ** int(exponent) if exponent else int(base))
-        if not dims or min(dims) < 0:
-            raise ValueError
-        return tuple(dims)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a shape: {text!r} (write e.g. 8192x151936 or 2**24)") from None
+    if not all(isinstance(d, int) and d >= 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be at least 1 (an empty tensor has "
+                                         "nothing to measure)")
+    return tuple(dims)
+
+
+def _out_problem(path):
+    """Why a file cannot be written at ``path`` (None when, as far as can be told before writing, it can):
+    checked before anything is measured, so that a bad --out costs nothing."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return f"{path} is a directory: give a file path (e.g. {os.path.join(path, 'results.json')})"
+    if os.path.lexists(path):
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.lexists(existing):  # the folders that makedirs would create
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"cannot write {path}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write {path}: {existing} is not writable"
+    return None
+
+
+def _validate_out(parser, out, paths):
+    """An argparse error (exit status 2) when --out is empty or one of the ``paths`` it leads to (the files
+    that will be written) cannot be written."""
+    if out is None:
+        return
+    if not out.strip():
+        parser.error("argument --out: empty: give a file path")
+    for path in paths:
+        problem = _out_problem(path)
+        if problem:
+            parser.error(f"argument --out: {problem}")
+
+
+def _demo_stem(out):
+    return out[:-3] if out and out.endswith(".md") else out
 
 
 def _no_gpu_message(explicit_cpu):
@@ -121,13 +158,42 @@ def _validate_bench(parser, args):
             host.select(args.loss)
         except ValueError as error:
             parser.error(f"argument --loss: {error}")
+    if args.out is not None and mode in ("timed", "cpu_fallback"):
+        stem, extension = os.path.splitext(args.out)
+        if extension.lower() in (".md", ".png"):
+            parser.error(f"argument --out: {args.out}: the JSON goes there and the Markdown table and the plot "
+                         f"beside it ({stem}.md, {stem}.png): give a .json path")
+        _validate_out(parser, args.out, [args.out, stem + ".md", stem + ".png"])
+    else:
+        _validate_out(parser, args.out, [args.out])
+
+
+def _cannot_write(error, path):
+    return f"cannot write {error.filename or path}: {error.strerror or error}"
 
 
 def _write_json(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    """Writes ``obj`` to ``path``; None, or why it could not (--out was checked before measuring, but the
+    filesystem may still refuse)."""
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
+    except OSError as error:
+        return _cannot_write(error, path)
+    return None
+
+
+def _wrote(path, problem):
+    """The last line of a mode that writes only with --out: what it wrote (exit status 0), or why it could
+    not (on stderr, exit status 2)."""
+    if problem:
+        print(f"fusedloss bench: {problem}", file=sys.stderr)
+        return 2
+    if path:
+        print("\nwrote " + path)
+    return 0
 
 
 def _nothing_measured(what, notes):
@@ -144,11 +210,9 @@ def _bench(args):
         from fusedloss.bench import host
 
         results = host.measure(host.select(args.loss))
+        problem = _write_json(results, args.out) if args.out else None  # before printing: `| head` keeps it
         print(host.table(results))
-        if args.out:
-            _write_json(results, args.out)
-            print("\nwrote " + args.out)
-        return 0
+        return _wrote(args.out, problem)
     if mode == "traffic":
         from fusedloss.bench.traffic import run_traffic, traffic_table
 
@@ -156,13 +220,11 @@ def _bench(args):
         rows = run_traffic(args.loss, shapes=args.shape, dtypes=args.dtype, notes=notes)
         if not rows:
             return _nothing_measured("no selected loss has a traffic case for these options", notes)
+        problem = _write_json(rows, args.out) if args.out else None  # before printing: `| head` keeps it
         print(traffic_table(rows))
         if notes:
             print("\nNotes:\n" + "\n".join(f"- {k}: {v}" for k, v in notes.items()))
-        if args.out:
-            _write_json(rows, args.out)
-            print("\nwrote " + args.out)
-        return 0
+        return _wrote(args.out, problem)
     import torch
 
     if mode == "timed" and (args.device == "cpu" or not torch.cuda.is_available()):
@@ -182,7 +244,11 @@ def _bench(args):
         suffix = "-quick" if args.quick else "-custom" if args.shape else ""
         out = os.path.join(folder, f"{report.device_slug(doc)}{suffix}.json")
         folder_note = None if from_source else _NOT_FROM_SOURCE
-    written = report.save(doc, out)
+    try:  # before printing, so that `| head` does not lose the files
+        written = report.save(doc, out)
+    except OSError as error:  # --out was checked before measuring; the filesystem may still refuse
+        print(report.text_report(doc))
+        return _wrote(out, _cannot_write(error, out))
     print(report.text_report(doc))
     print("\nwrote " + ", ".join(written))
     if folder_note:
@@ -207,6 +273,10 @@ def _load_result(parser, path):
     if kind is None:
         parser.error(f"{path} is not a fusedloss results file (neither a `fusedloss bench` document nor a "
                      "--traffic or --host result)")
+    problems = report.malformed_rows(doc, kind)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        parser.error(f"{path} is {report.KIND_NAMES[kind]} with malformed rows: {shown}")
     return doc, kind
 
 
@@ -236,7 +306,7 @@ def _demo(args):
     import torch
 
     folder, from_source = _results_folder()
-    stem = args.out[:-3] if args.out and args.out.endswith(".md") else args.out
+    stem = _demo_stem(args.out)
     if torch.cuda.is_available():  # the measured race
         return _bench(argparse.Namespace(host=False, traffic=False, cpu_fallback=False, loss=args.loss, dtype=None,
                                          quick=True, device="cuda", impl=None, no_progress=args.no_progress,
@@ -323,7 +393,7 @@ def _info(args):
     return 0
 
 
-def main(argv=None):
+def _main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["bench", "compare"]:
         return _compare(argv[2:])
@@ -386,7 +456,36 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.func is _bench:
         _validate_bench(bench, args)
+    if args.func is _demo and args.out is not None:
+        stem = _demo_stem(args.out)
+        if not stem.strip():
+            demo.error("argument --out: empty: give a file stem (STEM.md, STEM.png are written)")
+        if stem.endswith(("/", os.sep)) or os.path.basename(stem) in (".", ".."):
+            demo.error(f"argument --out: {args.out} names a folder: give a file stem (e.g. "
+                       f"{os.path.join(stem, 'cpu-demo')}: STEM.md, STEM.png are written)")
+        _validate_out(demo, args.out, [stem + extension for extension in (".json", ".md", ".png")])
     return args.func(args)
+
+
+def _quiet_on_broken_pipe(command):
+    """``command()``'s exit status; when the reader of stdout goes away (``fusedloss info | head -2``), exit
+    status 1 without a traceback, the way the Python documentation recommends (signal module, "Note on
+    SIGPIPE"): stdout is pointed at devnull so that the interpreter's last flush does not fail again."""
+    try:
+        status = command()
+        sys.stdout.flush()  # a broken pipe surfaces here rather than at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (replaced in-process)
+            pass
+        return 1
+
+
+def main(argv=None):
+    return _quiet_on_broken_pipe(lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def test_demo_fallback_overhead_is_measured_like_bench_host(monkeypatch):
 
 
 def test_demo_fallback_overhead_real_rounds():
-    overhead = demo._fallback_overhead(rounds=3, calls=1)
+    overhead = demo._fallback_overhead(["mse_loss"], rounds=3, round_ms=1.0)
+    assert (overhead["loss"], overhead["dtype"], overhead["shape"]) == ("mse_loss", "float32", (2**20,))
     summary = overhead["summary"]
     assert summary["rounds"] == 3 and summary["low"] <= summary["ratio"] <= summary["high"]
     assert summary["ratio"] == pytest.approx(overhead["fusedloss"] / overhead["torch"])
@@ -330,8 +331,9 @@ def quick_demo(monkeypatch, no_gpu, fusedloss_env):
     monkeypatch.setattr(interpreter, "round_bfloat16_like_the_gpu", lambda: None)
     monkeypatch.setattr(traffic, "run_traffic", lambda losses: [])
     monkeypatch.setattr(demo, "_parity", lambda losses: [])
-    monkeypatch.setattr(demo, "_fallback_overhead", lambda: {
-        "fusedloss": 1.0, "torch": 1.0, "summary": host.overhead([1.0, 1.1], [1.05, 1.0])})
+    monkeypatch.setattr(demo, "_fallback_overhead", lambda losses: {
+        "loss": "mse_loss", "dtype": "float32", "shape": (8,), "fusedloss": 1.0, "torch": 1.0,
+        "summary": host.overhead([1.0, 1.1], [1.05, 1.0])})
 
 
 def test_demo_finds_the_committed_results_from_the_package_not_the_cwd(tmp_path, monkeypatch, quick_demo, capsys):
@@ -386,3 +388,223 @@ def test_info_with_triton_forced_and_no_interpreter_says_the_reason_once(fusedlo
     labels = {bench.label for bench in registry.REGISTRY}
     assert f"no loss can run on the forced triton backend here ({len(labels)} losses), for one reason:" in text
     assert all(bench.label in text for bench in registry.REGISTRY)
+
+
+# ------------------------------------------------------------------ 9. a user's test: bad input is a usage error
+
+
+@pytest.fixture
+def nothing_measured(monkeypatch, no_gpu):
+    """Every measurement fails the test: the errors below must come before anything is measured."""
+    from fusedloss.bench import traffic
+
+    for module, name in ((traffic, "run_traffic"), (harness, "run"), (host, "measure"), (demo, "run_cpu")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("measured before the error"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--traffic", "--loss", "cross_entropy", "--dtype", "float32", "--shape", "0x5"],
+    ["--traffic", "--loss", "mse_loss", "--shape", "0"],
+    ["--cpu-fallback", "--loss", "cross_entropy", "--dtype", "float32", "--shape", "4x0"],
+    ["--cpu-fallback", "--loss", "mse_loss", "--shape", "2**-1"],
+])
+def test_a_shape_with_a_zero_dimension_is_a_usage_error(argv, nothing_measured, capsys):
+    status, err = _exit_status(["bench", *argv], capsys)
+    assert status == 2 and "argument --shape:" in err and "every dimension must be at least 1" in err
+    assert cli._parse_shape("8x2**3") == (8, 8) and cli._parse_shape("1") == (1,)
+
+
+def _bad_outs(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "file").write_text("x")
+    return {"an existing folder": (str(folder), "is a directory"),
+            "a folder path": (str(tmp_path / "new") + os.sep, "is a directory"),
+            "under a file": (str(tmp_path / "file" / "r.json"), f"{tmp_path / 'file'} is not a directory"),
+            "empty": ("", "empty")}
+
+
+@pytest.mark.parametrize("mode", [[], ["--cpu-fallback"], ["--traffic"], ["--host"]])
+@pytest.mark.parametrize("which", ["an existing folder", "a folder path", "under a file", "empty"])
+def test_out_is_checked_before_anything_is_measured(mode, which, tmp_path, nothing_measured, capsys):
+    out, message = _bad_outs(tmp_path)[which]
+    status, err = _exit_status(["bench", *mode, "--out", out], capsys)
+    assert status == 2 and "argument --out:" in err and message in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["file", "folder"]  # nothing created
+
+
+def test_out_of_a_timed_mode_is_checked_with_the_files_beside_it(tmp_path, nothing_measured, capsys):
+    (tmp_path / "r.md").mkdir()
+    status, err = _exit_status(["bench", "--cpu-fallback", "--out", str(tmp_path / "r.json")], capsys)
+    assert status == 2 and f"argument --out: {tmp_path / 'r.md'} is a directory" in err
+    status, err = _exit_status(["bench", "--cpu-fallback", "--out", str(tmp_path / "r.md")], capsys)
+    assert status == 2 and "give a .json path" in err  # the Markdown would overwrite the JSON
+
+
+@pytest.mark.parametrize("which", ["an existing folder", "a folder path", "under a file", "empty"])
+def test_demo_out_is_checked_before_anything_is_measured(which, tmp_path, nothing_measured, capsys):
+    out, message = _bad_outs(tmp_path)[which]
+    if which == "an existing folder":  # a stem beside which a folder has the name of a file to write
+        out = str(tmp_path / "folder" / "d")
+        (tmp_path / "folder" / "d.md").mkdir()
+        message = "d.md is a directory"
+    elif which == "a folder path":
+        message = "names a folder"
+    status, err = _exit_status(["demo", "--out", out], capsys)
+    assert status == 2 and "argument --out:" in err and message in err
+
+
+def test_a_write_that_fails_after_measuring_is_an_error_not_a_traceback(monkeypatch, tmp_path, capsys):
+    doc = dict(_fallback_doc([1.2, 1.3], [1.0, 1.1]), device="CPU (x)", torch="2", triton="3", date="today")
+    monkeypatch.setattr(harness, "run", lambda **kwargs: doc)
+
+    def refuse(doc, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(report, "save", refuse)
+    out = str(tmp_path / "r.json")
+    assert cli.main(["bench", "--cpu-fallback", "--loss", "mse_loss", "--out", out]) == 2
+    captured = capsys.readouterr()
+    assert "| mse_loss | float32 | 8 |" in captured.out  # the measurement is shown all the same
+    assert f"cannot write {out}: Permission denied" in captured.err
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"median_ms": "fast"}, 'results[1].median_ms is "fast", not a number of milliseconds'),
+    ({"shape": None}, "results[1].shape is null, not a list of dimensions"),
+    ({"loss": None}, "results[1].loss is null, not a string"),
+    (5, "results[1] is 5, not a row (a JSON object)"),
+])
+def test_compare_names_a_malformed_row(row, message, tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_speed_doc()))
+    doc = _speed_doc()
+    doc["results"].append(row if not isinstance(row, dict) else dict(doc["results"][0], **row))
+    new.write_text(json.dumps(doc))
+    status, err = _exit_status(["bench", "compare", str(old), str(new)], capsys)
+    assert status == 2 and f"{new} is a speed-results document (bench) with malformed rows: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_compare_names_a_malformed_traffic_row(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_traffic_rows(1.5)))
+    new.write_text(json.dumps([dict(_traffic_rows(1.0)[0], shape=None, torch_ratio="x")]))
+    status, err = _exit_status(["bench", "compare", str(old), str(new)], capsys)
+    assert status == 2 and "[0].shape is null, not a list of dimensions" in err
+    assert '[0].torch_ratio is "x", not a number of times the minimal' in err
+
+
+@pytest.mark.parametrize("fields, cell", [({"median_ms": None}, "-"), ({"median_ms": 0}, "-"),
+                                          ({"median_ms": None, "status": "out of memory"}, "out of memory")])
+def test_compare_shows_no_time_as_no_time(fields, cell, tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_speed_doc()))
+    doc = _speed_doc()
+    doc["results"][0].update(fields)
+    if doc["results"][0]["median_ms"] is None and "status" not in fields:
+        del doc["results"][0]["median_ms"]  # absent, as well as null
+    new.write_text(json.dumps(doc))
+    assert cli.main(["bench", "compare", str(old), str(new)]) == 0
+    assert f"| mse_loss | float32 | 8 | forward+backward | fusedloss | 1.000 | {cell} | - |" in capsys.readouterr().out
+
+
+def _committed(folder):
+    """Two committed GPU result files: cross_entropy and mse_loss rows, and cross_entropy rows only."""
+    folder.mkdir()
+
+    def rows(loss, shape):
+        return [{"loss": loss, "dtype": "float32", "shape": shape, "mode": "forward+backward", "impl": impl,
+                 "median_ms": ms, "roofline_fraction": 0.5, "peak_extra_mb": 1.0, "status": "ok"}
+                for impl, ms in (("fusedloss", 1.0), ("torch", 2.0))]
+
+    for name, date, results in (("a", "2026-01-02", rows("cross_entropy", [4, 8]) + rows("mse_loss", [16])),
+                                ("b", "2026-01-01", rows("cross_entropy", [8, 8]))):
+        (folder / f"{name}.json").write_text(json.dumps({
+            "device": f"GPU {name}", "device_type": "cuda", "torch": "2", "triton": "3", "date": date,
+            "results": results}))
+
+
+def test_demo_with_loss_shows_the_committed_rows_of_those_losses(tmp_path, monkeypatch, quick_demo, capsys):
+    _committed(tmp_path / "results")
+    monkeypatch.setattr(cli, "_results_folder", lambda: (str(tmp_path / "results"), True))
+    asked = []
+    monkeypatch.setattr(demo, "_fallback_overhead", lambda losses: asked.append(losses) or {
+        "loss": "mse_loss", "why": "test", "dtype": "float32", "shape": (8,)})
+    assert cli.main(["demo", "--loss", "mse_loss", "--out", str(tmp_path / "d")]) == 0
+    committed = capsys.readouterr().out.split("## Committed GPU results")[1].split("## Eager")[0]
+    assert "| mse_loss | float32 | 16 |" in committed and "GPU a" in committed
+    assert "cross_entropy" not in committed and "GPU b" not in committed
+    assert asked == [["mse_loss"]]
+
+    assert cli.main(["demo", "--loss", "nll_loss", "--out", str(tmp_path / "d")]) == 0
+    text = capsys.readouterr().out
+    assert "None of the selected losses (nll_loss) was measured on a GPU" in text and "GPU a" not in text
+    assert "The eager fallback's overhead on mse_loss float32 8 forward+backward was not measured: test." in text
+
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0  # no --loss: every committed table
+    text = capsys.readouterr().out
+    assert "GPU a" in text and "GPU b" in text and "| cross_entropy | float32 | 8x8 |" in text
+
+
+def test_demo_fallback_overhead_is_measured_on_the_first_selected_loss(monkeypatch):
+    seen = []
+
+    def fake_rounds(steps, rounds, calls, warmup=20, contexts=None):
+        seen.append(rounds)
+        return {"fusedloss": [0.0012, 0.0013], "torch": [0.001, 0.0011]}
+
+    monkeypatch.setattr(host, "time_rounds", fake_rounds)
+    overhead = demo._fallback_overhead(["mse_loss", "cross_entropy"], rounds=2)
+    assert (overhead["loss"], overhead["dtype"], overhead["shape"]) == ("mse_loss", "float32", (2**20,))
+    assert overhead["fusedloss"] == pytest.approx(1.2) and seen == [2]
+    assert demo.fallback_overhead_text(overhead).startswith("mse_loss float32 1048576 forward+backward on this CPU")
+
+    monkeypatch.setattr(host, "time_rounds", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    text = demo.fallback_overhead_text(demo._fallback_overhead(["nll_loss"]))
+    assert text == ("The eager fallback's overhead on nll_loss bfloat16 512 x 32000 forward+backward was not "
+                    "measured: error: RuntimeError: no kernel.")
+
+    for bench in registry.select(["mse_loss"]):
+        monkeypatch.setattr(bench, "cpu_shapes", [])
+    text = demo.fallback_overhead_text(demo._fallback_overhead(["mse_loss"]))
+    assert text == "The eager fallback's overhead was not measured: no selected loss (mse_loss) has a CPU shape " \
+                   "to measure it at."
+
+
+@pytest.mark.parametrize("argv", [["info"], ["bench", "compare", "{f}", "{f}"]])
+def test_a_closed_pipe_ends_the_output_quietly(argv, tmp_path):
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(_speed_doc()))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written (`| head -0`)
+    try:
+        run = subprocess.run([sys.executable, "-m", "fusedloss", *(a.format(f=results) for a in argv)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr, run.stderr
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone: every write raises BrokenPipeError."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        raise OSError("no file descriptor")
+
+
+def test_a_closed_pipe_does_not_lose_the_results_file(monkeypatch, tmp_path):
+    from fusedloss.bench import traffic
+
+    rows = [dict(_traffic_rows(1.0)[0], fusedloss_by_op={}, torch_by_op={})]
+    monkeypatch.setattr(traffic, "run_traffic", lambda *a, **k: rows)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    out = tmp_path / "traffic.json"
+    assert cli.main(["bench", "--traffic", "--loss", "mse_loss", "--out", str(out)]) == 1
+    assert json.loads(out.read_text()) == rows  # written before the table was printed

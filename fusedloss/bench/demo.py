@@ -8,7 +8,9 @@ labels what cannot:
   2. parity: the largest error of each loss and gradient against float64, fusedloss's kernels next to
      torch at the same dtype;
   3. the GPU results committed in bench/results/, with the device that measured them;
-  4. the eager fallback's overhead on this CPU (fusedloss's dispatcher calling torch).
+  4. the eager fallback's overhead on this CPU (fusedloss's dispatcher calling torch), on the first
+     selected loss at its CPU shape.
+With ``--loss`` every section shows the selected losses only.
 A PNG has one panel per question that has data: traffic, parity, GPU speed-ups.
 """
 import glob
@@ -88,36 +90,68 @@ def _committed_gpu_results(folder):
     return sorted(docs, key=lambda d: d[0], reverse=True)
 
 
-def _fallback_overhead(rounds=10, calls=20):
-    """fusedloss's eager fallback against torch directly, cross entropy 256 x 4000 forward+backward, measured
-    as ``bench --host`` measures (fusedloss/bench/host.py): the two interleaved round by round, torch on
-    one thread, the best round of each. Returns {"fusedloss": ms, "torch": ms, "summary": host.overhead()}:
-    on a shared machine the same call varies by 2x run to run, so the ratio comes with its spread."""
-    import torch.nn.functional as F
+def _selected_gpu_results(gpu_docs, losses):
+    """``_committed_gpu_results``' documents cut to the rows of the selected losses (the registry's labels
+    that ``losses`` names; every row when None); documents left without a row are dropped."""
+    if not losses:
+        return gpu_docs
+    labels = {bench.label for bench in registry.select(losses)}
+    chosen = []
+    for date, path, doc in gpu_docs:
+        rows = [r for r in doc["results"] if isinstance(r, dict) and r.get("loss") in labels]
+        if rows:
+            chosen.append((date, path, dict(doc, results=rows)))
+    return chosen
 
-    import fusedloss
-    import fusedloss.functional as FL
 
-    from . import host
+def _fallback_case(losses=None):
+    """(entry, shape, dtype) of the eager fallback's measurement: the first selected loss (in the order
+    ``losses`` names them; the registry's first when None) that has a CPU shape, at its first CPU shape, in
+    float32 where it is benchmarked in float32 (else in its first dtype); None when no selected loss has a
+    CPU shape."""
+    for bench in [b for name in losses for b in registry.select([name])] if losses else registry.REGISTRY:
+        if bench.cpu_shapes:
+            dtype = torch.float32 if torch.float32 in bench.dtypes else bench.dtypes[0]
+            return bench, tuple(bench.cpu_shapes[0]), dtype
+    return None
 
+
+def _fallback_overhead(losses=None, rounds=None, round_ms=None):
+    """fusedloss's eager fallback against torch directly, forward+backward, on the first selected loss that
+    has a CPU shape (``_fallback_case``), measured as ``bench --cpu-fallback`` measures that case
+    (harness.measure_fallback, which times as ``bench --host`` does: the two interleaved round by round,
+    torch on one thread, the best round of each). Returns {"loss", "dtype", "shape", "fusedloss": ms,
+    "torch": ms, "summary": host.overhead()} (on a shared machine the same call varies by 2x run to run, so
+    the ratio comes with its spread), or, when nothing could be measured, {"why": ...} (with the case's
+    "loss", "dtype", "shape" when there is one)."""
+    from . import harness, host
+
+    case = _fallback_case(losses)
+    if case is None:
+        return {"why": f"no selected loss ({', '.join(losses or ())}) has a CPU shape to measure it at"}
+    bench, shape, dtype = case
+    described = {"loss": bench.label, "dtype": str(dtype).replace("torch.", ""), "shape": shape}
     torch.manual_seed(0)
-    x = torch.randn(256, 4000, requires_grad=True)
-    y = torch.randint(0, 4000, (256,))
-    steps = {"fusedloss": lambda: torch.autograd.grad(FL.cross_entropy(x, y), x),
-             "torch": lambda: torch.autograd.grad(F.cross_entropy(x, y), x)}
-    with host.one_thread(), fusedloss.backend("auto"):  # auto on CPU tensors: the eager fallback
-        times = host.time_rounds(steps, rounds, calls, warmup=3)
-    return {"fusedloss": min(times["fusedloss"]) * 1e3, "torch": min(times["torch"]) * 1e3,
-            "summary": host.overhead(times["fusedloss"], times["torch"])}
+    ours, theirs = harness.measure_fallback(bench, shape, dtype, "forward+backward", bandwidth=1.0, rounds=rounds,
+                                            round_ms=round_ms)
+    if not (ours.rounds_ms and theirs.rounds_ms):
+        return {**described, "why": ours.status}
+    return {**described, "fusedloss": ours.best_ms, "torch": theirs.best_ms,
+            "summary": host.overhead(ours.rounds_ms, theirs.rounds_ms)}
 
 
 def fallback_overhead_text(overhead):
-    """The demo's sentence for ``_fallback_overhead()``'s figures."""
+    """The demo's sentence for ``_fallback_overhead()``'s figures (or for why there are none)."""
     from . import host
 
-    return (f"cross_entropy 256 x 4000 forward+backward on this CPU (torch on one thread, best of interleaved "
-            f"rounds): fusedloss {overhead['fusedloss']:.3f} ms, torch {overhead['torch']:.3f} ms; fusedloss / "
-            f"torch {host.describe_overhead(overhead['summary'])}. The compute is torch's in both.")
+    case = (f"{overhead['loss']} {overhead['dtype']} {' x '.join(map(str, overhead['shape']))} forward+backward"
+            if "loss" in overhead else None)
+    if "why" in overhead:
+        return (f"The eager fallback's overhead on {case} was not measured: {overhead['why']}." if case else
+                f"The eager fallback's overhead was not measured: {overhead['why']}.")
+    return (f"{case} on this CPU (torch on one thread, best of interleaved rounds): fusedloss "
+            f"{overhead['fusedloss']:.3f} ms, torch {overhead['torch']:.3f} ms; fusedloss / torch "
+            f"{host.describe_overhead(overhead['summary'])}. The compute is torch's in both.")
 
 
 def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
@@ -139,18 +173,24 @@ def run_cpu(results_folder="bench/results", out_stem=None, losses=None):
     lines += [f"| {r['loss']} | {r['dtype']} | {r['fusedloss']:.2e} | "
               f"{'no CPU kernel' if r['torch'] is None else format(r['torch'], '.2e')} |" for r in parity_rows]
     lines.append("")
-    gpu_docs = _committed_gpu_results(results_folder) if results_folder else []
+    all_gpu_docs = _committed_gpu_results(results_folder) if results_folder else []
+    gpu_docs = _selected_gpu_results(all_gpu_docs, losses)
     lines += [f"## {SECTIONS[2]} (not measured on this machine)", ""]
     if gpu_docs:
+        if losses:
+            lines += [f"Rows of the selected losses ({', '.join(losses)}) only.", ""]
         for _, path, doc in gpu_docs:
             lines += [f"From `{path}`: **{doc['device']}**, torch {doc['torch']}, triton {doc['triton']}, "
                       f"{doc['date']}.", "", report.summary_table(doc), ""]
+    elif all_gpu_docs:
+        lines += [f"None of the selected losses ({', '.join(losses)}) was measured on a GPU in the committed "
+                  f"results in {results_folder}/.", ""]
     elif results_folder:
         lines += [f"No committed GPU results in {results_folder}/.", ""]
     else:
         lines += ["fusedloss was not imported from its source tree (an installed wheel), so there are no committed "
                   "GPU results to show: they are in the repository's bench/results/.", ""]
-    lines += [f"## {SECTIONS[3]}", "", fallback_overhead_text(_fallback_overhead()), ""]
+    lines += [f"## {SECTIONS[3]}", "", fallback_overhead_text(_fallback_overhead(losses)), ""]
     text = "\n".join(lines)
     written = []
     if out_stem:

@@ -255,6 +255,64 @@ KIND_NAMES = {"speed": "a speed-results document (bench)", "traffic": "a --traff
               "host": "a --host result"}
 
 
+def _json(value):
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _row_problems(row, where, strings, optional_strings, numbers):
+    """What is wrong with one row of a results file (a list of phrases): ``strings`` must be strings,
+    ``optional_strings`` strings or null/absent, ``numbers`` non-negative numbers or null/absent, and
+    ``shape`` a list of integer dimensions."""
+    if not isinstance(row, dict):
+        return [f"{where} is {_json(row)}, not a row (a JSON object)"]
+    problems = []
+    for field in strings:
+        if not isinstance(row.get(field), str):
+            problems.append(f"{where}.{field} is {_json(row[field]) if field in row else 'missing'}, not a string")
+    for field in optional_strings:
+        if row.get(field) is not None and not isinstance(row[field], str):
+            problems.append(f"{where}.{field} is {_json(row[field])}, not a string")
+    shape = row.get("shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        problems.append(f"{where}.shape is {_json(shape) if 'shape' in row else 'missing'}, not a list of "
+                        "dimensions")
+    for field in numbers:
+        value = row.get(field)
+        if value is not None and not (_is_number(value) and value >= 0):
+            problems.append(f"{where}.{field} is {_json(value)}, not a number of "
+                            f"{'milliseconds' if field.endswith('_ms') else 'times the minimal'}")
+    return problems
+
+
+def malformed_rows(doc, kind):
+    """What ``compare_table`` cannot read in a results file of that ``kind`` ("speed" or "traffic"): a list of
+    phrases naming each bad row and field (empty when every row is well formed)."""
+    problems = []
+    if kind == "speed":
+        for i, row in enumerate(doc["results"]):
+            problems += _row_problems(row, f"results[{i}]", ("loss", "dtype", "mode", "impl"), ("status",),
+                                      ("median_ms",))
+    elif kind == "traffic":
+        for i, row in enumerate(doc):
+            problems += _row_problems(row, f"[{i}]", ("loss", "impl"), ("dtype",),
+                                      ("fusedloss_ratio", "fusedloss_scaled_grad_ratio", "torch_ratio"))
+    return problems
+
+
+def _time_cell(row):
+    """A row's time in a table cell: its median, else (none, or 0: no measurement) its status when that
+    says why (an error, out of memory), else "-" (never "ok" without a time)."""
+    ms, status = row.get("median_ms"), row.get("status")
+    if ms:
+        return f"{ms:.3f}"
+    return status if status not in (None, "ok") else "-"
+
+
 def compare_table(old, new):
     """Both times and new / old for every (loss, dtype, shape, mode, implementation) the two documents
     share; a warning line first when they come from different devices or versions. Two --traffic results:
@@ -279,8 +337,7 @@ def compare_table(old, new):
         ratio = (f"{r['median_ms'] / o['median_ms']:.3f}" if r.get("median_ms") and o.get("median_ms")
                  else "-")
         lines.append(f"| {r['loss']} | {r['dtype']} | {_shape(r['shape'])} | {r['mode']} | {r['impl']} | "
-                     f"{_fmt(o.get('median_ms'), '.3f') if o.get('median_ms') else o.get('status')} | "
-                     f"{_fmt(r.get('median_ms'), '.3f') if r.get('median_ms') else r.get('status')} | {ratio} |")
+                     f"{_time_cell(o)} | {_time_cell(r)} | {ratio} |")
     if not shared:
         lines.append("| (no row in common) | | | | | | | |")
     return "\n".join(lines)
