@@ -8,13 +8,16 @@ versions in use (see bench/NOTES.md).
 
 ``reduction_counter`` hands out the int32 ticket counter of the grid-wide reductions (kernels/_reduce.py),
 zero when a launch starts (the last program of every launch resets it):
-  - eager CUDA launches: one counter per (device, stream), shared by the launches on that stream. Safe
-    because launches on one stream run one after another: each finds the counter at 0 and leaves it at
-    0, and no launch on another stream ever uses it. No memset precedes a launch.
-  - launches captured into a CUDA graph: a counter of the launch's own, allocated (and zeroed, a memset
-    node of the graph) inside the capture, so in the graph's private pool. Graphs replayed at the same
-    time on different streams share nothing (every capture runs on one capture stream: a counter per
-    stream would have been shared by every graph), and nothing shared is allocated inside a capture.
+  - launches on a device's default stream: one counter per device, shared by them. Safe because launches
+    on one stream run one after another: each finds the counter at 0 and leaves it at 0, and no launch
+    on another stream ever uses it. No memset precedes a launch.
+  - launches on any other stream: a counter of the launch's own (allocated and zeroed: one fill, ~2 us
+    of GPU time). This covers every CUDA-graph capture (never on the default stream): the counter is
+    allocated inside the capture, in the graph's pool, and zeroed by a node of the graph, so graphs
+    replayed at the same time on different streams share nothing (every capture runs on one capture
+    stream: a counter per stream would have been shared by every graph). It also covers the side stream
+    on which torch.compile's CUDA-graph trees warm up, where every allocation of the thread goes to the
+    graph's pool: a counter kept there for later launches would be a live block the trees do not know.
   - the interpreter (CPU tensors): one per thread (it runs a launch's programs one after another).
 """
 import contextlib
@@ -27,7 +30,7 @@ import triton.language as tl
 from ._config import interpreting
 
 _STUB = None  # a callable(kernel, grid, args, constexprs) that replaces every launch (host-time benchmark)
-_counters = {}  # (CUDA device index, stream) -> counter
+_counters = {}  # CUDA device index -> the counter of its default stream
 _counters_lock = threading.Lock()
 
 
@@ -90,14 +93,13 @@ def reduction_counter(tensor):
         if _thread.cpu is None:
             _thread.cpu = torch.zeros(1, dtype=torch.int32)
         return _thread.cpu
-    if torch._C._cuda_isCurrentStreamCapturing():  # its own counter, in the graph being captured
-        return torch.zeros(1, dtype=torch.int32, device=tensor.device)
     index = tensor.get_device()
-    key = (index, torch._C._cuda_getCurrentRawStream(index))
-    counter = _counters.get(key)
+    if torch._C._cuda_getCurrentRawStream(index) != 0:  # not the default stream: a counter of its own
+        return torch.zeros(1, dtype=torch.int32, device=tensor.device)
+    counter = _counters.get(index)
     if counter is None:
         with _counters_lock:
-            counter = _counters.get(key)
+            counter = _counters.get(index)
             if counter is None:
-                counter = _counters[key] = torch.zeros(1, dtype=torch.int32, device=tensor.device)
+                counter = _counters[index] = torch.zeros(1, dtype=torch.int32, device=tensor.device)
     return counter

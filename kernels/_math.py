@@ -2,7 +2,10 @@
 
 Under Triton's interpreter the functions of ``triton.language.extra.libdevice`` are unavailable, so the
 few transcendental functions the losses need beyond ``exp``/``log``/``sigmoid`` are written here once,
-with their precision stated (measured against float64 over [-3, 3] in float32 arithmetic).
+with their precision stated (measured against float64 over [-3, 3] in float32 arithmetic, through the
+interpreter: numpy's exp, log and division are correctly rounded; compiled for a GPU, float32 ``tl.exp``
+is ``ex2.approx`` and ``/`` is ``div.full.f32``, a few ulp more). Where exactness matters, ``sqrt_rn``
+and ``div_rn`` below are correctly rounded on the GPU too.
 """
 import triton
 import triton.language as tl
@@ -103,6 +106,12 @@ def div_rn(x, y):
 @triton.jit
 def offset64(n, k):
     """n * k as a 64-bit element offset. Integer arguments below 2**31 arrive in a kernel as int32, and so
-    does a product of them: 3 * n wraps from n = 715,827,883. ``n``: a runtime argument (listed in
-    ``do_not_specialize``: a value-specialised 1 is a constexpr, without ``.to``)."""
-    return n.to(tl.int64) * k
+    does a product of them: 3 * n wraps from n = 715,827,883. (``n``: a runtime argument or constexpr:
+    ``tl.cast``: a value-specialised 1 arrives as a constexpr, which has no ``.to``)."""
+    return tl.cast(n, tl.int64) * k
+
+
+@triton.jit
+def div_by_count(x, n):
+    """x / n for an integer argument n (a size; a constexpr where Triton specialised it), correctly rounded."""
+    return div_rn(x, tl.cast(n, x.dtype))

@@ -12,6 +12,8 @@ Cost: one 4-byte store and one atomic per program, plus n_programs * 4 bytes rea
 import triton
 import triton.language as tl
 
+from ._math import div_rn
+
 
 @triton.jit
 def is_last_program(counter_ptr):
@@ -43,6 +45,6 @@ def finish_grid_sum(partial, out_ptr, partials_ptr, counter_ptr, divisor, RBLOCK
     (in its dtype) and reset the counter. The whole reduction of a one-value-per-launch loss."""
     tl.store(partials_ptr + tl.program_id(0), partial)
     if is_last_program(counter_ptr):
-        total = sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC) / divisor
+        total = div_rn(sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC), divisor)
         tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
         release_counter(counter_ptr)

@@ -29,8 +29,8 @@ else 1; every gradient below is written times s; step numbers as in the kernels)
   cosine_similarity (dim, eps; torch's normalise-first form with its no-grad clamp):
     (1) s = <a, b>, n1 = |a|, n2 = |b|;  c_i = max(n_i, eps);  u = a / c1, v = b / c2;  out = <u, v>
         (a row in one tile; longer rows s / c1 / c2)
-    (3) d/da = (v - out u q1) / c1 with q1 = c1 / n1 (0 where n1 = 0);  d/db likewise. Where a and b are
-        parallel (D = 1 always) v = out u exactly, so the gradient is exactly 0, as torch's
+    (3) d/da = (v - out u q1) / c1 with q1 = c1 / n1 (0 where n1 = 0);  d/db likewise. With one feature
+        (D = 1) u, v and out are +-1 exactly, so the gradient is exactly 0, as torch's
   The cosine losses of float32 inputs compute in float64 (every other loss: float32 for 16- and 32-bit
   inputs): their gradient subtracts two nearly equal terms (b / |a||b| - cos a / |a|^2), which float32
   leaves with an error of a few ulp of the terms, up to 4x torch's; float64 holds it below torch's. Norms
@@ -77,7 +77,7 @@ import triton.language as tl
 
 from ._config import plan_cache, row_margin_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, logistic, pow_runtime, sqrt_rn
+from ._math import div_by_count, div_rn, join_float, logistic, pow_runtime, sqrt_rn
 from ._reduce import finish_grid_sum
 from .pointwise import _bce_with_logits
 from .softmax_rows import softmax_rows_rescale
@@ -167,7 +167,7 @@ def _multi_margin(a_ptr, t_ptr, w_ptr, ga_ptr, a_row, t_row, g_row, row_mask, sa
         w_y = tl.load(w_ptr + y * sw_d, mask=row_mask, other=0.0).to(ACC)
     else:
         w_y = tl.full([BLOCK_R], 1.0, ACC)
-    coef = w_y / n_cols
+    coef = div_by_count(w_y, n_cols)
     g_coef = _nan_unless(valid, coef * scale)
     # (2) every class c != y: the hinge term and its gradient; the target's gradient is their negated sum
     total = tl.zeros([BLOCK_R], ACC)
@@ -257,7 +257,7 @@ def _multilabel_margin(a_ptr, t_ptr, ga_ptr, a_row, t_row, g_row, sa_d, st_d, g_
         k = tl.minimum(k, tl.min(tl.where(m & (t < 0), cols, n_cols), axis=0))
         bad = tl.maximum(bad, tl.max(tl.where(m & ((t < -1) | (t >= n_cols)), 1, 0), axis=0))
     ok = bad == 0
-    g_scale = _nan_unless(ok, scale / n_cols)
+    g_scale = _nan_unless(ok, div_by_count(scale, n_cols))
     # (2) class blocks, each against every block of targets: the loss, and a non-target class's gradient
     #     (its active targets, counted over the whole list) stored once per class block; the first
     #     BLOCK_T targets' counts (their active classes) add up over the class blocks in registers.
@@ -295,7 +295,7 @@ def _multilabel_margin(a_ptr, t_ptr, ga_ptr, a_row, t_row, g_row, sa_d, st_d, g_
                 count += tl.sum(active.to(ACC), axis=1)
             mult = _multiplicity(t_ptr, t_row, st_d, tj, k, BLOCK_T, ACC)
             tl.store(ga_ptr + g_row + tj * g_col, (-(mult * count) * g_scale).to(ga_ptr.dtype.element_ty), mask=jm)
-    return _nan_unless(ok, total / n_cols)
+    return _nan_unless(ok, div_by_count(total, n_cols))
 
 
 @triton.jit
@@ -304,7 +304,7 @@ def _multilabel_soft_margin(a_ptr, b_ptr, c_ptr, ga_ptr, gb_ptr, a_row, b_row, c
                             GRAD_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     """multilabel_soft_margin_loss of BLOCK_R rows: the BCE-with-logits terms (kernels/pointwise.py),
     weighted, averaged over the row."""
-    g_scale = scale / n_cols
+    g_scale = div_by_count(scale, n_cols)
     total = tl.zeros([BLOCK_R], ACC)
     for c0 in range(0, n_cols, BLOCK_D):
         cols = (c0 + tl.arange(0, BLOCK_D)).to(tl.int64)
@@ -324,7 +324,7 @@ def _multilabel_soft_margin(a_ptr, b_ptr, c_ptr, ga_ptr, gb_ptr, a_row, b_row, c
             tl.store(ga_ptr + g_ptrs, (dx * g_scale).to(ga_ptr.dtype.element_ty), mask=mask)
         if GRAD_B:
             tl.store(gb_ptr + g_ptrs, (dy * g_scale).to(gb_ptr.dtype.element_ty), mask=mask)
-    return total / n_cols
+    return div_by_count(total, n_cols)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -377,13 +377,13 @@ def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND
         m1 = s1 + eps
         m2 = s2 + eps
         denom = sqrt_rn(m1 * m2)
-        cos = s0 / denom
+        cos = div_rn(s0, denom)
         pos = y == 1.0
         neg = y == -1.0
         hinge = cos - margin
         loss = tl.where(pos, 1.0 - cos, 0.0) + tl.where(neg, tl.where(hinge < 0, 0.0, hinge), 0.0)
         g = (tl.where(pos, -1.0, 0.0) + tl.where(neg & (hinge >= 0), 1.0, 0.0)) * scale
-        return loss, g / denom, g * cos / m1, g * cos / m2, s0, s0, s0
+        return loss, div_rn(g, denom), div_rn(g * cos, m1), div_rn(g * cos, m2), s0, s0, s0
     elif LOSS == "cosine_similarity":
         # torch's normalise-first form: u = a / c1, v = b / c2 (c_i = max(|x_i|, eps), a clamp without a
         # gradient), out = <u, v>; here out from the sums (a row in one tile recomputes it as <u, v>)
@@ -639,7 +639,9 @@ def _accumulation(loss, dtype):
 @plan_cache
 def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, reduce, grads):
     """(grid, num_warps, constexprs) of the forward kernel for one signature."""
-    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(loss, n_cols, dtype.itemsize)
+    acc = _accumulation(loss, dtype)[1]
+    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(
+        loss, n_cols, dtype.itemsize if acc.itemsize == 4 else acc.itemsize)
     constexprs = dict(
         LOSS=loss, P=p_int, P_KIND=p_kind, HAS_WEIGHT=has_weight, SWAP=swap, REDUCE=reduce, GRAD_A=grads[0],
         GRAD_B=grads[1], GRAD_C=grads[2], ONE_BLOCK=one_block, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_T=block_t,

@@ -64,7 +64,7 @@ import triton.language as tl
 
 from ._config import plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import join_float, offset64, tanh
+from ._math import div_rn, join_float, offset64, tanh
 from ._reduce import is_last_program, release_counter, sum_partials
 
 
@@ -280,7 +280,7 @@ def _softmax_rows_fwd_kernel(
     # (2) the row's loss, its share of the 'mean' denominator, and the gradient's row coefficients
     g = tl.full([BLOCK_R], 1.0, ACC)  # the row's gradient scale for grad_output = 1 (WRITE_GRAD)
     if DENOM_GIVEN:
-        g = g / tl.load(given_denom_ptr).to(ACC)
+        g = div_rn(g, tl.load(given_denom_ptr).to(ACC))
     if SCALE_GRAD:
         g = g * tl.load(grad_scale_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if PROB_TARGET:
@@ -369,7 +369,7 @@ def _softmax_rows_fwd_kernel(
                     else:
                         denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
                     tl.store(denom_ptr, denom)  # for the backward
-                    total = total / denom
+                    total = div_rn(total, denom)
                 tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
                 release_counter(counter_ptr)
 
@@ -414,7 +414,7 @@ def _softmax_rows_bwd_kernel(
     # the row's grad_output g (over the denominator for 'mean'), and what (3) needs from the forward
     g = tl.load(grad_out_ptr + n * stride_gn + s * stride_gs, mask=row_mask, other=0.0).to(ACC)
     if MEAN:
-        g = g / tl.load(work_ptr + offset64(n_saved, 3)).to(ACC)
+        g = div_rn(g, tl.load(work_ptr + offset64(n_saved, 3)).to(ACC))
     if INPUT_IS_LOGPROB:
         lse = tl.zeros([BLOCK_R], ACC)  # unused: the NLL gradient needs no softmax
         p_coef = lse

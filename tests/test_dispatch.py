@@ -158,6 +158,8 @@ SHAPE_MISMATCHES = [
                                                             {}),
     ("pairwise_distance", [(4, 3), (4, 5)], {}), ("cosine_similarity", [(4, 3), (4, 5)], {}),
     ("binary_cross_entropy_with_logits", [(4, 3), (4, 3)], {"pos_weight": (5,)}),
+    ("binary_cross_entropy_with_logits", [(4, 5), (4, 5)], {"weight": (6,)}),
+    ("binary_cross_entropy_with_logits", [(5,), (5,)], {"weight": (6,)}),
 ]
 
 

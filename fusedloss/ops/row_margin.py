@@ -92,14 +92,24 @@ def _row_strides(tensor, dim):
     return tensor, strides
 
 
-@functools.lru_cache(maxsize=4096)
 def _strides_around(shape, strides, dim):
-    """(stride_n, stride_d, stride_s) of a layout around ``dim`` (cached: it runs on every call), or None
-    where the dimensions before or after it do not merge."""
+    """(stride_n, stride_d, stride_s) of a layout around ``dim``, or None where the dimensions before or
+    after it do not merge. Cached (it runs on every call), except for the symbolic sizes of a
+    torch.compile trace with dynamic shapes (SymInts are not hashable)."""
+    try:
+        return _strides_around_cached(shape, strides, dim)
+    except TypeError:
+        return _strides_of(shape, strides, dim)
+
+
+def _strides_of(shape, strides, dim):
     outer, inner = _merged_stride(shape[:dim], strides[:dim]), _merged_stride(shape[dim + 1:], strides[dim + 1:])
     if outer is None or inner is None:
         return None
     return outer, strides[dim], inner
+
+
+_strides_around_cached = functools.lru_cache(maxsize=4096)(_strides_of)
 
 
 def _rows_of(shape, dim):
