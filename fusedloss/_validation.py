@@ -5,6 +5,7 @@ kernel runs, so the checks below follow ATen's (LossNLL.cpp, LossNLL2d.cpp, Loss
 the same messages. Only shapes, dtypes and devices are checked here: values (a target out of range) are
 checked on the device (NaN) or, with ``FUSEDLOSS_DEBUG=1``, on the host by ``check_class_targets``.
 """
+import math
 import warnings
 
 import torch
@@ -420,10 +421,16 @@ def check_linear_cross_entropy(input, linear_weight, target, linear_bias, ignore
 # LossMultiLabelMargin.cpp, Loss.cpp, Distance.cpp), in torch's order and words)
 # ----------------------------------------------------------------------------------------------------
 
-def linear_cross_entropy_chunk_rows(options):
-    """The rows per chunk that linear_cross_entropy's ``options`` ask for (0: the memory budget's): its
-    ``batch_chunk_size``, of a ``torch.nn.LinearCrossEntropyOptions`` (``fusedloss.nn``'s on torches
-    without it). Anything else raises AttributeError, as torch's chunked path does, with a clear message."""
+def linear_cross_entropy_chunk_rows(options, input=None, weight=None, chunked=True):
+    """The rows per chunk that ``options`` ask for (0: the memory budget's), for the fused chunked paths.
+
+    ``options`` is a ``torch.nn.LinearCrossEntropyOptions`` (``fusedloss.nn``'s stand-in on torches without
+    it). With torch's class, where torch's chunked path would take the options (``chunked``), they are
+    resolved as torch resolves them (``_adjust``: torch's ValueError for inconsistent options) and torch's
+    accumulation rule applies (its RuntimeError for an acc_dtype it rejects; the fused path accumulates 16-bit
+    operands in float32 in any case): an explicit ``batch_chunk_size``, or the size an explicit
+    ``chunking_method`` computes, is the rows per chunk; "auto" leaves the fused path's memory budget.
+    Anything else raises AttributeError, as torch's chunked path does, with a clear message."""
     if options is None:
         return 0
     if not hasattr(options, "batch_chunk_size"):
@@ -432,7 +439,18 @@ def linear_cross_entropy_chunk_rows(options):
     rows = options.batch_chunk_size
     if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
         raise ValueError(f"batch_chunk_size must be positive int or None, got {rows!r}")
-    return rows or 0
+    adjust = getattr(options, "_adjust", None)
+    if adjust is None or not chunked or input is None:
+        return rows or 0
+    resolved = adjust(num_batches=max(math.prod(input.shape[:-1]), 1), in_features=input.shape[-1],
+                      num_classes=weight.shape[0], dtype=input.dtype, device=input.device)
+    dtype, acc_dtype = input.dtype, resolved.acc_dtype
+    if dtype != acc_dtype and not (dtype in (torch.float16, torch.bfloat16) and acc_dtype == torch.float32):
+        raise RuntimeError("linear_cross_entropy supports float32 acc_dtype with float16/bfloat16 inputs, but got "
+                           f"{acc_dtype} acc_dtype and {dtype} inputs.")
+    if rows is not None or options.chunking_method not in (None, "auto"):
+        return resolved.batch_chunk_size
+    return 0
 
 
 def _check_class_scores(input):
@@ -581,3 +599,154 @@ def check_rank_groups(name, y_pred, y_true, num_neg, labels=False):
         if y_true.shape != y_pred.shape:
             raise ValueError(f"{name}: y_true must have y_pred's shape {tuple(y_pred.shape)}, got "
                              f"{tuple(y_true.shape)}")
+
+
+# ------------------------------------------------------------------ distillation and token log-probabilities
+# (fusedloss's own functions: the checks torch's composite formulas would make, as clear errors)
+
+JSD_REDUCTIONS = ("none", "batchmean", "sum", "mean")
+
+
+def check_positive_temperature(temperature):
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+
+
+def check_mixture_beta(beta_value):
+    """The generalized JSD's beta: a number in [0, 1] (0: forward KL, 1: reverse KL)."""
+    if not isinstance(beta_value, (int, float)) or isinstance(beta_value, bool) or not 0 <= beta_value <= 1:
+        raise ValueError(f"beta must be a number in [0, 1], got {beta_value!r}")
+
+
+def _check_class_indices(name, tensor, shape, op):
+    check_tensor(name, tensor)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise RuntimeError(f"{op}: {name} must hold class indices (an integer tensor), got {c10_name(tensor.dtype)}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} of shape {_shape(tensor)} must have the logits' leading shape "
+                         f"[{', '.join(map(str, shape))}]")
+
+
+def _check_logits(name, tensor, op):
+    check_tensor(name, tensor)
+    if not tensor.is_floating_point():
+        raise RuntimeError(f"{op}: {name} must be floating point, got {c10_name(tensor.dtype)}")
+    if tensor.dim() == 0 or tensor.shape[-1] == 0:
+        raise ValueError(f"{op}: {name} needs a non-empty last (class) dimension, got shape {_shape(tensor)}")
+
+
+def check_jsd(input, target, indices, labels, beta_value, temperature, ignore_index, reduction,
+              op="jsd_loss", target_name="target"):
+    """jsd_loss's arguments: student logits (..., V); the teacher's logits of the same shape, or its
+    top-k (log-probabilities (..., K), classes (..., K)) with beta 0; labels (...) or None."""
+    _check_logits("input", input, op)
+    check_mixture_beta(beta_value)
+    check_positive_temperature(temperature)
+    if reduction not in JSD_REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction (expected one of "
+                         f"{', '.join(JSD_REDUCTIONS)})")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    lead = tuple(input.shape[:-1])
+    if indices is None:
+        _check_logits(target_name, target, op)
+        if target.shape != input.shape:
+            raise ValueError(f"{op}: {target_name} of shape {_shape(target)} must have the input's shape "
+                             f"{_shape(input)}")
+    else:
+        if beta_value != 0:
+            raise ValueError(f"{op}: a top-k teacher (log-probabilities, classes) takes beta=0 (the forward KL over "
+                             f"the teacher's support), got beta={beta_value}")
+        _check_logits(f"{target_name}'s log-probabilities", target, op)
+        if tuple(target.shape[:-1]) != lead:
+            raise ValueError(f"{op}: the top-k log-probabilities of shape {_shape(target)} must have the input's "
+                             f"leading shape [{', '.join(map(str, lead))}]")
+        _check_class_indices("top-k classes", indices, target.shape, op)
+    if labels is not None:
+        _check_class_indices("labels", labels, lead, op)
+    check_same_device(*(t for t in (input, target, indices, labels) if t is not None))
+
+
+def check_log_probs(input, tokens, temperature, ignore_index, op="log_probs"):
+    _check_logits("input", input, op)
+    check_positive_temperature(temperature)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    _check_class_indices("tokens", tokens, input.shape[:-1], op)
+    check_same_device(input, tokens)
+
+
+def check_distribution_targets(indices, labels, n_classes, ignore_index, hard):
+    """Host-side check of class values (FUSEDLOSS_DEBUG only: it synchronises): top-k classes in [0, V),
+    and with a hard target (or for tokens) labels in [0, V) unless ``ignore_index``."""
+    if indices is not None and bool(((indices < 0) | (indices >= n_classes)).any()):
+        value = int(indices[(indices < 0) | (indices >= n_classes)].flatten()[0])
+        raise IndexError(f"Target {value} is out of bounds.")
+    if hard and labels is not None:
+        check_class_targets(labels, n_classes, ignore_index)
+
+
+def _check_head(op, prefix, input, weight, bias):
+    """An LM head's operands: hidden states (..., H), weight (V, H), bias (V,) or None."""
+    _check_logits(f"{prefix}input", input, op)
+    check_tensor(f"{prefix}weight", weight)
+    if weight.dim() != 2 or weight.shape[1] != input.shape[-1]:
+        raise RuntimeError(f"{op}: {prefix}weight of shape {_shape(weight)} must be (V, {input.shape[-1]}) for "
+                           f"{prefix}input of shape {_shape(input)}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"{op}: {prefix}weight has no rows (an empty vocabulary)")
+    if bias is not None:
+        check_tensor(f"{prefix}bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise RuntimeError(f"{op}: {prefix}bias of shape {_shape(bias)} must be ({weight.shape[0]},)")
+
+
+def _check_weights(hard_weight, soft_weight):
+    for name, value in (("hard_weight", hard_weight), ("soft_weight", soft_weight)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -math.inf < value < math.inf:
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta_value,
+                     temperature, ignore_index, hard_weight, soft_weight, reduction, drop_teacher_extra_classes,
+                     op="linear_jsd_loss"):
+    """linear_jsd_loss's arguments. Returns the teacher's (weight, bias), its extra classes dropped when
+    asked for (a padded vocabulary)."""
+    _check_head(op, "", input, weight, bias)
+    _check_head(op, "teacher_", teacher_input, teacher_weight, teacher_bias)
+    if tuple(teacher_input.shape[:-1]) != tuple(input.shape[:-1]):
+        raise ValueError(f"{op}: teacher_input of shape {_shape(teacher_input)} must have the input's leading shape "
+                         f"[{', '.join(map(str, input.shape[:-1]))}]")
+    check_mixture_beta(beta_value)
+    check_positive_temperature(temperature)
+    _check_weights(hard_weight, soft_weight)
+    if reduction not in JSD_REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction (expected one of "
+                         f"{', '.join(JSD_REDUCTIONS)})")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if labels is not None:
+        _check_class_indices("labels", labels, input.shape[:-1], op)
+    elif hard_weight:
+        raise ValueError(f"{op}: hard_weight={hard_weight} needs labels (the hard loss's targets)")
+    n_student, n_teacher = weight.shape[0], teacher_weight.shape[0]
+    if n_teacher != n_student:
+        if n_teacher < n_student or not drop_teacher_extra_classes:
+            raise ValueError(f"{op}: the student's vocabulary has {n_student} classes and the teacher's {n_teacher}; "
+                             + ("pass drop_teacher_extra_classes=True to drop the teacher's classes past the "
+                                f"student's (a padded vocabulary)" if n_teacher > n_student else
+                                "a teacher with fewer classes than the student is not served"))
+        teacher_weight = teacher_weight[:n_student]
+        teacher_bias = teacher_bias[:n_student] if teacher_bias is not None else None
+    check_same_device(*(t for t in (input, weight, bias, teacher_input, teacher_weight, teacher_bias, labels)
+                        if t is not None))
+    return teacher_weight, teacher_bias
+
+
+def check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, op="linear_log_probs"):
+    _check_head(op, "", input, weight, bias)
+    check_positive_temperature(temperature)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    _check_class_indices("tokens", tokens, input.shape[:-1], op)
+    check_same_device(*(t for t in (input, weight, bias, tokens) if t is not None))

@@ -17,6 +17,10 @@ from . import dispatch
 from .dispatch import Route
 from .ops import _eager, _vocab_parallel
 from .ops._scaffold import autocast_policy
+from .ops.distribution_rows import DistributionOptions, distribution_loss
+from .ops.linear_distribution import LinearJSDOptions, LinearLogProbsOptions
+from .ops.linear_distribution import linear_jsd_loss as linear_jsd_loss_op
+from .ops.linear_distribution import linear_log_probs as linear_log_probs_op
 from .ops.linear_cross_entropy import MatmulRowsOptions, linear_cross_entropy_loss
 from .ops.pointwise import PointwiseOptions, pointwise_loss
 from .ops.row_margin import RowMarginOptions, row_margin_loss
@@ -28,7 +32,8 @@ __all__ = ["cross_entropy", "nll_loss", "linear_cross_entropy",
            "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
            "multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "cosine_embedding_loss",
            "triplet_margin_loss", "triplet_margin_with_distance_loss", "pairwise_distance", "cosine_similarity",
-           "rank_hinge_loss", "rank_cross_entropy_loss", "ctc_loss"]
+           "rank_hinge_loss", "rank_cross_entropy_loss", "ctc_loss",
+           "jsd_loss", "log_probs", "linear_jsd_loss", "linear_log_probs"]
 
 
 def _out_dtype(op, input):
@@ -257,7 +262,8 @@ def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
                                           reduction=reduction, ignore_index=ignore_index,
                                           label_smoothing=label_smoothing, options=options)
     _check_extras(z_loss, softcap)
-    check.linear_cross_entropy_chunk_rows(options)  # the eager formula holds the logits whole: options unused
+    check.linear_cross_entropy_chunk_rows(options, input, linear_weight)  # checked; the eager formula holds
+    # the logits whole (torch's own function with these options, where this torch has one, runs above)
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group)
     return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -307,7 +313,10 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
         target = target.reshape(())  # torch takes a (1,) target for an unbatched input as a 0-d one
     if not prob_target and dispatch.debug_enabled() and process_group is None:
         check.check_class_targets(target, linear_weight.shape[0], ignore_index)
-    chunk_rows = check.linear_cross_entropy_chunk_rows(options)
+    # torch's chunked path takes options for these calls only (else it warns and ignores them)
+    chunked = (reduction in ("mean", "sum", "none") and not label_smoothing and target.dtype == torch.int64
+               and linear_weight.dim() == 2)
+    chunk_rows = check.linear_cross_entropy_chunk_rows(options, input, linear_weight, chunked)
     lce_options = MatmulRowsOptions(
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, int(chunk_rows),
@@ -436,7 +445,7 @@ _BCE_WITH_LOGITS = _pointwise_route(
     lambda input, target, weight, size_average, reduce, reduction, pos_weight: _unsupported_pointwise(
         "binary_cross_entropy_with_logits", input, target, (weight, pos_weight), integer_target=False),
     (0, 1, 2, 6),
-    broadcast=((6, 1), (2, 0)))  # torch: (pos_weight - 1) * target, loss * weight
+    broadcast=((6, 1), (0, 2)))  # torch: (pos_weight - 1) * target, loss * weight
 
 
 def smooth_l1_loss(
@@ -1156,3 +1165,289 @@ def _fused_rank_cross_entropy(y_pred, y_true, num_neg):
 
 _RANK_CROSS_ENTROPY = Route("rank_cross_entropy_loss", _eager_rank_cross_entropy, _fused_rank_cross_entropy,
                             lambda y_pred, y_true, num_neg: _unsupported_rank(y_pred, y_true, num_neg, True), (0, 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# distillation and token log-probabilities over large vocabularies (fusedloss.ops.distribution_rows)
+# ----------------------------------------------------------------------------------------------------
+
+
+def jsd_loss(
+    input: Tensor,
+    target,
+    labels: Optional[Tensor] = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    grad_in_forward: bool = False,
+    loss_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Knowledge-distillation divergence between a student's logits ``input`` and a teacher's ``target``,
+    (..., V) each (rows: every leading dimension), with s = log_softmax(input / T), t = log_softmax(target / T):
+
+      beta = 0        sum_v exp(t_v) (t_v - s_v)           forward KL(teacher || student)
+      beta = 1        sum_v exp(s_v) (s_v - t_v)           reverse KL(student || teacher)
+      0 < beta < 1    m = log(beta exp(t) + (1 - beta) exp(s)),
+                      beta sum exp(t) (t - m) + (1 - beta) sum exp(s) (s - m)   the generalized JSD (GKD)
+
+    per row, no T**2 factor (TRL's ``GKDTrainer.generalized_jsd_loss``); a term whose probability is 0
+    counts 0. ``labels`` (the rows' shape, optional): rows labelled ``ignore_index`` count nothing and get
+    no gradient. ``reduction``: 'batchmean' (sum / counted rows, at least 1 as TRL's: a batch with no
+    counted row gives 0; all rows count without labels), 'sum', 'mean' (sum / (counted rows x V), torch's
+    kl_div 'mean'), 'none' (the rows' losses, shaped as the leading dimensions). Gradients for ``input``, and for ``target`` when it requires grad.
+
+    Offline distillation: ``target`` may be the teacher's stored top-k, a pair ``(log_probs (..., K),
+    classes (..., K))``: then beta must be 0 and the loss is sum_j exp(t_j) (t_j - s_{class_j}) over the
+    teacher's support (the student's softmax over its whole vocabulary; the log-probabilities are taken as
+    given, without T). A class outside [0, V) makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+
+    Keyword-only extras: ``grad_in_forward`` (as cross_entropy's: the gradient for grad_output 1 written in
+    the forward, rescaled on the device when it is not 1); ``loss_dtype`` (the loss's dtype; default the
+    input's, float32 under autocast).
+    """
+    indices = None
+    if isinstance(target, (tuple, list)):
+        if len(target) != 2:
+            raise ValueError(f"jsd_loss: a top-k target is a pair (log_probs, classes), got {len(target)} items")
+        target, indices = target
+    return dispatch.call(_JSD, input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                         grad_in_forward, loss_dtype)
+
+
+def _jsd_out_dtype(op, input, loss_dtype):
+    if loss_dtype is not None:
+        check.check_loss_dtype(loss_dtype)
+        return loss_dtype
+    return _out_dtype(op, input)
+
+
+def _eager_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
+               loss_dtype):
+    check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
+    out_dtype = _jsd_out_dtype("jsd_loss", input, loss_dtype)
+    if out_dtype != input.dtype:
+        input = input.to(out_dtype)
+        target = target.to(out_dtype)
+    return _eager.distillation_loss(input, target, indices, labels, float(beta), float(temperature), ignore_index,
+                                    reduction).to(out_dtype)
+
+
+def _fused_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
+               loss_dtype):
+    check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
+    out_dtype = _jsd_out_dtype("jsd_loss", input, loss_dtype)
+    if dispatch.debug_enabled():
+        check.check_distribution_targets(indices, labels, input.shape[-1], ignore_index, False)
+    options = DistributionOptions("jsd", reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
+                                  False, bool(grad_in_forward))
+    return distribution_loss(options, input, target, indices, labels)
+
+
+def _unsupported_jsd(input, target, indices, labels, *unused):
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        return "a non-tensor input or target"
+    if indices is not None and target.requires_grad and torch.is_grad_enabled():
+        return "top-k teacher log-probabilities that require grad"
+    return None
+
+
+_JSD = Route("jsd_loss", _eager_jsd, _fused_jsd, _unsupported_jsd, (0, 1, 2, 3), ())
+
+
+def log_probs(
+    input: Tensor,
+    tokens: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    dtype: Optional[torch.dtype] = None,
+):
+    """Per row of the (..., V) logits ``input``: ``log_softmax(input / T)[token]`` (``tokens``: the rows'
+    shape), 0 with no gradient where the token is ``ignore_index``; with ``with_entropy`` also the row's
+    entropy ``-sum p log p`` (p = softmax(input / T); 0 with no gradient for ignored rows), returned as
+    ``(log_probs, entropy)``. Both differentiable (the backward takes a gradient per row of each), in one
+    pass over the logits: the per-token log-probabilities of RL (GRPO/PPO ratios, the entropy bonus) and
+    preference training (DPO/KTO sum them per sequence). ``dtype``: the outputs' dtype (default the
+    input's; float32 under autocast); float32 from 16-bit logits equals ``log_softmax(input.float() / T)``'s.
+    A token outside [0, V) that is not ignore_index makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+    """
+    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype)
+    return (out[0], out[1]) if with_entropy else out
+
+
+def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
+    check.check_log_probs(input, tokens, temperature, ignore_index)
+    out_dtype = _jsd_out_dtype("log_probs", input, dtype)
+    if out_dtype != input.dtype:
+        input = input.to(out_dtype)
+    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy)).to(out_dtype)
+
+
+def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
+    check.check_log_probs(input, tokens, temperature, ignore_index)
+    out_dtype = _jsd_out_dtype("log_probs", input, dtype)
+    if dispatch.debug_enabled():
+        check.check_class_targets(tokens, input.shape[-1], ignore_index)
+    options = DistributionOptions("log_probs", "none", out_dtype, 0.0, float(temperature), int(ignore_index),
+                                  bool(with_entropy))
+    return distribution_loss(options, input, None, None, tokens)
+
+
+def _unsupported_log_probs(input, tokens, *unused):
+    if not isinstance(input, Tensor) or not isinstance(tokens, Tensor):
+        return "a non-tensor input or tokens"
+    return None
+
+
+_LOG_PROBS = Route("log_probs", _eager_log_probs, _fused_log_probs, _unsupported_log_probs, (0, 1), ())
+
+
+def linear_jsd_loss(
+    input: Tensor,
+    weight: Tensor,
+    teacher_input: Tensor,
+    teacher_weight: Tensor,
+    labels: Optional[Tensor] = None,
+    *,
+    bias: Optional[Tensor] = None,
+    teacher_bias: Optional[Tensor] = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    hard_weight: float = 0.0,
+    soft_weight: float = 1.0,
+    reduction: str = "batchmean",
+    options=None,
+    drop_teacher_extra_classes: bool = False,
+    loss_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """``soft_weight * jsd_loss(student logits, teacher logits, labels) + hard_weight *
+    cross_entropy(student logits at T = 1, labels)`` from the two LM heads, the logits
+    ``input @ weight.T + bias`` (student) and ``teacher_input @ teacher_weight.T + teacher_bias`` computed per
+    chunk of tokens and never whole (fusedloss/ops/linear_distribution.py). ``input`` (..., H) and
+    ``teacher_input`` (..., H_t) share their leading shape (the rows; hidden sizes may differ); weights (V, H)
+    and (V, H_t). Every jsd_loss option; both terms are reduced over the same counted rows ('batchmean' and
+    'mean': the divergence as jsd_loss's and the cross entropy's mean over the counted rows; 'sum'; 'none'
+    per row). Gradients for input, weight and bias (float32 accumulation for 16-bit weights, as
+    linear_cross_entropy), and for the teacher's tensors only if they require grad (a frozen teacher costs
+    one GEMM per chunk). ``options``: a ``LinearCrossEntropyOptions``, its ``batch_chunk_size`` the rows
+    per chunk (default: 224 MiB of both heads' logits). A teacher with more classes than the student (a
+    padded vocabulary) needs ``drop_teacher_extra_classes=True`` (its classes past V are dropped before
+    its softmax); otherwise the vocabularies must match. ``loss_dtype``: as jsd_loss's.
+    """
+    return dispatch.call(_LINEAR_JSD, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta,
+                         temperature, ignore_index, hard_weight, soft_weight, reduction, options,
+                         drop_teacher_extra_classes, loss_dtype)
+
+
+def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
+                     ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
+                     loss_dtype):
+    """The validated call: (teacher_weight, teacher_bias (extra classes dropped), out dtype, chunk rows)."""
+    teacher_weight, teacher_bias = check.check_linear_jsd(
+        input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
+        hard_weight, soft_weight, reduction, drop_teacher_extra_classes)
+    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight)
+    out_dtype = _jsd_out_dtype("linear_jsd_loss", input, loss_dtype)
+    if hard_weight and dispatch.debug_enabled():
+        check.check_class_targets(labels, weight.shape[0], ignore_index)
+    return teacher_weight, teacher_bias, out_dtype, chunk
+
+
+def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
+                      ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
+                      loss_dtype):
+    teacher_weight, teacher_bias, out_dtype, _ = _linear_jsd_args(
+        input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype)
+    logits = _eager.linear_logits(input, weight, bias)
+    teacher_logits = _eager.linear_logits(teacher_input, teacher_weight, teacher_bias)
+    if out_dtype != logits.dtype:
+        logits, teacher_logits = logits.to(out_dtype), teacher_logits.to(out_dtype)
+    return _eager.distillation_loss(logits, teacher_logits, None, labels, float(beta), float(temperature),
+                                    ignore_index, reduction, float(hard_weight), float(soft_weight)).to(out_dtype)
+
+
+def _fused_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
+                      ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
+                      loss_dtype):
+    teacher_weight, teacher_bias, out_dtype, chunk = _linear_jsd_args(
+        input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype)
+    input, weight, bias = _autocast_linear(input, weight, bias)
+    teacher_input, teacher_weight, teacher_bias = _autocast_linear(teacher_input, teacher_weight, teacher_bias)
+    jsd_options = LinearJSDOptions(reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
+                                   float(hard_weight), float(soft_weight), int(chunk))
+    return linear_jsd_loss_op(jsd_options, input, weight, bias, teacher_input, teacher_weight, teacher_bias, labels)
+
+
+def _unsupported_linear_head(input, weight, bias):
+    """Why the chunked path cannot take one LM head (None when it can)."""
+    if not all(isinstance(t, Tensor) for t in (input, weight)):
+        return "a non-tensor input or weight"
+    operands = [t for t in (input, weight, bias) if t is not None]
+    if not torch.is_autocast_enabled(input.device.type) and any(t.dtype != input.dtype for t in operands):
+        return "operands of different dtypes (torch's linear raises on the eager path)"
+    return None
+
+
+def _unsupported_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, *unused):
+    return (_unsupported_linear_head(input, weight, bias)
+            or _unsupported_linear_head(teacher_input, teacher_weight, teacher_bias))
+
+
+_LINEAR_JSD = Route("linear_jsd_loss", _eager_linear_jsd, _fused_linear_jsd, _unsupported_linear_jsd,
+                    (0, 1, 2, 3, 4, 5, 6), ())
+
+
+def linear_log_probs(
+    input: Tensor,
+    weight: Tensor,
+    tokens: Tensor,
+    *,
+    bias: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    options=None,
+    dtype: Optional[torch.dtype] = None,
+):
+    """``log_probs(input @ weight.T + bias, tokens, ...)`` from the hidden states ``input`` (..., H) and the
+    LM head (V, H), the logits computed per chunk of tokens and never whole: the forward one GEMM per chunk;
+    the backward recomputes each chunk's logits and runs the two gradient GEMMs (four in all). The
+    primitive of GRPO/PPO (per-token log-probabilities, the entropy bonus) and DPO/KTO (their sums per
+    sequence). ``options``: a ``LinearCrossEntropyOptions`` (``batch_chunk_size``); ``dtype``: as log_probs'.
+    """
+    out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
+                        options, dtype)
+    return (out[0], out[1]) if with_entropy else out
+
+
+def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
+    check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
+    check.linear_cross_entropy_chunk_rows(options, input, weight)
+    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype)
+    logits = _eager.linear_logits(input, weight, bias)
+    if out_dtype != logits.dtype:
+        logits = logits.to(out_dtype)
+    return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy)).to(out_dtype)
+
+
+def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
+    check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
+    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight)
+    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype)
+    if dispatch.debug_enabled():
+        check.check_class_targets(tokens, weight.shape[0], ignore_index)
+    input, weight, bias = _autocast_linear(input, weight, bias)
+    lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), bool(with_entropy),
+                                       int(chunk))
+    return linear_log_probs_op(lp_options, input, weight, bias, tokens)
+
+
+_LINEAR_LOG_PROBS = Route("linear_log_probs", _eager_linear_log_probs, _fused_linear_log_probs,
+                          lambda input, weight, tokens, bias, *_: _unsupported_linear_head(input, weight, bias),
+                          (0, 1, 2, 3), ())

@@ -60,7 +60,7 @@ __all__ = ["CrossEntropyLoss", "NLLLoss", "LinearCrossEntropyLoss",
            "SigmoidFocalLoss",
            "MultiMarginLoss", "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "CosineEmbeddingLoss",
            "TripletMarginLoss", "TripletMarginWithDistanceLoss", "PairwiseDistance", "CosineSimilarity", "CTCLoss",
-           "RankHingeLoss", "RankCrossEntropyLoss"]
+           "RankHingeLoss", "RankCrossEntropyLoss", "JSDLoss", "LinearJSDLoss"]
 
 
 class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
@@ -452,6 +452,73 @@ class RankCrossEntropyLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_neg={self.num_neg}"
+
+    def __prepare_scriptable__(self):
+        raise _not_scriptable(self)
+
+
+def _set_jsd_options(module, beta, temperature, ignore_index, reduction, loss_dtype):
+    """The distillation modules' shared options, checked as the functions check them."""
+    check.check_mixture_beta(beta)
+    check.check_positive_temperature(temperature)
+    check.check_loss_dtype(loss_dtype)
+    if reduction not in check.JSD_REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    module.beta, module.temperature, module.ignore_index, module.reduction = beta, temperature, ignore_index, reduction
+    module.loss_dtype = loss_dtype
+
+
+class JSDLoss(torch.nn.Module):
+    """Knowledge distillation between a student's and a teacher's logits
+    (``fusedloss.functional.jsd_loss``): ``forward(input, target, labels=None)``, target the teacher's
+    logits or its top-k (log-probabilities, classes)."""
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "batchmean", *, grad_in_forward: bool = False,
+                 loss_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        _set_jsd_options(self, beta, temperature, ignore_index, reduction, loss_dtype)
+        self.grad_in_forward = grad_in_forward
+
+    def forward(self, input: Tensor, target, labels: Optional[Tensor] = None) -> Tensor:
+        return F.jsd_loss(input, target, labels, beta=self.beta, temperature=self.temperature,
+                          ignore_index=self.ignore_index, reduction=self.reduction,
+                          grad_in_forward=self.grad_in_forward, loss_dtype=self.loss_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"beta={self.beta}, temperature={self.temperature}, ignore_index={self.ignore_index}, "
+                f"reduction={self.reduction}")
+
+    def __prepare_scriptable__(self):
+        raise _not_scriptable(self)
+
+
+class LinearJSDLoss(torch.nn.Module):
+    """Distillation from the two LM heads, the logits never whole (``fusedloss.functional.linear_jsd_loss``):
+    ``forward(input, weight, teacher_input, teacher_weight, labels=None, bias=None, teacher_bias=None)``."""
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
+                 hard_weight: float = 0.0, soft_weight: float = 1.0, reduction: str = "batchmean", options=None, *,
+                 drop_teacher_extra_classes: bool = False, loss_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        _set_jsd_options(self, beta, temperature, ignore_index, reduction, loss_dtype)
+        check.linear_cross_entropy_chunk_rows(options)
+        self.hard_weight, self.soft_weight, self.options = hard_weight, soft_weight, options
+        self.drop_teacher_extra_classes = drop_teacher_extra_classes
+
+    def forward(self, input: Tensor, weight: Tensor, teacher_input: Tensor, teacher_weight: Tensor,
+                labels: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                teacher_bias: Optional[Tensor] = None) -> Tensor:
+        return F.linear_jsd_loss(input, weight, teacher_input, teacher_weight, labels, bias=bias,
+                                 teacher_bias=teacher_bias, beta=self.beta, temperature=self.temperature,
+                                 ignore_index=self.ignore_index, hard_weight=self.hard_weight,
+                                 soft_weight=self.soft_weight, reduction=self.reduction, options=self.options,
+                                 drop_teacher_extra_classes=self.drop_teacher_extra_classes,
+                                 loss_dtype=self.loss_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"beta={self.beta}, temperature={self.temperature}, ignore_index={self.ignore_index}, "
+                f"hard_weight={self.hard_weight}, soft_weight={self.soft_weight}, reduction={self.reduction}")
 
     def __prepare_scriptable__(self):
         raise _not_scriptable(self)

@@ -67,15 +67,16 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
 def row_margin_tile(loss, n_cols, element_size):
     """(BLOCK_R, BLOCK_D, BLOCK_T, ONE_BLOCK, num_warps) for a [rows x D] tile of the row-margin kernels.
 
-    Rows of up to 8192 elements (16-bit) or 4096 (32/64-bit) are one tile (ONE_BLOCK: an embedding row
-    is read once and its gradient computed from registers); small rows share a program (about 2048
+    Rows of up to 8192 elements (16-bit), 4096 (32-bit) or 2048 (float64 accumulation: float64 inputs,
+    and the cosine losses of float32 inputs) are one tile (ONE_BLOCK: an embedding row is read once and
+    its gradient computed from registers); small rows share a program (about 2048
     elements a tile). multilabel_margin: one row per program and a [BLOCK_T targets x BLOCK_D classes]
     tile of hinge terms, so its tile is BLOCK_T times narrower. The rank losses hold a whole group (one
     positive and its negatives) in one tile. Not yet measured on a GPU (bench/NOTES.md). Under the
     interpreter rows stop at 256 elements and BLOCK_T at 8, so the tests' small odd shapes cross blocks.
     """
     cols_pow2 = triton.next_power_of_2(max(n_cols, 1))
-    max_row = 256 if interpreting() else (8192 if element_size <= 2 else 4096)
+    max_row = 256 if interpreting() else (8192 if element_size <= 2 else 4096 if element_size == 4 else 2048)
     if loss == "rank_hinge" or loss == "rank_cross_entropy":
         block_d = cols_pow2
         block_r = max(1, min(256, 2048 // block_d))
@@ -87,6 +88,17 @@ def row_margin_tile(loss, n_cols, element_size):
     block_d = min(cols_pow2, max_row)
     block_r = max(1, min(16, 2048 // block_d))
     return block_r, block_d, 1, cols_pow2 <= block_d, num_warps_for(block_r * block_d)
+
+
+def distribution_rows_tile(n_cols, element_size, two_rows):
+    """(BLOCK_R, BLOCK_V, num_warps) for the distribution losses (kernels/distribution_rows.py): a
+    [rows x vocabulary] tile of each operand, half as wide when two rows (student, teacher) are read side
+    by side; several rows per program for small vocabularies. Not yet measured on a GPU (bench/NOTES.md).
+    Under the interpreter tiles stop at 512 elements so that the tests' small odd shapes cross blocks."""
+    max_tile = 512 if interpreting() else (4096 if two_rows else 8192)
+    block_v = min(triton.next_power_of_2(max(n_cols, 1)), max_tile)
+    block_r = max(1, min(16, 2048 // block_v)) if not interpreting() else max(1, min(4, 512 // block_v))
+    return block_r, block_v, num_warps_for(block_r * block_v * max(element_size, 2) // 2)
 
 
 @functools.lru_cache(maxsize=1024)

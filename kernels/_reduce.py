@@ -48,3 +48,30 @@ def finish_grid_sum(partial, out_ptr, partials_ptr, counter_ptr, divisor, RBLOCK
         total = div_rn(sum_partials(partials_ptr, tl.num_programs(0), RBLOCK, ACC), divisor)
         tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
         release_counter(counter_ptr)
+
+
+@triton.jit
+def finish_grid_mean(loss_sum, weight_sum, out_ptr, denom_ptr, given_denom_ptr, counter_ptr, min_denom,
+                     MEAN: tl.constexpr, DENOM_GIVEN: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Every program: store its sums (of the loss; of the rows' weights for a 'mean' whose denominator is
+    not given) in the partials after ``denom_ptr``; the last one: store sum(loss) or, for MEAN, sum(loss) /
+    denom in ``out_ptr``, denom being the summed weights (at least ``min_denom``; -inf: no floor) or the
+    given one, which it also stores at ``denom_ptr`` for the backward; reset the counter. A weighted mean's
+    whole reduction (cross entropy's, the distribution losses')."""
+    n_programs = tl.num_programs(0)
+    partials_ptr = denom_ptr + 1
+    tl.store(partials_ptr + tl.program_id(0), loss_sum)
+    if MEAN and not DENOM_GIVEN:
+        tl.store(partials_ptr + n_programs + tl.program_id(0), weight_sum)
+    if is_last_program(counter_ptr):
+        total = sum_partials(partials_ptr, n_programs, RBLOCK, ACC)
+        if MEAN:
+            if DENOM_GIVEN:
+                denom = tl.load(given_denom_ptr).to(ACC)
+            else:
+                denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
+                denom = tl.where(denom < min_denom, min_denom, denom)  # NaN stays NaN
+            tl.store(denom_ptr, denom)
+            total = div_rn(total, denom)
+        tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+        release_counter(counter_ptr)

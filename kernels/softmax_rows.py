@@ -65,7 +65,7 @@ import triton.language as tl
 from ._config import plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import div_rn, join_float, offset64, tanh
-from ._reduce import is_last_program, release_counter, sum_partials
+from ._reduce import finish_grid_mean
 
 
 @triton.jit
@@ -355,23 +355,11 @@ def _softmax_rows_fwd_kernel(
         if REDUCTION == "none":
             tl.store(out_ptr + rows, loss.to(out_ptr.dtype.element_ty), mask=row_mask)
         else:
-            n_programs = tl.num_programs(0)
-            denom_ptr = work_ptr + offset64(n_saved, 3)
-            partials_ptr = denom_ptr + 1
-            tl.store(partials_ptr + pid, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
-            if REDUCTION == "mean" and not DENOM_GIVEN:
-                tl.store(partials_ptr + n_programs + pid, tl.sum(tl.where(row_mask, row_weight, 0.0), axis=0))
-            if is_last_program(counter_ptr):
-                total = sum_partials(partials_ptr, n_programs, RBLOCK, ACC)
-                if REDUCTION == "mean":
-                    if DENOM_GIVEN:
-                        denom = tl.load(given_denom_ptr).to(ACC)
-                    else:
-                        denom = sum_partials(partials_ptr + n_programs, n_programs, RBLOCK, ACC)
-                    tl.store(denom_ptr, denom)  # for the backward
-                    total = div_rn(total, denom)
-                tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
-                release_counter(counter_ptr)
+            finish_grid_mean(tl.sum(tl.where(row_mask, loss, 0.0), axis=0),
+                             tl.sum(tl.where(row_mask, row_weight, 0.0), axis=0), out_ptr,
+                             work_ptr + offset64(n_saved, 3), given_denom_ptr, counter_ptr, float("-inf"),
+                             REDUCTION == "mean",
+                             DENOM_GIVEN, RBLOCK, ACC)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "softcap_hi", "softcap_lo",

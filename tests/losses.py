@@ -49,6 +49,8 @@ class Sample:
     # for the gradient penalty where torch's own function has no double backward: the loss's definition
     # in differentiable torch ops, written here from the documented formula
     second_order: Optional[Callable] = None
+    # fusedloss's call when it is not ``FL.<fn>`` as it is (a function returning a tuple, stacked)
+    fused: Optional[Callable] = None
 
     def torch_fn(self):
         if self.reference is not None:
@@ -56,7 +58,7 @@ class Sample:
         return getattr(F, self.fn)
 
     def ours(self):
-        return getattr(FL, self.fn)
+        return self.fused or getattr(FL, self.fn)
 
     def call(self, dtype=torch.float64):
         """(args, kwargs) at ``dtype`` (floating tensors), the differentiable ones requiring grad."""
@@ -181,6 +183,37 @@ SAMPLES.update({
                               reference=_eager_fusedloss("rank_hinge_loss")),
     "rank_cross_entropy_loss": Sample("rank_cross_entropy_loss", lambda: (_groups(3, 3), {"num_neg": 3}), (0,),
                                       reference=_eager_fusedloss("rank_cross_entropy_loss")),
+})
+
+def _stacked(call):
+    """A function returning (log-probabilities, entropy), as one stacked tensor."""
+    def stacked(*args, **kwargs):
+        return torch.stack(call(*args, **kwargs))
+    return stacked
+
+
+# fusedloss's own large-vocabulary functions: the reference is fusedloss's eager formula (torch ops; tests/
+# test_trl.py checks it against TRL's)
+SAMPLES.update({
+    "jsd_loss": Sample("jsd_loss", lambda: ([_normal(4, 5), _normal(4, 5), _classes(4, 5)],
+                                            {"beta": 0.3, "temperature": 1.5}), (0, 1),
+                       reference=_eager_fusedloss("jsd_loss")),
+    "jsd_loss[forward KL,none]": Sample("jsd_loss", lambda: ([_normal(2, 2, 5), _normal(2, 2, 5)],
+                                                             {"beta": 0.0, "reduction": "none"}), (0, 1),
+                                        reference=_eager_fusedloss("jsd_loss")),
+    "log_probs": Sample("log_probs", lambda: ([_normal(5, 7), _classes(5, 7)], {"temperature": 0.8}), (0,),
+                        reference=_eager_fusedloss("log_probs")),
+    "log_probs[entropy]": Sample("log_probs", lambda: ([_normal(5, 7), _classes(5, 7)], {}), (0,),
+                                 reference=_stacked(lambda *a, **k: _eager_fusedloss("log_probs")(
+                                     *a, with_entropy=True, **k)),
+                                 fused=_stacked(lambda *a, **k: FL.log_probs(*a, with_entropy=True, **k))),
+    "linear_jsd_loss": Sample("linear_jsd_loss", lambda: ([_normal(3, 2), _normal(5, 2), _normal(3, 3), _normal(5, 3),
+                                                           _classes(3, 5)],
+                                                          {"beta": 0.4, "hard_weight": 0.2, "temperature": 1.3}),
+                              (0, 1, 2, 3), reference=_eager_fusedloss("linear_jsd_loss")),
+    "linear_log_probs": Sample("linear_log_probs", lambda: ([_normal(5, 4), _normal(7, 4), _classes(5, 7)],
+                                                            {"bias": _normal(7)}), (0, 1),
+                               reference=_eager_fusedloss("linear_log_probs")),
 })
 
 # functions fusedloss routes to torch on every backend (no kernel), with the reason: their own tests

@@ -19,14 +19,13 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedloss
 import fusedloss.functional as FL
 import fusedloss.nn as FN
-from fusedloss.ops import linear_cross_entropy as lce
-from helpers import (DEVICE, DTYPES, assert_matches, assert_matches_torch, assert_twice_rounded_matches_torch,
-                     backend_context)
+from fusedloss.ops import _chunks
+from helpers import (DEVICE, DTYPES, AllocationRecorder as _AllocationRecorder, assert_matches,
+                     assert_matches_torch, assert_twice_rounded_matches_torch, backend_context)
 
 BACKENDS = ["triton", "torch"]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -50,7 +49,7 @@ SHAPES = [(37, 19, 300), (3, 33, 4099), (1, 8, 13), (None, 8, 13)]  # None: a 1-
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     """16 KiB of logits per chunk: 13 rows of 300 float32 classes, one row of 4099."""
-    monkeypatch.setattr(lce, "CHUNK_BYTES", 16 << 10)
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 16 << 10)
 
 
 def make_inputs(shape, dtype, bias=False, out_features=(), ignore_fraction=0.2, ignore_index=-100, prob=False):
@@ -286,48 +285,6 @@ def test_deterministic_bitwise(reduction):
 # ------------------------------------------------------------------ the logits are never whole
 
 
-class _AllocationRecorder(TorchDispatchMode):
-    """The element count of every new tensor an aten op returns (views and out= results share their
-    arguments' storage and are not counted). Under Triton's interpreter a launch copies its arguments'
-    storages through torch ops: those are the emulator's, not fusedloss's, and are not counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = [0]
-        self._in_kernel = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not self._in_kernel:
-            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-            inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
-            self.sizes += [t.numel() for t in torch.utils._pytree.tree_leaves(out)
-                           if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
-        return out
-
-    def __enter__(self):
-        if DEVICE == "cpu":
-            from triton.runtime import interpreter
-
-            self._executor, self._call = interpreter.GridExecutor, interpreter.GridExecutor.__call__
-            recorder = self
-
-            def launch(executor, *args, **kwargs):
-                recorder._in_kernel = True
-                try:
-                    return recorder._call(executor, *args, **kwargs)
-                finally:
-                    recorder._in_kernel = False
-
-            self._executor.__call__ = launch
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        if DEVICE == "cpu":
-            self._executor.__call__ = self._call
-        return super().__exit__(*exc)
-
-
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_no_tensor_of_n_by_c_elements(reduction, dtype):
@@ -336,7 +293,7 @@ def test_no_tensor_of_n_by_c_elements(reduction, dtype):
     (the check can fail)."""
     n, h, c = 64, 8, 300  # N x C = 19200, the weight 2400 elements, a chunk 16 KiB / (300 x 4 or 2 bytes)
     x, w, target, b = make_inputs((n, h, c), dtype, bias=True)
-    chunk = lce._chunk_rows(n, c, x.element_size(), 0)
+    chunk = _chunks.chunk_rows(n, c, x.element_size(), 0)
     assert 1 < chunk < n
     for backend, expect_whole in (("triton", False), (None, True)):
         fn = torch_reference if backend is None else FL.linear_cross_entropy
@@ -573,3 +530,29 @@ def test_options_class_and_bad_options(backend):
                 FL.linear_cross_entropy(x, w, target, options=bad)
     with pytest.raises(ValueError, match="batch_chunk_size"):
         FN.LinearCrossEntropyOptions(batch_chunk_size=0)
+
+
+@pytest.mark.skipif(not hasattr(torch.nn, "LinearCrossEntropyOptions"),
+                    reason="torch's options class (torch >= 2.13); the stand-in has no chunking_method resolution")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_options_resolved_and_rejected_as_torch(backend):
+    """torch's options are resolved as torch resolves them: an explicit chunking_method sets the chunk
+    size; options torch rejects (a chunk size and a chunking method that disagree, an accumulation dtype
+    it does not serve) raise torch's exception on the fused path too (they were accepted)."""
+    x, w, target, _ = make_inputs((10, 3, 7), torch.float32)
+    options = torch.nn.LinearCrossEntropyOptions
+    with backend_context(backend):
+        with pytest.raises(ValueError, match="different chunk sizes"):
+            FL.linear_cross_entropy(x, w, target, options=options(batch_chunk_size=3, chunking_method="aspect_ratio"))
+        with pytest.raises(RuntimeError, match="acc_dtype"):
+            FL.linear_cross_entropy(x, w, target, options=options(acc_dtype=torch.float16))
+        loss = FL.linear_cross_entropy(x, w, target, options=options(chunking_method="aspect_ratio:2"))
+    torch.testing.assert_close(loss, torch_reference(x, w, target))
+    assert check_chunk(options(chunking_method="aspect_ratio:2"), x, w) == options(
+        chunking_method="aspect_ratio:2")._adjust(10, 3, 7, torch.float32, x.device).batch_chunk_size
+
+
+def check_chunk(options, x, w):
+    from fusedloss import _validation
+
+    return _validation.linear_cross_entropy_chunk_rows(options, x, w)

@@ -176,6 +176,9 @@ MODULE_CALLS = {
                                  torch.tensor([2, 2]))),
     "RankHingeLoss": (dict(num_neg=2), lambda: (torch.randn(6, 1), torch.zeros(6, 1))),
     "RankCrossEntropyLoss": (dict(num_neg=2), lambda: (torch.randn(6, 1), torch.tensor([[1.], [0], [0], [1], [0], [0]]))),
+    "JSDLoss": (dict(beta=0.2), lambda: (torch.randn(4, 5), torch.randn(4, 5))),
+    "LinearJSDLoss": (dict(hard_weight=0.5), lambda: (torch.randn(4, 3), torch.randn(5, 3), torch.randn(4, 2),
+                                                      torch.randn(5, 2), torch.tensor([0, 4, 2, 1]))),
 }
 
 
@@ -191,9 +194,9 @@ def test_every_module_scripts_as_torchs_does(name):
     kwargs, make = MODULE_CALLS[name]
     module = getattr(FN, name)(**kwargs)
     args = make()
-    if name in ("LinearCrossEntropyLoss", "RankHingeLoss", "RankCrossEntropyLoss"):
-        # torch's own LinearCrossEntropyLoss does not script (its options are Python); the rank losses
-        # have no torch module: the error names the way that works
+    if name in ("LinearCrossEntropyLoss", "RankHingeLoss", "RankCrossEntropyLoss", "JSDLoss", "LinearJSDLoss"):
+        # torch's own LinearCrossEntropyLoss does not script (its options are Python); the rank and
+        # distillation losses have no torch module: the error names the way that works
         with pytest.raises(RuntimeError, match="torch.compile"):
             torch.jit.script(module)
         return

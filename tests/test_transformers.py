@@ -156,9 +156,9 @@ class _LargestLogitsLike(TorchDispatchMode):
 def small_chunks(monkeypatch):
     """Chunks of 3 rows of logits (16 KiB at this vocabulary), so that 'never whole' means something at
     these tiny sizes."""
-    from fusedloss.ops import linear_cross_entropy as lce
+    from fusedloss.ops import _chunks
 
-    monkeypatch.setattr(lce, "CHUNK_BYTES", 16 << 10)
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 16 << 10)
 
 
 @pytest.mark.parametrize("num_items", [None, 37])
@@ -236,3 +236,88 @@ def test_fused_linear_refuses_other_structures():
     model.lm_head = torch.nn.Identity()
     with pytest.raises(ValueError, match="lm_head"):
         hf.use_fused_linear_cross_entropy(model)
+
+
+# ------------------------------------------------------------------ README's distillation and RL recipes
+
+
+def _llama(hidden, seed):
+    torch.manual_seed(seed)
+    config = dict(COMMON, hidden_size=hidden, intermediate_size=hidden + 32)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).to(DEVICE)
+
+
+def _both_backends(step, *modules):
+    """step() on the Triton path and on the eager formulas: (loss, the gradient of every parameter)."""
+    results = []
+    for backend in ("triton", "torch"):
+        for module in modules:
+            module.zero_grad()
+        with fusedloss.backend(backend):
+            loss = step()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for m in modules for p in m.parameters()
+                                        if p.grad is not None]))
+    return results
+
+
+def test_readme_gkd_step():
+    """README's GKD step: a student and a bigger frozen teacher (hidden 64 vs 96), linear_jsd_loss on
+    their decoders' hidden states, equal to the divergence of their full logits (torch ops)."""
+    import fusedloss.functional as FL
+
+    student, teacher = _llama(64, 0), _llama(96, 1)
+    teacher.requires_grad_(False)
+    input_ids, labels = batch()
+
+    def step():
+        with torch.no_grad():
+            teacher_hidden = teacher.model(input_ids).last_hidden_state
+        student_hidden = student.model(input_ids).last_hidden_state
+        return FL.linear_jsd_loss(student_hidden[:, :-1], student.lm_head.weight, teacher_hidden[:, :-1],
+                                  teacher.lm_head.weight, labels[:, 1:], beta=0.5, temperature=0.9)
+
+    (fused, fused_grads), (eager, eager_grads) = _both_backends(step, student)
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
+    assert len(fused_grads) == len(list(student.parameters())) and not any(p.grad is not None
+                                                                           for p in teacher.parameters())
+    for a, b in zip(fused_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_readme_grpo_and_dpo_losses():
+    """README's GRPO and DPO losses on linear_log_probs: the Triton path equals the eager formulas."""
+    import fusedloss.functional as FL
+
+    policy, reference_model = _llama(64, 0), _llama(64, 2)
+    input_ids, labels = batch()
+    completion = labels
+    old_logp = -torch.rand(completion.shape, device=DEVICE)
+    ref_logp = -torch.rand(completion.shape, device=DEVICE)
+    advantages = torch.randn(completion.shape[0], device=DEVICE)
+
+    def grpo():
+        hidden = policy.model(input_ids).last_hidden_state
+        logp, entropy = FL.linear_log_probs(hidden, policy.lm_head.weight, completion, with_entropy=True)
+        ratio = torch.exp(logp - old_logp)
+        per_token = -torch.min(ratio * advantages[:, None], ratio.clamp(1 - 0.2, 1 + 0.2) * advantages[:, None])
+        per_token = per_token + 0.04 * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1) - 0.001 * entropy
+        mask = (completion != -100).float()
+        return (per_token * mask).sum() / mask.sum()
+
+    def sequence_logps(hidden, head, labels):
+        return FL.linear_log_probs(hidden[:, :-1], head, labels[:, 1:]).sum(-1)
+
+    def dpo():
+        policy_logps = sequence_logps(policy.model(input_ids).last_hidden_state, policy.lm_head.weight, labels)
+        with torch.no_grad():
+            reference = sequence_logps(reference_model.model(input_ids).last_hidden_state,
+                                       reference_model.lm_head.weight, labels)
+        chosen, rejected = (policy_logps - reference).chunk(2)
+        return -torch.nn.functional.logsigmoid(0.1 * (chosen - rejected)).mean()
+
+    for step in (grpo, dpo):
+        (fused, fused_grads), (eager, eager_grads) = _both_backends(step, policy)
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
+        for a, b in zip(fused_grads, eager_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

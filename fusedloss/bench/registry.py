@@ -78,8 +78,13 @@ class LossBench:
 # ------------------------------------------------------------------ implementations
 
 
+def _total(out):
+    """The sum of a per-row output (of each output, for a function returning several: log_probs' entropy)."""
+    return sum(t.sum() for t in out) if isinstance(out, tuple) else out.sum()
+
+
 def _summed(bench, fn):
-    return (lambda *args, **kwargs: fn(*args, **kwargs).sum()) if bench.sum_output else fn
+    return (lambda *args, **kwargs: _total(fn(*args, **kwargs))) if bench.sum_output else fn
 
 
 def torch_impl(bench):
@@ -470,4 +475,143 @@ REGISTRY.extend([
               reference=eager_rank_loss("rank_hinge_loss"), minimal=rank_hinge_minimal_bytes, **_RANK_SHAPES),
     LossBench(name="rank_cross_entropy_loss", family="row margin", kwargs={"num_neg": 3}, make_inputs=_rank_groups,
               reference=eager_rank_loss("rank_cross_entropy_loss"), **_RANK_SHAPES),
+])
+
+
+# ------------------------------------------------------------------ distillation and token log-probabilities
+# (fusedloss's own functions: the reference is their definition in torch ops, TRL's formulas, evaluated by
+# torch at the benchmark's dtype; torch.compile compiles that). Shapes (N tokens, V vocabulary): a 32000 and
+# a Llama 3 128256 vocabulary; the linear forms at (N, H, V) as linear_cross_entropy's. The student's logits
+# (or hidden states and LM head) differentiated; the teacher frozen; 5% of the labels ignored.
+
+
+def eager_fusedloss(name):
+    """fusedloss's eager formula of one of its own functions (the definition in torch ops)."""
+    def reference(*args, **kwargs):
+        with fusedloss.backend("torch"):
+            out = getattr(FL, name)(*args, **kwargs)
+        return torch.stack(out) if isinstance(out, tuple) else out
+    return reference
+
+
+def jsd_inputs(shape, dtype, device):
+    n_rows, n_classes = shape
+    student = torch.randn(n_rows, n_classes, device=device, dtype=dtype).requires_grad_()
+    teacher = torch.randn(n_rows, n_classes, device=device, dtype=dtype)
+    return Inputs((student, teacher, _class_targets(n_rows, n_classes, device)), {}, (student,))
+
+
+def log_probs_inputs(shape, dtype, device):
+    n_rows, n_classes = shape
+    logits = torch.randn(n_rows, n_classes, device=device, dtype=dtype).requires_grad_()
+    return Inputs((logits, _class_targets(n_rows, n_classes, device)), {}, (logits,))
+
+
+def liger_jsd(bench):
+    """Liger-Kernel's LigerJSD takes log-probabilities: the log-softmaxes at T run in torch first."""
+    from liger_kernel.transformers.jsd import LigerJSD
+
+    beta, temperature = bench.kwargs.get("beta", 0.5), bench.kwargs.get("temperature", 1.0)
+    loss = LigerJSD(beta=beta, ignore_index=-100)
+
+    def call(student, teacher, labels, **unused):
+        return loss(torch.log_softmax(student.float() / temperature, -1),
+                    torch.log_softmax(teacher.float() / temperature, -1), labels)
+    return call
+
+
+def linear_jsd_inputs(shape, dtype, device):
+    n_rows, hidden, n_classes = shape
+    scale = hidden ** 0.25
+    x = (torch.randn(n_rows, hidden, device=device) / scale).to(dtype).requires_grad_()
+    w = (torch.randn(n_classes, hidden, device=device) / scale).to(dtype).requires_grad_()
+    xt = (torch.randn(n_rows, hidden, device=device) / scale).to(dtype)
+    wt = (torch.randn(n_classes, hidden, device=device) / scale).to(dtype)
+    return Inputs((x, w, xt, wt, _class_targets(n_rows, n_classes, device)), {}, (x, w))
+
+
+def linear_jsd_flops(inputs, backward):
+    """The student's logits (and, backward, its two gradient GEMMs) plus the frozen teacher's logits."""
+    x, w, xt, wt, _ = inputs.args
+    n, v = x.shape[0], w.shape[0]
+    return 2 * n * v * (x.shape[1] * (3 if backward else 1) + xt.shape[1])
+
+
+def linear_jsd_footprint(shape, element_size):
+    """The reference at its peak: both logits, their float32 log-softmaxes and the student's gradient."""
+    n_rows, hidden, n_classes = shape
+    return n_rows * n_classes * (2 * element_size + 12) + 4 * n_classes * hidden * element_size
+
+
+class _FourGemms(torch.autograd.Function):
+    """The time floor of linear_jsd_loss with a frozen teacher: its four GEMMs and nothing else."""
+
+    @staticmethod
+    def forward(ctx, input, weight, teacher_input, teacher_weight):
+        logits = input @ weight.t()
+        teacher_input @ teacher_weight.t()
+        ctx.save_for_backward(input, weight, logits)
+        return logits.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, dlogits = ctx.saved_tensors
+        return dlogits @ weight, dlogits.t() @ input, None, None
+
+
+def four_gemm_floor(bench):
+    return lambda input, weight, teacher_input, teacher_weight, labels, **unused: _FourGemms.apply(
+        input, weight, teacher_input, teacher_weight)
+
+
+def liger_fused_linear_jsd(bench):
+    from liger_kernel.transformers.fused_linear_jsd import LigerFusedLinearJSD
+
+    loss = LigerFusedLinearJSD(jsd_beta=bench.kwargs.get("beta", 0.5), ignore_index=-100,
+                               temperature=bench.kwargs.get("temperature", 1.0))
+    return lambda x, w, xt, wt, labels, **unused: loss(x, w, xt, wt, labels)
+
+
+def liger_chunked_jsd(bench):
+    """Liger-Kernel's chunked distillation loss (torch.compile'd per chunk), soft loss only."""
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    loss = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=bench.kwargs.get("beta", 0.5),
+                                   ignore_index=-100, temperature=bench.kwargs.get("temperature", 1.0))
+    return lambda x, w, xt, wt, labels, **unused: loss(x, w, xt, wt, labels)
+
+
+def linear_log_probs_flops(inputs, backward):
+    """The logits, and backward: their recomputation and the two gradient GEMMs (four in all)."""
+    x, w, _ = inputs.args
+    return 2 * x.shape[0] * x.shape[1] * w.shape[0] * (4 if backward else 1)
+
+
+_JSD_SHAPES = dict(gpu_shapes=[(8192, 32000), (8192, 128256), (16384, 128256)], quick_shapes=[(8192, 128256)],
+                   cpu_shapes=[(256, 32000)], traffic_shapes=[(64, 3001)])
+_LINEAR_DISTRIBUTION_SHAPES = dict(gpu_shapes=[(8192, 4096, 128256), (8192, 2304, 256000)],
+                                   quick_shapes=[(8192, 4096, 128256)], cpu_shapes=[(256, 128, 2048)],
+                                   traffic_shapes=[])
+_NO_GRPO_PEER = {"liger (GRPO)": "Liger-Kernel's GRPO loss fuses its own policy objective around the log-probs: "
+                                 "not comparable on the per-token log-probabilities alone"}
+
+REGISTRY.extend([
+    LossBench(name="jsd_loss", family="softmax rows", make_inputs=jsd_inputs, kwargs={"beta": 0.5},
+              reference=eager_fusedloss("jsd_loss"), peers={"liger": liger_jsd},
+              variants={"grad in forward": {"grad_in_forward": True}}, **_JSD_SHAPES),
+    LossBench(name="jsd_loss", family="softmax rows", variant="forward KL, T=2", make_inputs=jsd_inputs,
+              kwargs={"beta": 0.0, "temperature": 2.0}, reference=eager_fusedloss("jsd_loss"),
+              peers={"liger": liger_jsd}, dtypes=(torch.bfloat16,), **_JSD_SHAPES),
+    LossBench(name="log_probs", family="softmax rows", variant="entropy", make_inputs=log_probs_inputs,
+              kwargs={"with_entropy": True}, reference=eager_fusedloss("log_probs"), sum_output=True,
+              peer_notes=_NO_GRPO_PEER, **_JSD_SHAPES),
+    LossBench(name="linear_jsd_loss", family="matmul rows", make_inputs=linear_jsd_inputs, kwargs={"beta": 0.5},
+              reference=eager_fusedloss("linear_jsd_loss"), flops=linear_jsd_flops, footprint=linear_jsd_footprint,
+              dtypes=(torch.bfloat16,),
+              peers={"cuBLAS 4-GEMM floor": four_gemm_floor, "liger": liger_fused_linear_jsd,
+                     "liger (chunked)": liger_chunked_jsd}, **_LINEAR_DISTRIBUTION_SHAPES),
+    LossBench(name="linear_log_probs", family="matmul rows", variant="entropy", make_inputs=linear_cross_entropy_inputs,
+              kwargs={"with_entropy": True}, reference=eager_fusedloss("linear_log_probs"), sum_output=True,
+              flops=linear_log_probs_flops, footprint=linear_cross_entropy_footprint, dtypes=(torch.bfloat16,),
+              peer_notes=_NO_GRPO_PEER, **_LINEAR_DISTRIBUTION_SHAPES),
 ])

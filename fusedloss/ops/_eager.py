@@ -256,3 +256,98 @@ def multilabel_margin_loss(input, target, reduction, list_block=64):
         total = total + torch.where(counted, z, torch.zeros_like(z)).sum(dim=(1, 2))
     loss = torch.where(bad, float("nan"), total / n_classes)
     return _reduce(loss if input.dim() == 2 else loss.reshape(()), reduction)
+
+
+# ----------------------------------------------------------------------------------------------------
+# distillation and token log-probabilities (fusedloss.functional.jsd_loss, log_probs and their linear forms)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _masked_product(prob, value):
+    """prob * value, 0 where prob is 0, differentiable twice (value may be -inf - -inf there: it is
+    replaced before the product, so no NaN reaches a gradient)."""
+    live = prob > 0
+    return torch.where(live, prob * torch.where(live, value, torch.zeros_like(value)), torch.zeros_like(prob))
+
+
+def _rows_of(tensor, last):
+    """(R, last) rows of a (..., last) tensor."""
+    return tensor.reshape(-1, last)
+
+
+def jsd_rows(student, teacher, indices, beta, temperature):
+    """Each row's divergence (kernels/distribution_rows.py (2)) in torch ops, differentiable twice: forward
+    KL (beta 0), reverse KL (beta 1), the generalized JSD otherwise; ``indices``: the teacher as top-k
+    (log-probabilities ``teacher`` at classes ``indices``, forward KL). Rows (R, V) in, (R,) out."""
+    s = torch.log_softmax(student / temperature, dim=-1)
+    if indices is not None:
+        t = teacher
+        valid = (indices >= 0) & (indices < s.shape[-1])
+        s_at = s.gather(-1, torch.where(valid, indices, torch.zeros_like(indices)))
+        terms = _masked_product(t.exp(), t - s_at)
+        return torch.where(valid.all(-1), terms.sum(-1), float("nan"))
+    t = torch.log_softmax(teacher / temperature, dim=-1)
+    p, q = s.exp(), t.exp()
+    if beta == 0:
+        return _masked_product(q, t - s).sum(-1)
+    if beta == 1:
+        return _masked_product(p, s - t).sum(-1)
+    live = (p > 0) | (q > 0)
+    zero = torch.zeros_like(s)
+    mix = torch.logaddexp(torch.where(live, t, zero) + math.log(beta), torch.where(live, s, zero) + math.log1p(-beta))
+    return beta * _masked_product(q, t - mix).sum(-1) + (1 - beta) * _masked_product(p, s - mix).sum(-1)
+
+
+def distillation_loss(student, teacher, indices, labels, beta, temperature, ignore_index, reduction,
+                      hard_weight=0.0, soft_weight=1.0):
+    """jsd_loss (and linear_jsd_loss on its logits) in torch ops: the rows' divergences, masked by labels,
+    plus ``hard_weight`` times the student's cross entropy at T = 1 against the labels, reduced over the
+    counted rows: 'batchmean' sum / counted (at least 1, TRL's: no counted row gives 0), 'mean' the
+    divergence's sum / (counted x V) (torch's kl_div 'mean') and the cross entropy's / counted, 'sum',
+    'none' (the rows' shape). Under autocast in float32."""
+    if student.dtype != torch.float64 and torch.is_autocast_enabled(student.device.type):
+        student = student.float()
+        teacher = teacher.float() if teacher.is_floating_point() else teacher
+    n_classes = student.shape[-1]
+    lead = student.shape[:-1]
+    rows = _rows_of(student, n_classes)
+    teacher_rows = _rows_of(teacher, teacher.shape[-1])
+    index_rows = _rows_of(indices, indices.shape[-1]) if indices is not None else None
+    soft = jsd_rows(rows, teacher_rows, index_rows, beta, temperature)
+    if labels is not None:
+        y = labels.reshape(-1)
+        counted = y != ignore_index
+    else:
+        counted = torch.ones(soft.shape, dtype=torch.bool, device=soft.device)
+    total = soft_weight * soft * (1.0 / n_classes if reduction == "mean" else 1.0)
+    if hard_weight:
+        valid = (y >= 0) & (y < n_classes)
+        ce = torch.nn.functional.cross_entropy(rows, torch.where(counted & valid, y, 0), reduction="none")
+        total = total + hard_weight * torch.where(valid | ~counted, ce, float("nan"))
+    total = torch.where(counted, total, torch.zeros_like(total))
+    if reduction == "none":
+        return total.reshape(lead)
+    if reduction == "sum":
+        return total.sum()
+    count = counted.sum()
+    return total.sum() / (count.clamp_min(1) if reduction == "batchmean" else count)
+
+
+def token_log_probs(input, tokens, temperature, ignore_index, with_entropy):
+    """log_softmax(input / T)[token] per row (0 for ignored rows), and with ``with_entropy`` also the rows'
+    entropy -sum p log p (0 for ignored rows): (2, *rows) stacked, else the rows' shape. In torch ops,
+    differentiable twice. A token outside [0, V) that is not ignore_index: NaN."""
+    if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
+        input = input.float()
+    n_classes = input.shape[-1]
+    s = torch.log_softmax(_rows_of(input, n_classes) / temperature, dim=-1)
+    y = tokens.reshape(-1)
+    counted = y != ignore_index
+    valid = (y >= 0) & (y < n_classes)
+    lp = s.gather(-1, torch.where(counted & valid, y, 0)[:, None])[:, 0]
+    lp = torch.where(counted, torch.where(valid, lp, float("nan")), torch.zeros_like(lp))
+    if not with_entropy:
+        return lp.reshape(tokens.shape)
+    entropy = -_masked_product(s.exp(), s).sum(-1)
+    entropy = torch.where(counted, torch.where(valid, entropy, float("nan")), torch.zeros_like(entropy))
+    return torch.stack([lp, entropy]).reshape(2, *tokens.shape)

@@ -106,12 +106,13 @@ _AUTOCAST_FLOAT32 = {
              "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
              "multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "cosine_embedding_loss",
              "triplet_margin_loss", "triplet_margin_with_distance_loss", "pairwise_distance", "cosine_similarity",
-             "rank_hinge_loss", "rank_cross_entropy_loss"},
+             "rank_hinge_loss", "rank_cross_entropy_loss",
+             "jsd_loss", "log_probs", "linear_jsd_loss", "linear_log_probs"},
     "cpu": {"cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
             "smooth_l1_loss", "huber_loss", "l1_loss", "mse_loss", "soft_margin_loss", "kl_div",
             "poisson_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "sigmoid_focal_loss",
             "multi_margin_loss", "multilabel_margin_loss", "cosine_embedding_loss", "triplet_margin_loss",
-            "rank_hinge_loss"},
+            "rank_hinge_loss", "jsd_loss", "log_probs", "linear_jsd_loss", "linear_log_probs"},
 }
 # losses torch refuses under autocast on a device (it raises): the eager path raises the same error
 _AUTOCAST_REFUSED = {"cuda": {"binary_cross_entropy"}, "cpu": set()}

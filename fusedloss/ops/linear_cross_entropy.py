@@ -18,10 +18,11 @@ on each chunk (bench/NOTES.md has the bytes and FLOPs of this design and of a CC
     only; the backward recomputes each chunk's logits (a 4th GEMM) and writes the gradient for the rows'
     own grad_output, then GEMMs 2 and 3.
 
-The largest temporary is the chunk buffer (CHUNK_BYTES, or ``chunk_rows`` rows): all N x C logits only
-when every row fits in one chunk. The chunks run in a
-fixed order, each accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), nothing
-syncs with the host, and the kernels index with 64-bit offsets.
+The chunk driver is fusedloss/ops/_chunks.py (shared by every loss of the family). The largest
+temporary is the chunk buffer (CHUNK_BYTES, or ``chunk_rows`` rows): all N x C logits only when every
+row fits in one chunk. The chunks run in a fixed order, each accumulation is a GEMM or a sum into one
+buffer (deterministic, no atomics), nothing syncs with the host, and the kernels index with 64-bit
+offsets.
 
 Vocabulary parallel (``process_group``): rank r holds rows [o_r, o_r + C_r) of the linear weight (and of
 the bias). A first pass over the chunks writes each row's statistics over this rank's classes (the
@@ -40,14 +41,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import _scaffold, _vocab_parallel
+from . import _chunks, _scaffold, _vocab_parallel
 from ._eager import linear_logits
 from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
-
-# Bytes of the chunk's logits buffer, the one large temporary: 224 MiB keeps the peak extra memory (the
-# buffer, a float32 column-sum for the bias, the kernels' workspaces) under 256 MiB at any vocabulary.
-CHUNK_BYTES = 224 << 20
-
 
 class MatmulRowsOptions(NamedTuple):
     """The registered op's options (internal; users pass torch's ``LinearCrossEntropyOptions``)."""
@@ -90,19 +86,7 @@ def _geometry(input, linear_weight, target, bias, options):
     w = linear_weight.reshape(c * d, h)
     b = bias.reshape(c * d) if bias is not None else None
     t = target.reshape(n, c, d) if options.prob_target else target.reshape(n, d)
-    return _Geometry(x, w, b, t, n, c, d, _chunk_rows(n, c * d, x.element_size(), options.chunk_rows))
-
-
-def _chunk_rows(n, columns, element_size, requested):
-    """Rows per chunk: ``requested``, else as many as CHUNK_BYTES of logits hold, spread evenly over the
-    chunks and rounded to 128 rows (GEMM tiles) when that stays within the budget."""
-    if requested:
-        return max(1, min(requested, n))
-    limit = max(1, CHUNK_BYTES // max(columns * element_size, 1))
-    if n <= limit:
-        return max(n, 1)
-    rows = -(-n // -(-n // limit))
-    return min(limit, -(-rows // 128) * 128) if rows > 128 else rows
+    return _Geometry(x, w, b, t, n, c, d, _chunks.chunk_rows(n, c * d, x.element_size(), options.chunk_rows))
 
 
 def _acc(dtype):
@@ -123,109 +107,35 @@ def _loss_shape(input, target, options):
 
 def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, denom=None, grads=None,
            grad_scale=None, kept=None):
-    """One pass over the chunks, in order. ``mode`` "write": the row statistics of a vocabulary shard
-    into ``stats``; otherwise the loss into ``out(chunk, first_row, rows)`` (from ``stats`` in mode "read"),
-    and with ``grads`` = [dX (N, H), dW accumulator (C*D, H), db accumulator (C*D,)] (None entries: not
-    wanted) the gradient for grad_output 1 (or ``grad_scale`` = (tensor, strides over (N, D) rows))
-    accumulated into them. ``kept``: the logits of a single chunk, already computed. Returns the logits
-    buffer when there was a single chunk, else None."""
-    x, w, b, t = geo.x, geo.w, geo.b, geo.target
-    buffer = kept if kept is not None else x.new_empty((min(geo.chunk, geo.n), geo.c * geo.d))
-    starts = range(0, geo.n, geo.chunk)
-    for i, r0 in enumerate(starts):
-        rows = min(geo.chunk, geo.n - r0)
-        logits, xc = buffer[:rows], x[r0:r0 + rows]
-        if kept is None:
-            if b is None:
-                torch.mm(xc, w.t(), out=logits)
-            else:
-                torch.addmm(b, xc, w.t(), out=logits)
+    """One pass over the chunks (fusedloss/ops/_chunks.py). ``mode`` "write": the row statistics of a
+    vocabulary shard into ``stats``; otherwise the loss into ``out(chunk, first_row, rows)`` (from ``stats``
+    in mode "read"), and with ``grads`` = [dX (N, H), dW accumulator (C*D, H), db accumulator (C*D,)] (None
+    entries: not wanted) the gradient for grad_output 1 (or ``grad_scale`` = (tensor, strides over (N, D)
+    rows)) accumulated into them. ``kept``: the logits of a single chunk, already computed. Returns the
+    logits buffer when there was a single chunk, else None."""
+    t = geo.target
+
+    def visit(i, r0, rows, buffers):
+        logits = buffers[0]
         spec = geo.chunk_rows(rows)
         stats_view = stats[:, r0 * geo.d:] if stats is not None else None
         if mode == "write":
-            launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none", shard=shard, stats=stats_view,
-                           stats_mode="write")
-            continue
+            launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none", shard=shard,
+                           stats=stats_view, stats_mode="write")
+            return
         scale = {}
         if grad_scale is not None:
             g, (stride_n, stride_s) = grad_scale
             scale = dict(grad_scale=g[r0:] if stride_n else g, grad_scale_strides=(stride_n, stride_s))
         chunk_out = out(i, r0, rows)
         launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none" if chunk_out.dim() else None,
-                       out_dtype=chunk_out.dtype, out=chunk_out,
-                       grad=logits if grads is not None else None, grad_strides=spec[3], denom=denom, shard=shard,
-                       stats=stats_view, stats_mode=mode, **scale)
-        if grads is not None:
-            _accumulate(grads, logits, xc, w, r0)
-    return buffer if len(starts) == 1 else None
+                       out_dtype=chunk_out.dtype, out=chunk_out, grad=logits if grads is not None else None,
+                       grad_strides=spec[3], denom=denom, shard=shard, stats=stats_view, stats_mode=mode, **scale)
 
-
-def _accumulate(grads, dlogits, xc, w, r0):
-    """dX rows += (=) dlogits W, dW += dlogits^T X_c, db += column sums of dlogits."""
-    dx, dw, db = grads
-    if dx is not None:
-        torch.mm(dlogits, w, out=dx[r0:r0 + dlogits.shape[0]])
-    if dw is not None:
-        _add_weight_gradient(dw, dlogits, xc)
-    if db is not None:
-        db.add_(dlogits.sum(0, dtype=db.dtype))
-
-
-_MIXED_ADDMM = {}  # (device, dtype) -> whether addmm(float32, 16-bit, 16-bit, out_dtype=float32) works there
-
-
-def _add_weight_gradient(acc, dlogits, xc):
-    """acc += dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
-    writes the float32 accumulator (``addmm(..., out_dtype=torch.float32)``, where this torch has it);
-    elsewhere (the CPU, a torch without it) float32 copies of a quarter of the chunk at a time."""
-    if acc.dtype == dlogits.dtype:
-        acc.addmm_(dlogits.t(), xc)
-    elif acc.is_cuda and _mixed_addmm(acc.device, dlogits.dtype):
-        torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, out=acc)
-    else:  # float32 copies of a quarter of the chunk's rows at a time: half the chunk buffer's bytes
-        step = max(1, dlogits.shape[0] // 4)
-        for r0 in range(0, dlogits.shape[0], step):
-            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype))
-
-
-def _mixed_addmm(device, dtype):
-    """Whether this torch accumulates 16-bit GEMMs into a float32 output on ``device`` (tried once per
-    device and dtype on tiny tensors; an exception means no; nothing is read back, so no host sync)."""
-    key = (device, dtype)
-    if key not in _MIXED_ADDMM:
-        try:
-            a = torch.ones(2, 3, dtype=dtype, device=device)
-            torch.addmm(torch.ones(2, 2, device=device), a, a.t(), out_dtype=torch.float32,
-                        out=torch.empty(2, 2, device=device))
-            _MIXED_ADDMM[key] = True
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MIXED_ADDMM[key] = False
-    return _MIXED_ADDMM[key]
-
-
-def _new_grads(geo, input, want, acc):
-    """[dX (N, H) in the input's dtype, dW and db accumulators (zeros) in the accumulation dtype], None
-    where no gradient is wanted."""
-    dx = input.new_empty(geo.x.shape) if want[0] else None
-    dw = geo.w.new_zeros(geo.w.shape, dtype=acc) if want[1] else None
-    db = geo.w.new_zeros(geo.w.shape[0], dtype=acc) if want[2] else None
-    return [dx, dw, db]
-
-
-def _finish(grads, input, linear_weight, bias):
-    """The gradients in the inputs' shapes and dtypes (the float32 accumulators cast once, then freed)."""
-    dx, dw, db = grads
-    return (dx.view(input.shape) if dx is not None else None,
-            dw.to(linear_weight.dtype).view(linear_weight.shape) if dw is not None else None,
-            db.to(bias.dtype).view(bias.shape) if db is not None else None)
-
-
-def _scale_in_place(grad, grad_output):
-    """grad *= grad_output (a 0-d tensor) on the device, nothing moved when it is 1 (the pointwise
-    family's flat rescale kernel: the gradients here are contiguous)."""
-    from fusedloss.kernels.pointwise import scale_by_grad_output
-
-    return scale_by_grad_output(grad, grad_output)
+    kept = _chunks.sweep([_chunks.Head(geo.x, geo.w, geo.b)], geo.n, geo.chunk, visit,
+                         [grads] if grads is not None and mode != "write" else None,
+                         [kept] if kept is not None else None)
+    return kept[0] if kept is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,7 +143,7 @@ def _scale_in_place(grad, grad_output):
 # ----------------------------------------------------------------------------------------------------
 
 
-class LinearCrossEntropy:
+class LinearCrossEntropy(_scaffold.Family):
     name = "linear_cross_entropy"
     options_type = MatmulRowsOptions
     n_inputs = 5  # input, linear_weight, target, linear_bias, weight (class weights)
@@ -247,7 +157,7 @@ class LinearCrossEntropy:
             shard = shard_of(options, geo.c, weight, input.device)
             reduced = options.reduction != "none"
             want = (needs_grad[0], needs_grad[1], needs_grad[3])
-            grads = _new_grads(geo, input, want, acc) if reduced and any(want) else None
+            grads = _chunks.new_grads(_chunks.Head(geo.x, geo.w, geo.b), input, want) if reduced and any(want) else None
             stats = kept = None
             if shard is not None:
                 stats = input.new_empty((5, geo.n * geo.d), dtype=acc)
@@ -272,7 +182,7 @@ class LinearCrossEntropy:
                 loss = loss.to(options.out_dtype)
             else:
                 loss = loss.view(_loss_shape(input, target, options))
-            finished = _finish(grads, input, linear_weight, bias) if grads is not None else (None, None, None)
+            finished = _chunks.finish(grads, input, linear_weight, bias) if grads is not None else (None, None, None)
         return loss, (*finished, stats)
 
     @staticmethod
@@ -283,7 +193,7 @@ class LinearCrossEntropy:
         if any(g is not None for g in precomputed):  # written by the forward for grad_output 1
             if in_place:
                 state[0] = state[1] = state[2] = None  # handed over: a second backward recomputes
-                grads = [_scale_in_place(g, grad_output) if g is not None else None for g in precomputed]
+                grads = [_chunks.scale_in_place(g, grad_output) if g is not None else None for g in precomputed]
             else:  # the registered op (torch.compile): its outputs are not to be written
                 grads = [g * grad_output if g is not None else None for g in precomputed]
             grads = [g if g is not None or not w else torch.zeros_like(t)  # empty: absent (compile)
@@ -293,7 +203,7 @@ class LinearCrossEntropy:
             geo = _geometry(input, linear_weight, target, bias, options)
             acc = _acc(input.dtype)
             shard = shard_of(options, geo.c, weight, input.device)
-            grads = _new_grads(geo, input, want, acc)
+            grads = _chunks.new_grads(_chunks.Head(geo.x, geo.w, geo.b), input, want)
             denom = (mean_denominator(geo.target, weight, options, geo.n * geo.d, shard[1] if shard else geo.c, acc)
                      if options.reduction == "mean" else None)
             if options.reduction == "none" and grad_output.dim():
@@ -305,16 +215,8 @@ class LinearCrossEntropy:
             _sweep(geo, options, weight, shard=shard, stats=state[3], mode="read" if shard else "",
                    out=lambda i, r0, rows: scratch[:rows * geo.d], denom=denom, grads=grads,
                    grad_scale=(g, g_strides))
-            dx, dw, db = _finish(grads, input, linear_weight, bias)
+            dx, dw, db = _chunks.finish(grads, input, linear_weight, bias)
         return dx, dw, None, db, None
-
-    @staticmethod
-    def assert_inputs_intact(options, state):
-        """Nothing is ever written into the inputs."""
-
-    @staticmethod
-    def compile_options(options):
-        return options
 
     @staticmethod
     def reference(options, input, linear_weight, target, bias, weight):

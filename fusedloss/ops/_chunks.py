@@ -1,0 +1,141 @@
+"""The matmul-rows family's one chunk driver: token chunks around the GEMMs, the logits never whole.
+
+Every loss of the family (linear_cross_entropy, linear_jsd_loss, linear_log_probs) is a row loss over
+the logits of one or two LM heads (``Head``: hidden states X (N, H), weight W (C, H), bias b (C,)).
+``sweep`` runs over chunks of R rows in a fixed order:
+
+    per chunk      logits_k = X_k[rows] W_k^T (+ b_k)       one GEMM per head, into a buffer per head
+                   visit(...)                               the loss's kernel on the chunk; where a
+                                                            gradient is wanted it overwrites logits_k
+                                                            with d loss / d logits_k
+                   dX_k[rows] = dlogits_k W_k               GEMM 2, for a head with gradients
+                   dW_k += dlogits_k^T X_k[rows]            GEMM 3, into a float32 accumulator for
+                   db_k += the column sums of dlogits_k     16-bit weights
+
+so the largest temporaries are the chunk buffers (``CHUNK_BYTES`` of logits for all heads together, or
+``chunk`` rows), every accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), and
+nothing syncs with the host. A head without gradients (a frozen teacher) costs one GEMM per chunk.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+
+# Bytes of the chunks' logits buffers together, the one large temporary: 224 MiB keeps the peak extra
+# memory (the buffers, a float32 column-sum for the bias, the kernels' workspaces) under 256 MiB.
+CHUNK_BYTES = 224 << 20
+
+
+class Head(NamedTuple):
+    x: torch.Tensor  # (N, H) input rows
+    w: torch.Tensor  # (C, H) weight
+    b: Optional[torch.Tensor]  # (C,) bias
+
+
+def chunk_rows(n, columns, element_size, requested):
+    """Rows per chunk: ``requested``, else as many as CHUNK_BYTES of logits (``columns`` per row, all heads
+    together) hold, spread evenly over the chunks and rounded to 128 rows (GEMM tiles) when that stays
+    within the budget."""
+    if requested:
+        return max(1, min(requested, n))
+    limit = max(1, CHUNK_BYTES // max(columns * element_size, 1))
+    if n <= limit:
+        return max(n, 1)
+    rows = -(-n // -(-n // limit))
+    return min(limit, -(-rows // 128) * 128) if rows > 128 else rows
+
+
+def sweep(heads, n, chunk, visit, grads=None, kept=None):
+    """One pass over the chunks of ``n`` rows, in order: the heads' logits of each chunk (or ``kept``: the
+    buffers of a single chunk, already computed), ``visit(i, r0, rows, logits)`` (logits: one (rows, C_k)
+    view per head), then for each head whose entry of ``grads`` is [dX, dW, db] (None entries: not
+    wanted) the gradient accumulation from its buffer, which ``visit`` overwrote with d loss / d logits.
+    Returns the buffers when there was a single chunk (a later sweep may reuse them as ``kept``)."""
+    buffers = kept if kept is not None else [h.x.new_empty((min(chunk, n), h.w.shape[0])) for h in heads]
+    starts = range(0, n, chunk)
+    for i, r0 in enumerate(starts):
+        rows = min(chunk, n - r0)
+        logits = [buffer[:rows] for buffer in buffers]
+        if kept is None:
+            for head, out in zip(heads, logits):
+                xc = head.x[r0:r0 + rows]
+                if head.b is None:
+                    torch.mm(xc, head.w.t(), out=out)
+                else:
+                    torch.addmm(head.b, xc, head.w.t(), out=out)
+        visit(i, r0, rows, logits)
+        for head, head_grads, dlogits in zip(heads, grads or (), logits):
+            if head_grads is not None:
+                _accumulate(head_grads, dlogits, head.x[r0:r0 + rows], head.w, r0)
+    return buffers if len(starts) == 1 else None
+
+
+def _accumulate(grads, dlogits, xc, w, r0):
+    """dX rows = dlogits W, dW += dlogits^T X_c, db += column sums of dlogits."""
+    dx, dw, db = grads
+    if dx is not None:
+        torch.mm(dlogits, w, out=dx[r0:r0 + dlogits.shape[0]])
+    if dw is not None:
+        _add_weight_gradient(dw, dlogits, xc)
+    if db is not None:
+        db.add_(dlogits.sum(0, dtype=db.dtype))
+
+
+_MIXED_ADDMM = {}  # (device, dtype) -> whether addmm(float32, 16-bit, 16-bit, out_dtype=float32) works there
+
+
+def _add_weight_gradient(acc, dlogits, xc):
+    """acc += dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
+    writes the float32 accumulator (``addmm(..., out_dtype=torch.float32)``, where this torch has it);
+    elsewhere (the CPU, a torch without it) float32 copies of a quarter of the chunk at a time."""
+    if acc.dtype == dlogits.dtype:
+        acc.addmm_(dlogits.t(), xc)
+    elif acc.is_cuda and _mixed_addmm(acc.device, dlogits.dtype):
+        torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, out=acc)
+    else:  # float32 copies of a quarter of the chunk's rows at a time: half the chunk buffer's bytes
+        step = max(1, dlogits.shape[0] // 4)
+        for r0 in range(0, dlogits.shape[0], step):
+            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype))
+
+
+def _mixed_addmm(device, dtype):
+    """Whether this torch accumulates 16-bit GEMMs into a float32 output on ``device`` (tried once per
+    device and dtype on tiny tensors; an exception means no; nothing is read back, so no host sync)."""
+    key = (device, dtype)
+    if key not in _MIXED_ADDMM:
+        try:
+            a = torch.ones(2, 3, dtype=dtype, device=device)
+            torch.addmm(torch.ones(2, 2, device=device), a, a.t(), out_dtype=torch.float32,
+                        out=torch.empty(2, 2, device=device))
+            _MIXED_ADDMM[key] = True
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MIXED_ADDMM[key] = False
+    return _MIXED_ADDMM[key]
+
+
+def accumulation_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def new_grads(head, input, want):
+    """[dX (N, H) in the input's dtype, dW and db accumulators (zeros) in the accumulation dtype], None
+    where no gradient is wanted (``want``: (input, weight, bias))."""
+    acc = accumulation_dtype(input.dtype)
+    return [input.new_empty(head.x.shape) if want[0] else None,
+            head.w.new_zeros(head.w.shape, dtype=acc) if want[1] else None,
+            head.w.new_zeros(head.w.shape[0], dtype=acc) if want[2] else None]
+
+
+def finish(grads, input, weight, bias):
+    """The gradients in the inputs' shapes and dtypes (the float32 accumulators cast once, then freed)."""
+    dx, dw, db = grads
+    return (dx.view(input.shape) if dx is not None else None,
+            dw.to(weight.dtype).view(weight.shape) if dw is not None else None,
+            db.to(bias.dtype).view(bias.shape) if db is not None else None)
+
+
+def scale_in_place(grad, grad_output):
+    """grad *= grad_output (a 0-d tensor) on the device, nothing moved when it is 1 (the pointwise
+    family's flat rescale kernel: the gradients here are contiguous)."""
+    from fusedloss.kernels.pointwise import scale_by_grad_output
+
+    return scale_by_grad_output(grad, grad_output)

@@ -1,0 +1,200 @@
+"""The softmax-rows family's distribution losses on the op scaffold: jsd_loss (forward/reverse KL, the
+generalized JSD, a top-k teacher) and log_probs (+ entropy), over the rows of (..., V) logits.
+
+One forward launch (kernels/distribution_rows.py: a sweep for the log-sum-exps, for the divergences a
+second over both rows) writes the loss (per row, or reduced in the launch) and saves per row what the
+backward needs (each log-softmax's max and log-sum, the divergence's row coefficients, the entropy);
+the backward is one launch that writes each gradient once for any grad_output. With
+``grad_in_forward`` (jsd) the forward also writes the gradient for grad_output 1 (the denominator
+computed first, on the device) and the backward only rescales rows whose grad_output is not 1.
+
+Saved for the backward: the inputs and the state (the kernel's state, the gradients written by a
+grad_in_forward forward). Nothing syncs with the host.
+"""
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import _scaffold
+from ._eager import distillation_loss, token_log_probs
+
+
+class DistributionOptions(NamedTuple):
+    mode: str  # "jsd" | "log_probs"
+    reduction: str  # jsd: "none" | "batchmean" | "sum" | "mean"; log_probs: "none"
+    out_dtype: torch.dtype  # the outputs' dtype: the input's, float32 under autocast
+    beta: float = 0.5
+    temperature: float = 1.0
+    ignore_index: int = -100
+    entropy: bool = False  # log_probs: the entropy too
+    grad_in_forward: bool = False  # jsd: the gradient for grad_output 1 written by the forward
+
+
+_kernels = None
+
+
+def kernels():
+    """fusedloss.kernels.distribution_rows, imported on the first Triton-backed call (it imports Triton)."""
+    global _kernels
+    if _kernels is None:
+        from fusedloss.kernels import distribution_rows
+
+        _kernels = distribution_rows
+    return _kernels
+
+
+def kl_kind(beta):
+    return "forward" if beta == 0 else "reverse" if beta == 1 else "mixed"
+
+
+def problem_of(options, teacher, indices, labels, n_classes, hard_weight=0.0, soft_weight=1.0):
+    """The kernels' Problem of a call (also linear_jsd_loss's and linear_log_probs', on their chunks)."""
+    problem = kernels().Problem
+    if options.mode == "log_probs":
+        return problem("log_probs", has_labels=True, entropy=options.entropy, ignore_index=options.ignore_index,
+                       temperature=options.temperature)
+    return problem("jsd", "topk" if indices is not None else "logits", kl_kind(options.beta), labels is not None,
+                   hard_weight != 0, False, options.ignore_index if labels is not None else 0, options.temperature,
+                   options.beta, soft_weight, hard_weight, 1.0 / n_classes if options.reduction == "mean" else 1.0,
+                   1.0 if options.reduction == "batchmean" else -math.inf)
+
+
+def kernel_reduction(reduction):
+    """The kernel's reduction of a jsd reduction: 'batchmean' and 'mean' divide by the counted rows
+    ('mean' scales each row by 1/V first: ``problem_of``)."""
+    return {"none": "none", "sum": "sum", "batchmean": "mean", "mean": "mean"}[reduction]
+
+
+def _rows(tensor):
+    """(R, last) rows of a (..., last) tensor: a view where the leading dimensions merge, else a copy."""
+    if tensor is None:
+        return None
+    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
+
+
+def _flat(labels):
+    return None if labels is None else labels.reshape(-1)
+
+
+def out_shape(options, input):
+    lead = tuple(input.shape[:-1])
+    if options.mode == "log_probs":
+        return (2, *lead) if options.entropy else lead
+    return lead if options.reduction == "none" else ()
+
+
+def count_rows(labels, ignore_index, n_rows, acc, device, reduction):
+    """The counted rows (labels not ``ignore_index``; all without labels) as a 0-d float on the device: the
+    'batchmean'/'mean' denominator of a gradient written before the loss is reduced ('batchmean': at least
+    1, as TRL's, so that a batch with no counted row gives 0, not 0 / 0)."""
+    if labels is None:
+        count = torch.full((), n_rows, dtype=acc, device=device)
+    else:
+        count = (labels != ignore_index).sum(dtype=acc)
+    return count.clamp_min(1) if reduction == "batchmean" else count
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class DistributionRows(_scaffold.Family):
+    name = "distribution_rows"
+    options_type = DistributionOptions
+    n_inputs = 4  # input, target (teacher logits / top-k log-probabilities; None for log_probs), indices, labels
+
+    @staticmethod
+    def forward(options, inputs, needs_grad):
+        input, target, indices, labels = inputs
+        rows, teacher, top, flat_labels = _rows(input), _rows(target), _rows(indices), _flat(labels)
+        problem = problem_of(options, target, indices, labels, rows.shape[1])
+        reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction)
+        save = any(needs_grad[:2])
+        extra, grads = {}, [None, None]
+        if options.grad_in_forward and options.mode == "jsd" and reduction != "none" and save:
+            if needs_grad[0]:
+                grads[0] = extra["grad"] = torch.empty_like(rows, memory_format=torch.contiguous_format)
+            if needs_grad[1] and indices is None:
+                grads[1] = extra["teacher_grad"] = torch.empty_like(teacher, memory_format=torch.contiguous_format)
+            if reduction == "mean":
+                extra["denom"] = count_rows(flat_labels, options.ignore_index, rows.shape[0], _acc(input.dtype),
+                                            input.device, options.reduction)
+        out, work = kernels().distribution_fwd(problem, rows, teacher, top, flat_labels, reduction,
+                                               options.out_dtype, save, **extra)
+        if reduction == "none":
+            out = out.view(out_shape(options, input))
+        return out, (work, *(g if g is None else g.view(t.shape) for g, t in zip(grads, (input, target))))
+
+    @staticmethod
+    def backward(options, inputs, state, grad_output, needs_grad, in_place):
+        input, target, indices, labels = inputs
+        work, grad, teacher_grad = state
+        want_teacher = needs_grad[1] and indices is None
+        reduced = options.mode == "jsd" and options.reduction != "none"
+        if grad is not None or teacher_grad is not None:  # written by the forward for grad_output 1
+            if in_place:
+                state[1] = state[2] = None  # handed to autograd; a second backward recomputes
+                scale = _scale_in_place
+            else:
+                scale = _scaled_copy
+            return (scale(grad, grad_output) if needs_grad[0] else None,
+                    scale(teacher_grad, grad_output) if want_teacher else None, None, None)
+        rows, teacher, top, flat_labels = _rows(input), _rows(target), _rows(indices), _flat(labels)
+        if reduced or grad_output.dim() == 0:
+            g, g_strides = grad_output, (0, 0)
+        elif options.entropy:
+            g = grad_output.reshape(2, -1)
+            g_strides = (g.stride(1), g.stride(0))
+        else:
+            g = grad_output.reshape(-1)
+            g_strides = (g.stride(0), 0)
+        grad = torch.empty_like(rows, memory_format=torch.contiguous_format) if needs_grad[0] else None
+        teacher_grad = (torch.empty_like(teacher, memory_format=torch.contiguous_format) if want_teacher else None)
+        problem = problem_of(options, target, indices, labels, rows.shape[1])
+        kernels().distribution_bwd(problem, rows, teacher, top, flat_labels, work, g, g_strides,
+                                   reduced and kernel_reduction(options.reduction) == "mean", grad, teacher_grad)
+        return (grad.view(input.shape) if grad is not None else None,
+                teacher_grad.view(target.shape) if teacher_grad is not None else None, None, None)
+
+    @staticmethod
+    def compile_options(options):
+        """Under torch.compile the gradient is computed in the backward (same values): the registered
+        ops own no buffers across calls."""
+        return options._replace(grad_in_forward=False)
+
+    @staticmethod
+    def reference(options, input, target, indices, labels):
+        if options.mode == "log_probs":
+            return token_log_probs(input, labels, options.temperature, options.ignore_index, options.entropy)
+        return distillation_loss(input, target, indices, labels, options.beta, options.temperature,
+                                 options.ignore_index, options.reduction).to(options.out_dtype)
+
+    @staticmethod
+    def fake(options, inputs, needs_grad):
+        input, target, indices, labels = inputs
+        n_rows = math.prod(input.shape[:-1])
+        problem = problem_of(options, target, indices, labels, input.shape[-1])
+        size = kernels().state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature,
+                                    any(needs_grad[:2]))
+        out = input.new_empty(out_shape(options, input), dtype=options.out_dtype)
+        return out, (input.new_empty(size, dtype=_acc(input.dtype)), None, None)
+
+
+def _scale_in_place(grad, grad_output):
+    """grad *= grad_output (one element) on the device, nothing moved when it is 1."""
+    from fusedloss.kernels.pointwise import scale_by_grad_output
+
+    return scale_by_grad_output(grad, grad_output)
+
+
+def _scaled_copy(grad, grad_output):
+    return grad * grad_output
+
+
+FAMILY = _scaffold.register(DistributionRows())
+
+
+def distribution_loss(options, input, target=None, indices=None, labels=None):
+    """jsd_loss / log_probs of validated arguments, in their output shape."""
+    return _scaffold.run(FAMILY, options, (input, target, indices, labels))

@@ -1,0 +1,643 @@
+"""Softmax-rows family, distribution losses: distillation divergences and token log-probabilities over rows.
+
+Layout. Every operand is a 2-D (R, V) view through strides (rows = every leading dimension of the
+logits, V the vocabulary): the student's logits x (or the one model's, for log-probabilities), the
+teacher's logits x' or the teacher's top-k log-probabilities (R, K) with their classes (R, K), per-row
+labels (R,), gradients (R, V).
+
+Math, per row, with z = x / T and z' = x' / T (T the temperature, a multiplication by 1/T here),
+s = log_softmax(z), t = log_softmax(z'), p = exp(s), q = exp(t). Every log-softmax is kept as
+(running max M, log of the sum of exp(z - M)) so that s_v = (z_v - M) - log D is exact where torch's is
+(huge logits do not cancel), and a term with a probability of 0 counts 0 (its log may be -inf).
+
+  (1) one sweep: online (M, D) of z, of z' and (a hard target at T != 1) of x; for log-probabilities
+      also E = sum exp(z - M)(z - M), relative to the running max, for the entropy H = log D - E / D
+  (2) the row's divergence, a second sweep over both rows (``KL`` constexpr):
+        "forward"  (beta = 0)     L = sum_v q_v (t_v - s_v)                      KL(teacher || student)
+        "reverse"  (beta = 1)     L = sum_v p_v (s_v - t_v)                      KL(student || teacher)
+        "mixed"    (0 < beta < 1) mix_v = log(beta q_v + (1 - beta) p_v)        the generalized JSD (GKD)
+                                  K' = sum q (t - mix), K = sum p (s - mix),  L = beta K' + (1 - beta) K
+      top-k teacher (stored (t_j, c_j), j < K; forward KL only): L = sum_j exp(t_j) (t_j - s_{c_j}),
+      from K gathers after (1), no second sweep
+      log-probabilities: lp = s_token (a gather), H from (1)
+      hard target y (linear_jsd_loss's hard loss, at T = 1): ce = (M1 - x_y) + log D1
+      A row's total is soft_w * L * soft_mean + hard_w * ce (soft_mean: 1/V for 'mean', else 1).
+  (3) gradients, a sweep over the row, each times the row's scale (grad_output over the denominator,
+      the weights, 1/T for the soft part):
+        forward   d/dz = p - q                          d/dz' = q ((t - s) - L)
+        reverse   d/dz = p ((s - t) - L)                d/dz' = q - p
+        mixed     d/dz = (1 - beta) p ((s - mix) - K)   d/dz' = beta q ((t - mix) - K')
+        top-k     d/dz_v = p_v P - sum_j exp(t_j) [v == c_j],   P = sum_j exp(t_j)
+        hard      d/dx_v = p1_v - [v == y]              (p1 the softmax at T = 1)
+        log-probs d/dz_v = g_lp ([v == token] - p_v) - g_H p_v (s_v + H)
+  (4) the loss per row, or reduced in the same launch (kernels/_reduce.py): the sum of the rows' totals,
+      for 'batchmean' and 'mean' divided by the count of counted rows (at least 1 for 'batchmean', as
+      TRL's), the denominator, kept in the state for the backward; a row whose label is
+      ``ignore_index`` counts nothing
+
+A class index outside [0, V) (a hard target, a top-k class, a token) that is not ``ignore_index`` makes
+its row NaN, loss and gradient: no host sync, no out-of-bounds access.
+
+STATE. The forward saves, per row, N_STATS floats in planes of n_state (= R) elements: [M | log D]
+of z, then of z' and the row's divergence coefficients (jsd), then [M1 | log D1] at T = 1 (a hard target
+at T != 1); log-probabilities [M | log D | H]. Then one slot: the denominator; then the reduction's
+partial sums (2 per program; not part of the state the backward reads).
+
+Memory traffic per row (B bytes per logit, V logits per row, each operand read once per sweep that
+needs it; a program re-reads a row it swept right before, from L2 when the row fits there):
+  jsd forward     sweeps (1) and (2) read both rows; with the gradient for grad_output 1 (WRITE_GRAD,
+                  linear_jsd_loss's chunks, ``grad_in_forward``) sweep (3) reads them again and writes
+                  each gradient
+  jsd backward    sweep (3): reads both rows, writes each gradient
+  top-k           reads the student row (and K entries) per sweep; log-probabilities one sweep forward,
+                  one backward
+Forward + backward, as the interpreter's meter counts (each address once per launch): both rows read
+twice and each gradient written once (5/3 of the minimal for a frozen teacher, 6/4 with a teacher
+gradient); with the gradient written in the forward for grad_output 1: 1.0x.
+"""
+import math
+
+import triton
+import triton.language as tl
+
+from ._config import distribution_rows_tile, plan_cache, split_float
+from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
+from ._math import div_rn, join_float, log1p, offset64
+from ._reduce import finish_grid_mean
+
+KL_KINDS = ("forward", "reverse", "mixed")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the math of a block of a row
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _online(m, d, z):
+    """(1) One column block of an online log-sum-exp: running max m, running sum d of exp(z - m), updated
+    with the block z ([BLOCK_R, BLOCK_V], masked lanes -inf)."""
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of -inf so far
+    d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), axis=1)
+    return m_new, d
+
+
+@triton.jit
+def _online_entropy(m, d, e, z):
+    """(1) ``_online`` plus e = sum exp(z - m)(z - m), moved to the new max as the max grows:
+    e <- exp(m - m') (e - (m' - m) d). Lanes of -inf add nothing (their 0 * -inf would be NaN)."""
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    shift = tl.where(d > 0, (m_safe - m) * d, 0.0)
+    w = tl.exp(z - m_safe[:, None])
+    terms = tl.where(w > 0, w * (z - m_safe[:, None]), 0.0)
+    e = alpha * (e - shift) + tl.sum(terms, axis=1)
+    d = alpha * d + tl.sum(w, axis=1)
+    return m_new, d, e
+
+
+@triton.jit
+def _log_softmax(z, m, log_d):
+    """s = (z - M) - log D: the difference first, as torch's log_softmax (no cancellation at 1e4)."""
+    return (z - m[:, None]) - log_d[:, None]
+
+
+@triton.jit
+def _logaddexp(a, b):
+    """log(exp(a) + exp(b)), -inf when both are."""
+    hi = tl.maximum(a, b)
+    lo = tl.minimum(a, b)
+    return tl.where(hi == float("-inf"), float("-inf"), hi + log1p(tl.exp(lo - hi)))
+
+
+@triton.jit
+def _times_probability(prob, value):
+    """prob * value, 0 where prob is 0 (value may be -inf - -inf there)."""
+    return tl.where(prob > 0, prob * value, 0.0)
+
+
+@triton.jit
+def _divergence_terms(s, t, p, q, log_beta, log_1mbeta, KL: tl.constexpr):
+    """(2) The summands of a block: forward q (t - s), reverse p (s - t) (returned twice), mixed
+    (q (t - mix), p (s - mix))."""
+    if KL == "forward":
+        term = _times_probability(q, t - s)
+        return term, term
+    elif KL == "reverse":
+        term = _times_probability(p, s - t)
+        return term, term
+    else:
+        mix = _logaddexp(t + log_beta, s + log_1mbeta)
+        return _times_probability(q, t - mix), _times_probability(p, s - mix)
+
+
+@triton.jit
+def _divergence_gradients(s, t, p, q, k_s, k_t, beta, log_beta, log_1mbeta, KL: tl.constexpr):
+    """(3) d L / dz and d L / dz' of a block (k_s, k_t: the row coefficients saved by (2))."""
+    if KL == "forward":
+        return p - q, _times_probability(q, (t - s) - k_t[:, None])
+    elif KL == "reverse":
+        return _times_probability(p, (s - t) - k_s[:, None]), q - p
+    else:
+        mix = _logaddexp(t + log_beta, s + log_1mbeta)
+        return ((1.0 - beta) * _times_probability(p, (s - mix) - k_s[:, None]),
+                beta * _times_probability(q, (t - mix) - k_t[:, None]))
+
+
+@triton.jit
+def _rows(pid, n_rows, BLOCK_R: tl.constexpr):
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    return rows, rows < n_rows
+
+
+@triton.jit
+def _join_scalars(inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
+                  soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC: tl.constexpr):
+    """The per-call scalars, each passed as an fp32 (hi, lo) pair, in ACC: (1/T, beta, log beta,
+    log(1 - beta), the soft and hard weights, the soft part's 'mean' scale)."""
+    return (join_float(inv_t_hi, inv_t_lo, ACC), join_float(beta_hi, beta_lo, ACC),
+            join_float(log_beta_hi, log_beta_lo, ACC), join_float(log_1mbeta_hi, log_1mbeta_lo, ACC),
+            join_float(soft_w_hi, soft_w_lo, ACC), join_float(hard_w_hi, hard_w_lo, ACC),
+            join_float(soft_mean_hi, soft_mean_lo, ACC))
+
+
+@triton.jit
+def _row_labels(y_ptr, rows, row_mask, y_r, ignore_index, n_cols, HAS_LABELS: tl.constexpr, CLASSES: tl.constexpr):
+    """The rows' label (or token), whether the row counts (a label other than ``ignore_index``; every row
+    without labels) and whether its label is valid: a class in [0, V) when CLASSES (a token, a hard
+    target), any value otherwise (jsd's labels only mask)."""
+    if HAS_LABELS:
+        y = tl.load(y_ptr + rows * y_r, mask=row_mask, other=ignore_index).to(tl.int64)
+        counted = row_mask & (y != ignore_index)
+    else:
+        y = rows * 0
+        counted = row_mask
+    if CLASSES:
+        valid = (y >= 0) & (y < n_cols)
+    else:
+        valid = counted | ~counted
+    return y, counted, valid
+
+
+@triton.jit
+def _stat(work_ptr, k, n_state, rows):
+    """The address of state plane k for ``rows`` (see STATE)."""
+    return work_ptr + offset64(n_state, k) + rows
+
+
+@triton.jit
+def _write_gradients(
+    s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask,
+    s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk,
+    m_s, ld_s, m_t, ld_t, k_s, k_t, m_1, ld_1, y, soft, hard, g_lp, g_h, entropy, inv_t, beta, log_beta, log_1mbeta,
+    MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
+    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """(3) One sweep over the rows writing the student's gradient (GRAD_STUDENT) and the teacher's
+    (GRAD_TEACHER): ``soft`` multiplies the soft part (already times 1/T), ``hard`` the hard target's;
+    log-probabilities take g_lp and g_h (times 1/T). Rows whose scale is 0 (ignored) get 0, NaN ones NaN."""
+    y_local = y.to(tl.int64)
+    for c0 in range(0, n_cols, BLOCK_V):
+        cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=0.0).to(ACC)
+        z = x * inv_t
+        s = _log_softmax(z, m_s, ld_s)
+        p = tl.exp(s)
+        if MODE == "log_probs":
+            is_token = cols[None, :] == y_local[:, None]
+            gs = g_lp[:, None] * (tl.where(is_token, 1.0, 0.0) - p) - g_h[:, None] * _times_probability(
+                p, s + entropy[:, None])
+        elif TEACHER == "topk":
+            sub = tl.zeros([BLOCK_R, BLOCK_V], ACC)
+            top_mass = tl.zeros([BLOCK_R], ACC)
+            for j in range(0, n_topk):
+                c_j = tl.load(idx_ptr + i_row + j * i_k, mask=row_mask, other=-1).to(tl.int64)
+                q_j = tl.exp(tl.load(t_ptr + t_row + j * t_v, mask=row_mask, other=float("-inf")).to(ACC))
+                sub += tl.where(cols[None, :] == c_j[:, None], q_j[:, None], 0.0)
+                top_mass += q_j
+            gs = soft[:, None] * (p * top_mass[:, None] - sub)
+        else:
+            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=0.0).to(ACC)
+            t = _log_softmax(xt * inv_t, m_t, ld_t)
+            q = tl.exp(t)
+            d_s, d_t = _divergence_gradients(s, t, p, q, k_s, k_t, beta, log_beta, log_1mbeta, KL)
+            gs = soft[:, None] * d_s
+            if GRAD_TEACHER:
+                gt = soft[:, None] * d_t
+                tl.store(gt_ptr + gt_row[:, None] + cols[None, :] * gt_v, gt.to(gt_ptr.dtype.element_ty), mask=mask)
+        if HARD:
+            if HARD_OWN_LSE:
+                p1 = tl.exp(_log_softmax(x, m_1, ld_1))
+            else:
+                p1 = p
+            gs += hard[:, None] * (p1 - tl.where(cols[None, :] == y_local[:, None], 1.0, 0.0))
+        if GRAD_STUDENT:
+            tl.store(gs_ptr + gs_row[:, None] + cols[None, :] * gs_v, gs.to(gs_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=["n_state", "out_plane", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
+                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
+                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom"])
+def _distribution_fwd_kernel(
+    # pointers
+    s_ptr,  # (R, V) student logits (log-probabilities: the logits)
+    t_ptr,  # (R, V) teacher logits (TEACHER "logits"); (R, K) teacher log-probabilities (TEACHER "topk")
+    idx_ptr,  # (R, K) int teacher classes (TEACHER "topk")
+    y_ptr,  # (R,) int labels (HAS_LABELS: the mask, and the hard targets with HARD; log-probabilities: tokens)
+    out_ptr,  # REDUCTION "none": the rows' totals (R,) (log-probabilities: [lp (R) | H (R)]); else () the loss
+    work_ptr,  # float state and partial sums (STATE)
+    gs_ptr, gt_ptr,  # (R, V) gradients of the student's and the teacher's logits (WRITE_GRAD)
+    denom_ptr,  # () the denominator computed before the launch (DENOM_GIVEN)
+    counter_ptr,  # () int32 ticket counter, zero between launches (REDUCTION != "none")
+    scale_ptr,  # (R,) the rows' grad_output, multiplies the written gradient (SCALE_GRAD); log-probabilities:
+    #             [g_lp | g_H] planes sc_plane apart
+    # strides, in elements
+    s_r, s_v, t_r, t_v, i_r, i_k, y_r, gs_r, gs_v, gt_r, gt_v, sc_r, sc_plane,
+    # sizes
+    n_rows, n_cols, n_topk,
+    n_state,  # the state's plane size: R when SAVE, else 0
+    out_plane,  # log-probabilities with the entropy: the distance from out's lp plane to its H plane
+    # per-call scalars; floats as fp32 (hi, lo) pairs
+    ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
+    soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo,
+    min_denom,  # the denominator's floor: 1 for 'batchmean' (TRL's: no rows counted gives 0, not 0 / 0), else -inf
+    # constexprs
+    MODE: tl.constexpr,  # "jsd" | "log_probs"
+    TEACHER: tl.constexpr,  # "logits" | "topk" (jsd)
+    KL: tl.constexpr,  # "forward" | "reverse" | "mixed" (jsd)
+    HAS_LABELS: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr, ENTROPY: tl.constexpr,
+    REDUCTION: tl.constexpr,  # "none" | "sum" | "mean" (divided by the counted rows)
+    DENOM_GIVEN: tl.constexpr, SAVE: tl.constexpr, N_STATS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, SCALE_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
+        inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
+        soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC)
+    pid = tl.program_id(0)
+    rows, row_mask = _rows(pid, n_rows, BLOCK_R)
+    s_row = rows * s_r
+    t_row = rows * t_r
+    i_row = rows * i_r
+    y, counted, valid = _row_labels(y_ptr, rows, row_mask, y_r, ignore_index, n_cols, HAS_LABELS,
+                                    HARD or MODE == "log_probs")
+    y_safe = tl.where(counted & valid, y, 0)
+
+    # (1) online log-sum-exps (and the entropy's sum)
+    zero = tl.zeros([BLOCK_R], ACC)
+    m_s = zero + float("-inf")
+    d_s = zero
+    m_t = zero + float("-inf")
+    d_t = zero
+    m_1 = zero + float("-inf")
+    d_1 = zero
+    e_s = zero
+    for c0 in range(0, n_cols, BLOCK_V):
+        cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+        if ENTROPY:
+            m_s, d_s, e_s = _online_entropy(m_s, d_s, e_s, x * inv_t)
+        else:
+            m_s, d_s = _online(m_s, d_s, x * inv_t)
+        if HARD_OWN_LSE:
+            m_1, d_1 = _online(m_1, d_1, x)
+        if TEACHER == "logits":
+            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+            m_t, d_t = _online(m_t, d_t, xt * inv_t)
+    ld_s = tl.log(d_s)
+    ld_t = tl.log(d_t)
+    ld_1 = tl.log(d_1)
+    if not HARD_OWN_LSE:
+        m_1 = m_s
+        ld_1 = ld_s
+
+    # (2) the row's values
+    k_s = zero
+    k_t = zero
+    entropy = zero
+    if MODE == "log_probs":
+        z_y = tl.load(s_ptr + s_row + y_safe * s_v, mask=counted & valid, other=0.0).to(ACC) * inv_t
+        value = (z_y - m_s) - ld_s  # lp
+        if ENTROPY:
+            entropy = ld_s - e_s / d_s
+    elif TEACHER == "topk":
+        value = zero
+        for j in range(0, n_topk):
+            c_j = tl.load(idx_ptr + i_row + j * i_k, mask=row_mask, other=0).to(tl.int64)
+            valid = valid & ((c_j >= 0) & (c_j < n_cols))
+            t_j = tl.load(t_ptr + t_row + j * t_v, mask=row_mask, other=float("-inf")).to(ACC)
+            c_safe = tl.where((c_j >= 0) & (c_j < n_cols), c_j, 0)
+            x_j = tl.load(s_ptr + s_row + c_safe * s_v, mask=row_mask, other=0.0).to(ACC)
+            s_j = (x_j * inv_t - m_s) - ld_s
+            value += tl.where(t_j > float("-inf"), tl.exp(t_j) * (t_j - s_j), 0.0)
+    else:
+        sum_t = zero
+        sum_s = zero
+        for c0 in range(0, n_cols, BLOCK_V):
+            cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+            mask = row_mask[:, None] & (cols < n_cols)[None, :]
+            x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+            s = _log_softmax(x * inv_t, m_s, ld_s)
+            t = _log_softmax(xt * inv_t, m_t, ld_t)
+            term_t, term_s = _divergence_terms(s, t, tl.exp(s), tl.exp(t), log_beta, log_1mbeta, KL)
+            sum_t += tl.sum(tl.where(mask, term_t, 0.0), axis=1)
+            sum_s += tl.sum(tl.where(mask, term_s, 0.0), axis=1)
+        if KL == "forward":
+            value = sum_t
+            k_t = sum_t
+        elif KL == "reverse":
+            value = sum_s
+            k_s = sum_s
+        else:
+            value = beta * sum_t + (1.0 - beta) * sum_s
+            k_s = sum_s
+            k_t = sum_t
+    ce = zero
+    if HARD:
+        x_y = tl.load(s_ptr + s_row + y_safe * s_v, mask=counted & valid, other=0.0).to(ACC)
+        ce = (m_1 - x_y) + ld_1
+    if MODE == "log_probs":
+        total = value
+    else:
+        total = soft_w * soft_mean * value
+        if HARD:
+            total += hard_w * ce
+    # ignored rows: 0 (whatever their logits); a label, token or class outside [0, V): NaN
+    total = tl.where(counted, total, 0.0)
+    entropy = tl.where(counted, entropy, 0.0)
+    bad = counted & ~valid
+    total = tl.where(bad, float("nan"), total)
+    entropy = tl.where(bad, float("nan"), entropy)
+
+    if SAVE:
+        tl.store(_stat(work_ptr, 0, n_state, rows), m_s, mask=row_mask)
+        tl.store(_stat(work_ptr, 1, n_state, rows), ld_s, mask=row_mask)
+        if MODE == "log_probs":
+            tl.store(_stat(work_ptr, 2, n_state, rows), entropy, mask=row_mask)
+        elif TEACHER == "logits":
+            tl.store(_stat(work_ptr, 2, n_state, rows), m_t, mask=row_mask)
+            tl.store(_stat(work_ptr, 3, n_state, rows), ld_t, mask=row_mask)
+            tl.store(_stat(work_ptr, 4, n_state, rows), k_s, mask=row_mask)
+            tl.store(_stat(work_ptr, 5, n_state, rows), k_t, mask=row_mask)
+        if HARD_OWN_LSE:
+            tl.store(_stat(work_ptr, N_STATS - 2, n_state, rows), m_1, mask=row_mask)
+            tl.store(_stat(work_ptr, N_STATS - 1, n_state, rows), ld_1, mask=row_mask)
+
+    # (3) the gradient for grad_output 1 (or the rows' own, SCALE_GRAD), over the denominator
+    if WRITE_GRAD:
+        g = tl.full([BLOCK_R], 1.0, ACC)
+        if DENOM_GIVEN:
+            g = div_rn(g, tl.load(denom_ptr).to(ACC))
+        if SCALE_GRAD:
+            g = g * tl.load(scale_ptr + rows * sc_r, mask=row_mask, other=0.0).to(ACC)
+        g_h = zero
+        if ENTROPY:
+            g_h = tl.load(scale_ptr + sc_plane + rows * sc_r, mask=row_mask, other=0.0).to(ACC)
+        g = tl.where(bad, float("nan"), tl.where(counted, g, 0.0))
+        g_h = tl.where(bad, float("nan"), tl.where(counted, g_h, 0.0))
+        _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, rows * gs_r, rows * gt_r,
+                         row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t, m_1,
+                         ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                         inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
+                         GRAD_TEACHER, BLOCK_R, BLOCK_V, ACC)
+
+    # (4) per row, or reduced over the grid in this launch
+    if REDUCTION == "none":
+        tl.store(out_ptr + rows, total.to(out_ptr.dtype.element_ty), mask=row_mask)
+        if ENTROPY:
+            tl.store(out_ptr + out_plane + rows, entropy.to(out_ptr.dtype.element_ty), mask=row_mask)
+    else:
+        finish_grid_mean(tl.sum(tl.where(row_mask, total, 0.0), axis=0),
+                         tl.sum(tl.where(counted, 1.0, 0.0).to(ACC), axis=0), out_ptr,
+                         _stat(work_ptr, N_STATS, n_state, 0), denom_ptr, counter_ptr, min_denom, REDUCTION == "mean",
+                         DENOM_GIVEN, RBLOCK, ACC)
+
+
+@triton.jit(do_not_specialize=["n_state", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
+                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
+                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom"])
+def _distribution_bwd_kernel(
+    # pointers
+    s_ptr, t_ptr, idx_ptr, y_ptr,  # as in the forward
+    work_ptr,  # the forward's state (STATE); the denominator read when MEAN
+    g_ptr,  # grad_output: one element (a reduced loss), (R,) per row, or log-probabilities' [g_lp | g_H]
+    gs_ptr, gt_ptr,  # (R, V) gradients (out)
+    # strides
+    s_r, s_v, t_r, t_v, i_r, i_k, y_r, g_r, g_plane, gs_r, gs_v, gt_r, gt_v,
+    # sizes
+    n_rows, n_cols, n_topk, n_state,
+    # per-call scalars, floats as (hi, lo)
+    ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
+    soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, min_denom,
+    # constexprs
+    MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HAS_LABELS: tl.constexpr, HARD: tl.constexpr,
+    HARD_OWN_LSE: tl.constexpr, ENTROPY: tl.constexpr, MEAN: tl.constexpr, N_STATS: tl.constexpr,
+    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+):
+    """(3) alone, from the forward's state, for the grad_output the backward receives."""
+    inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
+        inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
+        soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC)
+    pid = tl.program_id(0)
+    rows, row_mask = _rows(pid, n_rows, BLOCK_R)
+    zero = tl.zeros([BLOCK_R], ACC)
+    y, counted, valid = _row_labels(y_ptr, rows, row_mask, y_r, ignore_index, n_cols, HAS_LABELS,
+                                    HARD or MODE == "log_probs")
+    if TEACHER == "topk":
+        for j in range(0, n_topk):
+            c_j = tl.load(idx_ptr + rows * i_r + j * i_k, mask=row_mask, other=0).to(tl.int64)
+            valid = valid & ((c_j >= 0) & (c_j < n_cols))
+    bad = counted & ~valid
+    y_safe = tl.where(counted & valid, y, 0)
+
+    m_s = tl.load(_stat(work_ptr, 0, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    ld_s = tl.load(_stat(work_ptr, 1, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    m_t = zero
+    ld_t = zero
+    k_s = zero
+    k_t = zero
+    entropy = zero
+    m_1 = m_s
+    ld_1 = ld_s
+    if MODE == "log_probs":
+        entropy = tl.load(_stat(work_ptr, 2, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    elif TEACHER == "logits":
+        m_t = tl.load(_stat(work_ptr, 2, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        ld_t = tl.load(_stat(work_ptr, 3, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        k_s = tl.load(_stat(work_ptr, 4, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        k_t = tl.load(_stat(work_ptr, 5, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    if HARD_OWN_LSE:
+        m_1 = tl.load(_stat(work_ptr, N_STATS - 2, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        ld_1 = tl.load(_stat(work_ptr, N_STATS - 1, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+
+    g = tl.load(g_ptr + rows * g_r, mask=row_mask, other=0.0).to(ACC)
+    if MEAN:
+        g = div_rn(g, tl.load(_stat(work_ptr, N_STATS, n_state, 0)).to(ACC))
+    g_h = zero
+    if ENTROPY:
+        g_h = tl.load(g_ptr + g_plane + rows * g_r, mask=row_mask, other=0.0).to(ACC)
+    g = tl.where(counted, g, 0.0)
+    g = tl.where(bad, float("nan"), g)
+    g_h = tl.where(counted, g_h, 0.0)
+    g_h = tl.where(bad, float("nan"), g_h)
+    _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, rows * s_r, rows * t_r, rows * i_r, rows * gs_r,
+                     rows * gt_r, row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t,
+                     m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                     inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
+                     GRAD_TEACHER, BLOCK_R, BLOCK_V, ACC)
+
+
+# ----------------------------------------------------------------------------------------------------
+# launchers: a plan per signature (cached), the outputs, one launch
+# ----------------------------------------------------------------------------------------------------
+
+_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
+
+
+class Problem:
+    """What a launch computes, independent of tensors: mode ("jsd" | "log_probs"), teacher ("logits" |
+    "topk" | ""), kl kind, labels, hard target, entropy; and the per-call scalars."""
+
+    __slots__ = ("mode", "teacher", "kl", "has_labels", "hard", "entropy", "ignore_index", "temperature", "beta",
+                 "soft_w", "hard_w", "soft_mean", "min_denom")
+
+    def __init__(self, mode, teacher="", kl="forward", has_labels=False, hard=False, entropy=False,
+                 ignore_index=-100, temperature=1.0, beta=0.0, soft_w=1.0, hard_w=0.0, soft_mean=1.0,
+                 min_denom=-math.inf):
+        self.mode, self.teacher, self.kl, self.has_labels = mode, teacher, kl, has_labels
+        self.hard, self.entropy, self.ignore_index, self.temperature = hard, entropy, ignore_index, temperature
+        self.beta, self.soft_w, self.hard_w, self.soft_mean = beta, soft_w, hard_w, soft_mean
+        self.min_denom = min_denom
+
+    def key(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+
+def n_stats(mode, teacher, hard_own_lse):
+    """State planes per row (STATE)."""
+    count = 3 if mode == "log_probs" else 6 if teacher == "logits" else 2
+    return count + (2 if hard_own_lse else 0)
+
+
+def state_size(n_rows, mode, teacher, hard, temperature, save):
+    """The elements of the state the backward reads (planes, then the denominator): what the launcher
+    returns and what torch.compile's fake implementation allocates."""
+    planes = n_stats(mode, teacher, hard and temperature != 1.0)
+    return planes * (n_rows if save else 0) + 1
+
+
+def _scalars(problem):
+    beta = problem.beta
+    log_beta = math.log(beta) if 0.0 < beta < 1.0 else 0.0
+    log_1mbeta = math.log1p(-beta) if 0.0 < beta < 1.0 else 0.0
+    return (problem.ignore_index, *split_float(1.0 / problem.temperature), *split_float(beta), *split_float(log_beta),
+            *split_float(log_1mbeta), *split_float(problem.soft_w), *split_float(problem.hard_w),
+            *split_float(problem.soft_mean), float(problem.min_denom))
+
+
+@plan_cache
+def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, grad_student, grad_teacher,
+              scale_grad):
+    problem = Problem(*key)
+    hard_own_lse = problem.hard and problem.temperature != 1.0
+    block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
+    constexprs = dict(
+        MODE=problem.mode, TEACHER=problem.teacher, KL=problem.kl, HAS_LABELS=problem.has_labels, HARD=problem.hard,
+        HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, REDUCTION=reduction, DENOM_GIVEN=denom_given,
+        SAVE=save, N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse),
+        WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher, SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, RBLOCK=_RBLOCK,
+        ACC=accumulation_dtypes(dtype)[0])
+    n_programs = triton.cdiv(n_rows, block_r)
+    saved = state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature, save)
+    work_size = saved + (2 * n_programs if reduction != "none" else 0)
+    return (n_programs,), num_warps, constexprs, (work_size, saved), _scalars(problem)
+
+
+@plan_cache
+def _bwd_plan(key, n_rows, n_cols, dtype, mean, grad_student, grad_teacher):
+    problem = Problem(*key)
+    hard_own_lse = problem.hard and problem.temperature != 1.0
+    block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
+    constexprs = dict(
+        MODE=problem.mode, TEACHER=problem.teacher, KL=problem.kl, HAS_LABELS=problem.has_labels, HARD=problem.hard,
+        HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, MEAN=mean,
+        N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse), GRAD_STUDENT=grad_student,
+        GRAD_TEACHER=grad_teacher, BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, _scalars(problem)
+
+
+def _strides(tensor):
+    return (0, 0) if tensor is None else (tensor.stride(0), tensor.stride(1) if tensor.dim() > 1 else 0)
+
+
+def distribution_fwd(problem, student, teacher, indices, labels, reduction, out_dtype, save, *, out=None,
+                     out_plane=None, denom=None, grad=None, teacher_grad=None, grad_scale=None,
+                     grad_scale_strides=(0, 0)):
+    """One forward launch over the rows of ``student`` (R, V): returns (out, state).
+
+    ``teacher``: (R, V) logits, (R, K) log-probabilities (with ``indices`` (R, K)), or None; ``labels``:
+    (R,) or None. ``reduction``: "none" (out: (R,), or (2, R) [lp | H] for log-probabilities with the
+    entropy), "sum" or "mean" (a 0-d loss; 'mean' divides by the counted rows, or by ``denom`` when
+    given); written into ``out`` when given (the entropy ``out_plane`` elements after the log-probabilities,
+    R by default). ``save``: keep the state the backward reads. ``grad``
+    (``teacher_grad``): (R, V) buffers that receive the gradient for grad_output 1 (or the rows'
+    ``grad_scale``, addressed by ``grad_scale_strides`` = (row stride, plane stride): log-probabilities'
+    [g_lp | g_H]), over ``denom`` when given.
+    """
+    n_rows, n_cols = student.shape
+    n_topk = indices.shape[1] if indices is not None else 0
+    if out is None:
+        shape = () if reduction != "none" else ((2, n_rows) if problem.entropy else (n_rows,))
+        out = new_tensor(student, shape, out_dtype)
+    acc = accumulation_dtypes(student.dtype)[1]
+    if n_rows == 0:
+        if reduction != "none":
+            out.fill_(float("nan") if reduction == "mean" else 0.0)
+        return out, student.new_zeros(state_size(0, problem.mode, problem.teacher, problem.hard,
+                                                 problem.temperature, save), dtype=acc)
+    grid, num_warps, constexprs, (work_size, saved), scalars = _fwd_plan(
+        problem.key(), n_rows, n_cols, n_topk, student.dtype, reduction, save, denom is not None, grad is not None,
+        teacher_grad is not None, grad_scale is not None)
+    work = new_tensor(student, work_size, acc)
+    t_strides = _strides(teacher)
+    launch(_distribution_fwd_kernel, grid, (
+        student, teacher if teacher is not None else student, indices if indices is not None else student,
+        labels if labels is not None else student, out, work, grad if grad is not None else student,
+        teacher_grad if teacher_grad is not None else student, denom if denom is not None else work,
+        reduction_counter(student) if reduction != "none" else work,
+        grad_scale if grad_scale is not None else work,
+        *student.stride(), *t_strides, *_strides(indices), labels.stride(0) if labels is not None else 0,
+        *_strides(grad), *_strides(teacher_grad), *grad_scale_strides,
+        n_rows, n_cols, n_topk, n_rows if save else 0, n_rows if out_plane is None else out_plane, *scalars,
+    ), constexprs, num_warps, student.device)
+    return out, (work if work_size == saved else work[:saved])
+
+
+def distribution_bwd(problem, student, teacher, indices, labels, state, grad_output, grad_output_strides, mean,
+                     grad=None, teacher_grad=None):
+    """Write the gradients of the student's (``grad``) and the teacher's (``teacher_grad``) logits for
+    ``grad_output``, addressed by ``grad_output_strides`` = (row stride, plane stride) ((0, 0): one
+    element; log-probabilities: the entropy's plane). ``mean``: divide by the denominator in the state."""
+    n_rows, n_cols = student.shape
+    if n_rows == 0 or n_cols == 0:
+        return
+    grid, num_warps, constexprs, scalars = _bwd_plan(problem.key(), n_rows, n_cols, student.dtype, mean,
+                                                     grad is not None, teacher_grad is not None)
+    launch(_distribution_bwd_kernel, grid, (
+        student, teacher if teacher is not None else student, indices if indices is not None else student,
+        labels if labels is not None else student, state, grad_output, grad if grad is not None else student,
+        teacher_grad if teacher_grad is not None else student,
+        *student.stride(), *_strides(teacher), *_strides(indices), labels.stride(0) if labels is not None else 0,
+        *grad_output_strides, *_strides(grad), *_strides(teacher_grad),
+        n_rows, n_cols, indices.shape[1] if indices is not None else 0, n_rows, *scalars,
+    ), constexprs, num_warps, student.device)

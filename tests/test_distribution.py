@@ -1,0 +1,447 @@
+"""Distillation and token log-probabilities over large vocabularies: jsd_loss (forward/reverse KL, the
+generalized JSD, a top-k teacher), log_probs (+ entropy), and their LM-head forms linear_jsd_loss and
+linear_log_probs (the logits never whole).
+
+The reference is the definition in torch ops (fusedloss/ops/_eager.py, TRL's formulas; tests/test_trl.py
+checks them against TRL itself), in float64; in 16 bits also "no further from it than the same formula
+evaluated by torch at that dtype". Shapes and why:
+  (7, 1300)      the vocabulary crosses the interpreter's 512-element tiles (1300 = 2 x 512 + 276)
+  (3, 5, 301)    rows from two leading dimensions, an odd vocabulary
+  (1, 9)         one row, a vocabulary in one tile
+  "strided"      (6, 700) views of transposed buffers (rows addressed through strides)
+"""
+import math
+
+import pytest
+import torch
+
+import fusedloss
+import fusedloss.functional as FL
+import fusedloss.nn as FN
+from helpers import (DEVICE, AllocationRecorder, assert_matches, assert_matches_torch,
+                     assert_twice_rounded_matches_torch, backend_context, strided_like)
+
+SHAPES = [(7, 1300), (3, 5, 301), (1, 9), "strided"]
+BETAS = [0.0, 0.3, 1.0]
+REDUCTIONS = ["batchmean", "sum", "mean", "none"]
+
+
+def logits(shape, scale=2.0):
+    if shape == "strided":
+        return strided_like(scale * torch.randn(6, 700, dtype=torch.float64, device=DEVICE), "transposed")
+    return scale * torch.randn(shape, dtype=torch.float64, device=DEVICE)
+
+
+def labels_for(x, ignore=True):
+    lead = x.shape[:-1]
+    y = torch.randint(0, x.shape[-1], lead, device=DEVICE)
+    if ignore and y.numel() > 1:
+        y.view(-1)[1] = -100
+    return y
+
+
+def eager(fn):
+    def call(*args, **kwargs):
+        with fusedloss.backend("torch"):
+            return fn(*args, **kwargs)
+    return call
+
+
+def as64(t):
+    if not torch.is_tensor(t) or not t.is_floating_point():
+        return t
+    return t.detach().double().requires_grad_(t.requires_grad)
+
+
+def parity(fn, args, kwargs, upstream_scale=0.37, twice_rounded=False):
+    """fusedloss's Triton path vs the float64 definition (and, in 16 bits, vs the definition evaluated
+    at that dtype): the output and the gradient of every input that requires grad."""
+    dtype = args[0].dtype
+    args64 = [as64(a) for a in args]
+    kwargs64 = {k: as64(v) for k, v in kwargs.items()}
+    diff = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    diff64 = [a for a in args64 if torch.is_tensor(a) and a.requires_grad]
+
+    def run(backend, inputs, kw, wrt):
+        with backend_context(backend):
+            out = fn(*inputs, **kw)
+        out = torch.stack(out) if isinstance(out, tuple) else out
+        return out, wrt
+
+    ref, _ = run("torch", args64, kwargs64, diff64)
+    upstream = (torch.rand(ref.shape, dtype=torch.float64, device=DEVICE) + 0.5) * upstream_scale
+    ref_grads = torch.autograd.grad(ref, diff64, upstream) if diff64 else []
+    out, _ = run("triton", args, kwargs, diff)
+    grads = torch.autograd.grad(out, diff, upstream.to(out.dtype)) if diff else []
+    if dtype in (torch.bfloat16, torch.float16):
+        same, _ = run("torch", args, kwargs, diff)
+        same_grads = torch.autograd.grad(same, diff, upstream.to(same.dtype)) if diff else []
+        assert_matches_torch(out, same, ref, dtype, "output")
+        check = assert_twice_rounded_matches_torch if twice_rounded else assert_matches_torch
+        for i, (g, s, r) in enumerate(zip(grads, same_grads, ref_grads)):
+            check(g, s, r, dtype, f"grad {i}")
+    else:
+        assert_matches(out, ref, dtype, "output")
+        for i, (g, r) in enumerate(zip(grads, ref_grads)):
+            assert_matches(g, r, dtype, f"grad {i}")
+    return out, grads
+
+
+# ------------------------------------------------------------------ jsd_loss
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_jsd_parity(shape, beta, reduction):
+    """float32, both logits differentiated, labels with an ignored row, T = 2."""
+    x = logits(shape).float().requires_grad_()
+    t = logits(shape).float().requires_grad_()
+    parity(FL.jsd_loss, [x, t, labels_for(x)], dict(beta=beta, temperature=2.0, reduction=reduction))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_jsd_parity_16_bit(dtype, beta, reduction):
+    """16-bit logits, a frozen teacher: within the tolerance of float64, no further from it than the
+    formula in torch ops at that dtype."""
+    x = logits((7, 1300)).to(dtype).requires_grad_()
+    t = logits((7, 1300)).to(dtype)
+    parity(FL.jsd_loss, [x, t], dict(beta=beta, reduction=reduction))
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("upstream_scale", [1.0, 0.37])
+def test_jsd_grad_in_forward(grad_in_forward, upstream_scale):
+    """The gradient written in the forward for grad_output 1 and rescaled when it is not: the same values."""
+    x = logits((5, 700)).float().requires_grad_()
+    t = logits((5, 700)).float().requires_grad_()
+    parity(lambda *a, **k: FL.jsd_loss(*a, grad_in_forward=grad_in_forward, **k), [x, t, labels_for(x)],
+           dict(beta=0.4), upstream_scale=upstream_scale, twice_rounded=True)
+
+
+def test_jsd_without_labels_counts_every_row():
+    x, t = logits((3, 4, 50)).float(), logits((3, 4, 50)).float()
+    with fusedloss.backend("triton"):
+        batchmean = FL.jsd_loss(x, t, beta=0.0)
+        total = FL.jsd_loss(x, t, beta=0.0, reduction="sum")
+        mean = FL.jsd_loss(x, t, beta=0.0, reduction="mean")
+        rows = FL.jsd_loss(x, t, beta=0.0, reduction="none")
+    assert rows.shape == (3, 4)
+    torch.testing.assert_close(batchmean, total / 12)
+    torch.testing.assert_close(mean, total / (12 * 50))
+    torch.testing.assert_close(total, rows.sum())
+    expected = torch.nn.functional.kl_div(x.log_softmax(-1), t.log_softmax(-1), reduction="sum", log_target=True)
+    torch.testing.assert_close(total, expected)
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_jsd_all_rows_ignored(grad_in_forward):
+    """Nothing counted: 'batchmean' 0 with zero gradients (TRL's: its denominator is at least 1, so a fully
+    truncated batch does not poison training), 'mean' 0 / 0 = NaN (TRL's jsd.mean() of nothing), 'sum' 0."""
+    x = logits((4, 30)).float().requires_grad_()
+    t = logits((4, 30)).float()
+    y = torch.full((4,), -100, device=DEVICE)
+    for reduction in ("batchmean", "mean", "sum"):
+        with fusedloss.backend("triton"):
+            loss = FL.jsd_loss(x, t, y, reduction=reduction, grad_in_forward=grad_in_forward)
+        grad, = torch.autograd.grad(loss, x)
+        if reduction == "mean":
+            assert math.isnan(loss.item())
+        else:
+            assert loss.item() == 0 and torch.equal(grad, torch.zeros_like(grad)), reduction
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_jsd_extreme_logits(beta):
+    """|x| ~ 1e4, -inf entries (a masked vocabulary), a one-hot teacher: finite where the math is, as the
+    float64 definition; identical distributions give 0 to rounding, never below it beyond rounding."""
+    x = 1e4 * torch.randn(4, 600, device=DEVICE)
+    t = x + torch.randn(4, 600, device=DEVICE)
+    x[:, 500:] = -math.inf  # the same classes masked in both
+    t[:, 500:] = -math.inf
+    t[3] = -math.inf  # a one-hot teacher
+    t[3, 7] = 0.0
+    for student, teacher in ((x, t), (x, x.clone())):
+        s = student.clone().requires_grad_()
+        with fusedloss.backend("triton"):
+            rows = FL.jsd_loss(s, teacher, beta=beta, reduction="none")
+        grad, = torch.autograd.grad(rows.sum(), s)
+        s64 = student.double().requires_grad_()
+        with fusedloss.backend("torch"):
+            exact = FL.jsd_loss(s64, teacher.double(), beta=beta, reduction="none")
+        exact_grad, = torch.autograd.grad(exact.sum(), s64)
+        finite = torch.isfinite(exact)
+        assert torch.equal(torch.isfinite(rows), finite)
+        torch.testing.assert_close(rows[finite].double(), exact[finite], rtol=2e-5, atol=1e-4)
+        torch.testing.assert_close(grad[finite].double(), exact_grad[finite], rtol=2e-5, atol=1e-6)
+        if teacher is not t:
+            assert (rows.abs() <= 1e-5).all() and (rows >= -1e-6).all(), rows
+
+
+def test_jsd_top_k_teacher():
+    """Offline distillation from a stored top-k: forward KL over the teacher's support, the student's
+    softmax over its whole vocabulary; the definition's gradient."""
+    x = logits((6, 900)).float().requires_grad_()
+    values, classes = logits((6, 900)).float().log_softmax(-1).topk(11)
+    for reduction in REDUCTIONS:
+        parity(lambda *a, **k: FL.jsd_loss(a[0], (a[1], a[2]), **k), [x, values, classes],
+               dict(beta=0.0, temperature=1.5, reduction=reduction))
+
+
+def test_jsd_top_k_bad_classes_and_beta(fusedloss_env):
+    x = logits((3, 40)).float()
+    values, classes = logits((3, 40)).float().log_softmax(-1).topk(4)
+    with pytest.raises(ValueError, match="beta=0"):
+        FL.jsd_loss(x, (values, classes), beta=0.5)
+    bad = classes.clone()
+    bad[1, 2] = 40
+    with fusedloss.backend("triton"):
+        rows = FL.jsd_loss(x, (values, bad), beta=0.0, reduction="none")
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2]]).all()
+    fusedloss_env("FUSEDLOSS_DEBUG", "1")
+    with fusedloss.backend("triton"), pytest.raises(IndexError, match="40"):
+        FL.jsd_loss(x, (values, bad), beta=0.0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("call,error", [
+    (lambda x, t, y: FL.jsd_loss(x, t[:, :-1]), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, beta=1.5), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, beta=-0.1), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, temperature=0.0), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, temperature=-2.0), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, reduction="average"), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, y.float()), RuntimeError),
+    (lambda x, t, y: FL.jsd_loss(x, t, y[:-1]), ValueError),
+    (lambda x, t, y: FL.jsd_loss(x, t, loss_dtype=torch.int64), TypeError),
+    (lambda x, t, y: FL.log_probs(x, y.float()), RuntimeError),
+    (lambda x, t, y: FL.log_probs(x, y[:, None]), ValueError),
+    (lambda x, t, y: FL.log_probs(x, y, temperature=0), ValueError),
+    (lambda x, t, y: FL.log_probs(x, y, dtype=torch.int32), TypeError),
+    (lambda x, t, y: FL.log_probs(x[:, :0], y), ValueError),
+], ids=range(14))
+def test_bad_input(call, error, backend):
+    x, t = logits((4, 10)).float(), logits((4, 10)).float()
+    y = torch.randint(0, 10, (4,), device=DEVICE)
+    with fusedloss.backend(backend), pytest.raises(error):
+        call(x, t, y)
+
+
+def test_deterministic_bitwise():
+    x = logits((9, 1300)).float().requires_grad_()
+    t = logits((9, 1300)).float().requires_grad_()
+    results = []
+    for _ in range(2):
+        with fusedloss.backend("triton"):
+            loss = FL.jsd_loss(x, t, beta=0.3)
+        results.append((loss, *torch.autograd.grad(loss, (x, t))))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_jsd_module():
+    x = logits((5, 40)).float().requires_grad_()
+    t = logits((5, 40)).float()
+    module = FN.JSDLoss(beta=0.2, temperature=1.5, reduction="sum")
+    assert "beta=0.2" in repr(module)
+    with fusedloss.backend("triton"):
+        loss = module(x, t)
+    torch.testing.assert_close(loss, eager(FL.jsd_loss)(x, t, beta=0.2, temperature=1.5, reduction="sum"))
+
+
+# ------------------------------------------------------------------ log_probs
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_log_probs_parity(shape, temperature, with_entropy):
+    x = logits(shape).float().requires_grad_()
+    parity(FL.log_probs, [x, labels_for(x)], dict(temperature=temperature, with_entropy=with_entropy))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_log_probs_16_bit(dtype):
+    x = logits((7, 1300)).to(dtype).requires_grad_()
+    parity(FL.log_probs, [x, labels_for(x)], dict(with_entropy=True))
+
+
+def test_log_probs_float32_from_16_bit_logits():
+    """dtype=float32: log_softmax(x.float())'s values, from the 16-bit logits as they are."""
+    x = logits((5, 700)).to(torch.bfloat16).requires_grad_()
+    y = labels_for(x, ignore=False)
+    with fusedloss.backend("triton"):
+        lp, entropy = FL.log_probs(x, y, with_entropy=True, dtype=torch.float32)
+    assert lp.dtype == entropy.dtype == torch.float32
+    reference = x.detach().float().log_softmax(-1)
+    torch.testing.assert_close(lp, reference.gather(-1, y[:, None])[:, 0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy, -(reference.exp() * reference).sum(-1), rtol=1e-5, atol=1e-5)
+    grad, = torch.autograd.grad(lp.sum() + entropy.sum(), x)
+    assert grad.dtype == torch.bfloat16
+
+
+def test_log_probs_ignored_and_bad_tokens():
+    """Ignored rows: 0 and no gradient for both outputs; a token outside [0, V): NaN (no host sync)."""
+    x = logits((4, 20)).float().requires_grad_()
+    y = torch.tensor([3, -100, 25, 0], device=DEVICE)
+    with fusedloss.backend("triton"):
+        lp, entropy = FL.log_probs(x, y, with_entropy=True)
+    grad, = torch.autograd.grad(lp.sum() + entropy.sum(), x)
+    assert lp[1] == 0 and entropy[1] == 0 and torch.equal(grad[1], torch.zeros_like(grad[1]))
+    assert torch.isnan(lp[2]) and torch.isnan(grad[2]).all()
+    assert torch.isfinite(lp[[0, 3]]).all() and torch.isfinite(grad[[0, 3]]).all()
+
+
+# ------------------------------------------------------------------ the LM-head forms
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few rows (16 KiB of logits for both heads together), so that 'never whole' means
+    something at these sizes."""
+    from fusedloss.ops import _chunks
+
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 16 << 10)
+
+
+def heads(n=37, h=11, h_teacher=7, v=300, dtype=torch.float64, bias=True, teacher_grad=False, extra=0):
+    def make(*shape, grad=True):
+        return torch.randn(*shape, dtype=torch.float64, device=DEVICE).to(dtype).requires_grad_(grad)
+
+    x, w = make(n, h), make(v, h)
+    b = make(v) if bias else None
+    xt, wt = make(n, h_teacher, grad=teacher_grad), make(v + extra, h_teacher, grad=teacher_grad)
+    bt = make(v + extra, grad=teacher_grad) if bias else None
+    return x, w, b, xt, wt, bt
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("beta", BETAS)
+def test_linear_jsd_parity(beta, reduction, small_chunks):
+    """Both heads differentiated, a hard loss (T = 1.7 != 1: its own log-sum-exp), labels with an ignored
+    row, 37 rows in chunks of a few."""
+    x, w, b, xt, wt, bt = heads(teacher_grad=True)
+    y = labels_for(x[:, :1].expand(-1, 300))
+    parity(lambda x, w, xt, wt, y, b, bt, **k: FL.linear_jsd_loss(x, w, xt, wt, y, bias=b, teacher_bias=bt, **k),
+           [x.float(), w.float(), xt.float(), wt.float(), y, b.float(), bt.float()],
+           dict(beta=beta, temperature=1.7, hard_weight=0.3, soft_weight=0.8, reduction=reduction))
+
+
+def test_linear_jsd_frozen_teacher_costs_one_gemm(small_chunks):
+    """A frozen teacher: no gradient for its tensors, one GEMM per chunk for it (the student: three)."""
+    x, w, b, xt, wt, bt = (t.float() if t is not None else t for t in heads(bias=False))
+    x.requires_grad_(), w.requires_grad_()
+    gemms = []
+    real_mm = torch.mm
+
+    def counting_mm(a, b_, **kwargs):
+        gemms.append(tuple(b_.shape))
+        return real_mm(a, b_, **kwargs)
+
+    torch.mm = counting_mm
+    try:
+        with fusedloss.backend("triton"):
+            loss = FL.linear_jsd_loss(x, w, xt, wt, beta=0.5)
+    finally:
+        torch.mm = real_mm
+    teacher_gemms = [s for s in gemms if s == (7, 300)]  # the teacher's X_c W_t^T
+    chunks = len([s for s in gemms if s == (11, 300)])  # the student's X_c W^T
+    assert chunks > 1 and len(teacher_gemms) == chunks
+    assert xt.grad is None and wt.grad is None
+    grads = torch.autograd.grad(loss, (x, w))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_linear_jsd_vocabularies():
+    """A padded teacher vocabulary: dropped only when asked (its softmax over the student's classes)."""
+    x, w, b, xt, wt, bt = heads(extra=5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="drop_teacher_extra_classes"):
+        FL.linear_jsd_loss(x, w, xt, wt)
+    with fusedloss.backend("triton"):
+        loss = FL.linear_jsd_loss(x, w, xt, wt, bias=b, teacher_bias=bt, drop_teacher_extra_classes=True)
+    logits_s = x @ w.t() + b
+    logits_t = (xt @ wt.t() + bt)[:, :300]
+    torch.testing.assert_close(loss, eager(FL.jsd_loss)(logits_s, logits_t), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="fewer classes"):
+        FL.linear_jsd_loss(x, w[:-5].detach(), xt, wt[:290].detach())
+
+
+def test_linear_jsd_hard_weight_needs_labels():
+    x, w, b, xt, wt, bt = heads()
+    with pytest.raises(ValueError, match="labels"):
+        FL.linear_jsd_loss(x, w, xt, wt, hard_weight=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_linear_jsd_16_bit(dtype, small_chunks):
+    x, w, b, xt, wt, bt = heads(dtype=dtype, bias=False)
+    parity(lambda *a, **k: FL.linear_jsd_loss(*a, **k), [x, w, xt, wt], dict(beta=0.5))
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_linear_log_probs_parity(with_entropy, small_chunks):
+    x, w, b, _, _, _ = heads()
+    y = labels_for(x[:, :1].expand(-1, 300))
+    parity(lambda x, w, y, b, **k: FL.linear_log_probs(x, w, y, bias=b, **k), [x.float(), w.float(), y, b.float()],
+           dict(temperature=0.9, with_entropy=with_entropy))
+
+
+def test_linear_log_probs_three_dimensional_and_strided(small_chunks):
+    x = torch.randn(2, 19, 11, dtype=torch.float64, device=DEVICE).transpose(0, 1).float().requires_grad_()
+    w = torch.randn(300, 11, device=DEVICE).requires_grad_()
+    y = torch.randint(0, 300, (19, 2), device=DEVICE)
+    parity(lambda x, w, y, **k: FL.linear_log_probs(x, w, y, **k), [x, w, y], dict(with_entropy=True))
+
+
+@pytest.mark.parametrize("fn", ["linear_jsd_loss", "linear_log_probs"])
+def test_linear_memory_is_one_chunk(fn, monkeypatch):
+    """With a forced chunk of 5 rows, no tensor the op allocates is larger than the chunks' logits of both
+    heads (or an input's or gradient's size): the logits are never whole."""
+    from fusedloss.ops import _chunks
+
+    x, w, b, xt, wt, bt = (t.float() if t is not None else t for t in heads(n=41, v=700, bias=False))
+    y = torch.randint(0, 700, (41,), device=DEVICE)
+    options = FN.LinearCrossEntropyOptions(batch_chunk_size=5)
+    with fusedloss.backend("triton"), AllocationRecorder() as recorder:
+        if fn == "linear_jsd_loss":
+            loss = FL.linear_jsd_loss(x, w, xt, wt, y, hard_weight=0.5, options=options)
+        else:
+            loss = FL.linear_log_probs(x, w, y, options=options).sum()
+        torch.autograd.grad(loss, (x, w))
+    largest_operand = max(t.numel() for t in (x, w, xt, wt))
+    assert max(recorder.sizes) <= max(5 * 700, largest_operand), sorted(recorder.sizes)[-5:]
+    assert 41 * 700 not in recorder.sizes
+
+
+def test_linear_jsd_memory_at_llm_scale_is_bounded():
+    """The chunk budget at 8192 tokens x 4096 hidden x 128256 vocabulary in bf16, student and teacher
+    chunks together: at most CHUNK_BYTES (224 MiB) of logits, under the 256 MB of the goal."""
+    from fusedloss.ops import _chunks
+
+    rows = _chunks.chunk_rows(8192, 2 * 128256, 2, 0)
+    assert rows * 2 * 128256 * 2 <= _chunks.CHUNK_BYTES <= 256e6
+    assert rows >= 128  # enough rows per GEMM to keep it efficient
+
+
+# ------------------------------------------------------------------ traffic and the registry
+
+
+def test_traffic_of_jsd():
+    """Forward+backward bytes over the minimal (each logits tensor read once, each gradient written once),
+    metered through the interpreter: both logits read at most twice and each gradient written once (a
+    frozen teacher: 5/3; a teacher gradient: 6/4); with the gradient in the forward and grad_output 1: 1.0x."""
+    from fusedloss.bench.registry import Inputs
+    from fusedloss.bench.traffic import measure_traffic
+
+    x = logits((16, 2048)).to(torch.bfloat16)
+    t = logits((16, 2048)).to(torch.bfloat16)
+    for kwargs, teacher_grad, expected in (({}, False, 5 / 3), ({}, True, 6 / 4),
+                                            ({"grad_in_forward": True}, False, 1.0)):
+        a = x.clone().requires_grad_()
+        b = t.clone().requires_grad_(teacher_grad)
+        inputs = Inputs((a, b), dict(beta=0.5, **kwargs), (a, b) if teacher_grad else (a,))
+        minimal = inputs.nbytes() + sum(g.numel() * g.element_size() for g in inputs.grad_tensors)
+        with fusedloss.backend("triton"):
+            meter = measure_traffic(FL.jsd_loss, inputs)
+        assert meter.total / minimal <= expected * 1.01, (kwargs, teacher_grad, meter.total / minimal)
