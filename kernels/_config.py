@@ -93,12 +93,15 @@ def row_margin_tile(loss, n_cols, element_size):
 def distribution_rows_tile(n_cols, element_size, two_rows):
     """(BLOCK_R, BLOCK_V, num_warps) for the distribution losses (kernels/distribution_rows.py): a
     [rows x vocabulary] tile of each operand, half as wide when two rows (student, teacher) are read side
-    by side; several rows per program for small vocabularies. Not yet measured on a GPU (bench/NOTES.md).
+    by side; several rows per program for small vocabularies; float64 half as wide and at most 8 warps (16
+    warps cap a thread at 128 registers: the mixed divergence's gradient spilled). Not yet measured on a
+    GPU (bench/NOTES.md).
     Under the interpreter tiles stop at 512 elements so that the tests' small odd shapes cross blocks."""
-    max_tile = 512 if interpreting() else (4096 if two_rows else 8192)
+    max_tile = 512 if interpreting() else (4096 if two_rows else 8192) // (2 if element_size == 8 else 1)
     block_v = min(triton.next_power_of_2(max(n_cols, 1)), max_tile)
     block_r = max(1, min(16, 2048 // block_v)) if not interpreting() else max(1, min(4, 512 // block_v))
-    return block_r, block_v, num_warps_for(block_r * block_v * max(element_size, 2) // 2)
+    num_warps = num_warps_for(block_r * block_v * max(element_size, 2) // 2)
+    return block_r, block_v, min(num_warps, 8) if element_size == 8 else num_warps  # float64: no spills
 
 
 @functools.lru_cache(maxsize=1024)

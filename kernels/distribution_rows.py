@@ -44,7 +44,8 @@ at T != 1); log-probabilities [M | log D | H]. Then one slot: the denominator; t
 partial sums (2 per program; not part of the state the backward reads).
 
 Memory traffic per row (B bytes per logit, V logits per row, each operand read once per sweep that
-needs it; a program re-reads a row it swept right before, from L2 when the row fits there):
+needs it; a program re-reads a row it swept right before: from L2 at small V, from HBM at large V, since a
+150k-logit row in 4 bytes outgrows what L2 keeps for one program among hundreds):
   jsd forward     sweeps (1) and (2) read both rows; with the gradient for grad_output 1 (WRITE_GRAD,
                   linear_jsd_loss's chunks, ``grad_in_forward``) sweep (3) reads them again and writes
                   each gradient
@@ -106,15 +107,15 @@ def _log_softmax(z, m, log_d):
 @triton.jit
 def _logaddexp(a, b):
     """log(exp(a) + exp(b)), -inf when both are."""
-    hi = tl.maximum(a, b)
-    lo = tl.minimum(a, b)
+    hi = tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    lo = tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
     return tl.where(hi == float("-inf"), float("-inf"), hi + log1p(tl.exp(lo - hi)))
 
 
 @triton.jit
 def _times_probability(prob, value):
-    """prob * value, 0 where prob is 0 (value may be -inf - -inf there)."""
-    return tl.where(prob > 0, prob * value, 0.0)
+    """prob * value, 0 where prob is 0 (value may be -inf - -inf there); NaN stays NaN."""
+    return tl.where(prob == 0, 0.0, prob * value)
 
 
 @triton.jit
@@ -187,18 +188,52 @@ def _stat(work_ptr, k, n_state, rows):
 
 
 @triton.jit
+def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, s_v, t_v, i_k, gs_v,
+                           n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R: tl.constexpr,
+                           BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """(3), top-k teacher: at each class c of the support, d/dz_c = p_c P - sum_{j: c_j = c} exp(t_j), over
+    the dense p P the sweep wrote there (a class listed twice: the same value, stored twice). O(K^2) per row,
+    not O(K V); nothing read back from the gradient (one rounding)."""
+    for k0 in range(0, n_topk, BLOCK_K):
+        ks = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        k_mask = row_mask[:, None] & (ks < n_topk)[None, :]
+        c_k = tl.load(idx_ptr + i_row[:, None] + ks[None, :] * i_k, mask=k_mask, other=0).to(tl.int64)
+        k_mask = k_mask & (c_k >= 0) & (c_k < n_cols)  # a row with a class out of range is NaN (soft) already
+        x_k = tl.load(s_ptr + s_row[:, None] + c_k * s_v, mask=k_mask, other=0.0).to(ACC)
+        p_k = tl.exp((x_k * inv_t - m_s[:, None]) - ld_s[:, None])
+        listed = tl.zeros([BLOCK_R, BLOCK_K], ACC)  # sum of exp(t_j) over the entries j of the same class
+        for j0 in range(0, n_topk, BLOCK_K):
+            js = (j0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            j_mask = row_mask[:, None] & (js < n_topk)[None, :]
+            c_j = tl.load(idx_ptr + i_row[:, None] + js[None, :] * i_k, mask=j_mask, other=-1).to(tl.int64)
+            q_j = tl.exp(tl.load(t_ptr + t_row[:, None] + js[None, :] * t_v, mask=j_mask,
+                                 other=float("-inf")).to(ACC))
+            same = c_k[:, :, None] == c_j[:, None, :]
+            listed += tl.sum(tl.where(same, q_j[:, None, :], 0.0), axis=2)
+        grad = soft[:, None] * (p_k * top_mass[:, None] - listed)
+        tl.store(gs_ptr + gs_row[:, None] + c_k * gs_v, grad.to(gs_ptr.dtype.element_ty), mask=k_mask)
+
+
+@triton.jit
 def _write_gradients(
     s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask,
     s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk,
     m_s, ld_s, m_t, ld_t, k_s, k_t, m_1, ld_1, y, soft, hard, g_lp, g_h, entropy, inv_t, beta, log_beta, log_1mbeta,
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
     GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
-    ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """(3) One sweep over the rows writing the student's gradient (GRAD_STUDENT) and the teacher's
     (GRAD_TEACHER): ``soft`` multiplies the soft part (already times 1/T), ``hard`` the hard target's;
     log-probabilities take g_lp and g_h (times 1/T). Rows whose scale is 0 (ignored) get 0, NaN ones NaN."""
     y_local = y.to(tl.int64)
+    top_mass = tl.zeros([BLOCK_R], ACC)
+    if TEACHER == "topk":  # P = sum_j exp(t_j), the teacher's mass on its support
+        for k0 in range(0, n_topk, BLOCK_K):
+            ks = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            k_mask = row_mask[:, None] & (ks < n_topk)[None, :]
+            t_k = tl.load(t_ptr + t_row[:, None] + ks[None, :] * t_v, mask=k_mask, other=float("-inf")).to(ACC)
+            top_mass += tl.sum(tl.exp(t_k), axis=1)
     for c0 in range(0, n_cols, BLOCK_V):
         cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
@@ -211,14 +246,7 @@ def _write_gradients(
             gs = g_lp[:, None] * (tl.where(is_token, 1.0, 0.0) - p) - g_h[:, None] * _times_probability(
                 p, s + entropy[:, None])
         elif TEACHER == "topk":
-            sub = tl.zeros([BLOCK_R, BLOCK_V], ACC)
-            top_mass = tl.zeros([BLOCK_R], ACC)
-            for j in range(0, n_topk):
-                c_j = tl.load(idx_ptr + i_row + j * i_k, mask=row_mask, other=-1).to(tl.int64)
-                q_j = tl.exp(tl.load(t_ptr + t_row + j * t_v, mask=row_mask, other=float("-inf")).to(ACC))
-                sub += tl.where(cols[None, :] == c_j[:, None], q_j[:, None], 0.0)
-                top_mass += q_j
-            gs = soft[:, None] * (p * top_mass[:, None] - sub)
+            gs = soft[:, None] * (p * top_mass[:, None])  # the classes of the support: the pass below
         else:
             xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=0.0).to(ACC)
             t = _log_softmax(xt * inv_t, m_t, ld_t)
@@ -236,6 +264,10 @@ def _write_gradients(
             gs += hard[:, None] * (p1 - tl.where(cols[None, :] == y_local[:, None], 1.0, 0.0))
         if GRAD_STUDENT:
             tl.store(gs_ptr + gs_row[:, None] + cols[None, :] * gs_v, gs.to(gs_ptr.dtype.element_ty), mask=mask)
+    if TEACHER == "topk" and GRAD_STUDENT:
+        tl.debug_barrier()  # the dense stores above precede these, to the same addresses
+        _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, s_v, t_v, i_k,
+                               gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R, BLOCK_K, ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,7 +308,7 @@ def _distribution_fwd_kernel(
     REDUCTION: tl.constexpr,  # "none" | "sum" | "mean" (divided by the counted rows)
     DENOM_GIVEN: tl.constexpr, SAVE: tl.constexpr, N_STATS: tl.constexpr,
     WRITE_GRAD: tl.constexpr, GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, SCALE_GRAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
         inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
@@ -299,10 +331,13 @@ def _distribution_fwd_kernel(
     m_1 = zero + float("-inf")
     d_1 = zero
     e_s = zero
+    x_y = zero  # the label's (token's) logit, picked up in the sweep: sweep (3) may overwrite the row
     for c0 in range(0, n_cols, BLOCK_V):
         cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
         x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+        if HARD or MODE == "log_probs":
+            x_y += tl.sum(tl.where(cols[None, :] == y_safe[:, None], x, 0.0), axis=1)
         if ENTROPY:
             m_s, d_s, e_s = _online_entropy(m_s, d_s, e_s, x * inv_t)
         else:
@@ -324,8 +359,7 @@ def _distribution_fwd_kernel(
     k_t = zero
     entropy = zero
     if MODE == "log_probs":
-        z_y = tl.load(s_ptr + s_row + y_safe * s_v, mask=counted & valid, other=0.0).to(ACC) * inv_t
-        value = (z_y - m_s) - ld_s  # lp
+        value = (x_y * inv_t - m_s) - ld_s  # lp
         if ENTROPY:
             entropy = ld_s - e_s / d_s
     elif TEACHER == "topk":
@@ -363,7 +397,6 @@ def _distribution_fwd_kernel(
             k_t = sum_t
     ce = zero
     if HARD:
-        x_y = tl.load(s_ptr + s_row + y_safe * s_v, mask=counted & valid, other=0.0).to(ACC)
         ce = (m_1 - x_y) + ld_1
     if MODE == "log_probs":
         total = value
@@ -404,11 +437,12 @@ def _distribution_fwd_kernel(
             g_h = tl.load(scale_ptr + sc_plane + rows * sc_r, mask=row_mask, other=0.0).to(ACC)
         g = tl.where(bad, float("nan"), tl.where(counted, g, 0.0))
         g_h = tl.where(bad, float("nan"), tl.where(counted, g_h, 0.0))
+        tl.debug_barrier()  # every read of sweeps (1) and (2) precedes the stores (the buffer may be the logits)
         _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, rows * gs_r, rows * gt_r,
                          row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t, m_1,
                          ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                          inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
-                         GRAD_TEACHER, BLOCK_R, BLOCK_V, ACC)
+                         GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
     # (4) per row, or reduced over the grid in this launch
     if REDUCTION == "none":
@@ -442,7 +476,7 @@ def _distribution_bwd_kernel(
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HAS_LABELS: tl.constexpr, HARD: tl.constexpr,
     HARD_OWN_LSE: tl.constexpr, ENTROPY: tl.constexpr, MEAN: tl.constexpr, N_STATS: tl.constexpr,
     GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """(3) alone, from the forward's state, for the grad_output the backward receives."""
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
@@ -494,7 +528,7 @@ def _distribution_bwd_kernel(
                      rows * gt_r, row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t,
                      m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                      inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
-                     GRAD_TEACHER, BLOCK_R, BLOCK_V, ACC)
+                     GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -502,6 +536,11 @@ def _distribution_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
+
+
+def _block_k(n_topk):
+    """Top-k entries a step of the sparse gradient pass holds ([K x K] compares of a row: 16 x 16)."""
+    return max(1, min(16, triton.next_power_of_2(max(n_topk, 1))))
 
 
 class Problem:
@@ -555,7 +594,8 @@ def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, 
         MODE=problem.mode, TEACHER=problem.teacher, KL=problem.kl, HAS_LABELS=problem.has_labels, HARD=problem.hard,
         HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, REDUCTION=reduction, DENOM_GIVEN=denom_given,
         SAVE=save, N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse),
-        WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher, SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, RBLOCK=_RBLOCK,
+        WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher,
+        SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk), RBLOCK=_RBLOCK,
         ACC=accumulation_dtypes(dtype)[0])
     n_programs = triton.cdiv(n_rows, block_r)
     saved = state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature, save)
@@ -564,7 +604,7 @@ def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, 
 
 
 @plan_cache
-def _bwd_plan(key, n_rows, n_cols, dtype, mean, grad_student, grad_teacher):
+def _bwd_plan(key, n_rows, n_cols, n_topk, dtype, mean, grad_student, grad_teacher):
     problem = Problem(*key)
     hard_own_lse = problem.hard and problem.temperature != 1.0
     block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
@@ -572,7 +612,8 @@ def _bwd_plan(key, n_rows, n_cols, dtype, mean, grad_student, grad_teacher):
         MODE=problem.mode, TEACHER=problem.teacher, KL=problem.kl, HAS_LABELS=problem.has_labels, HARD=problem.hard,
         HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, MEAN=mean,
         N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse), GRAD_STUDENT=grad_student,
-        GRAD_TEACHER=grad_teacher, BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0])
+        GRAD_TEACHER=grad_teacher, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk),
+        ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, _scalars(problem)
 
 
@@ -631,7 +672,8 @@ def distribution_bwd(problem, student, teacher, indices, labels, state, grad_out
     n_rows, n_cols = student.shape
     if n_rows == 0 or n_cols == 0:
         return
-    grid, num_warps, constexprs, scalars = _bwd_plan(problem.key(), n_rows, n_cols, student.dtype, mean,
+    n_topk = indices.shape[1] if indices is not None else 0
+    grid, num_warps, constexprs, scalars = _bwd_plan(problem.key(), n_rows, n_cols, n_topk, student.dtype, mean,
                                                      grad is not None, teacher_grad is not None)
     launch(_distribution_bwd_kernel, grid, (
         student, teacher if teacher is not None else student, indices if indices is not None else student,
@@ -639,5 +681,5 @@ def distribution_bwd(problem, student, teacher, indices, labels, state, grad_out
         teacher_grad if teacher_grad is not None else student,
         *student.stride(), *_strides(teacher), *_strides(indices), labels.stride(0) if labels is not None else 0,
         *grad_output_strides, *_strides(grad), *_strides(teacher_grad),
-        n_rows, n_cols, indices.shape[1] if indices is not None else 0, n_rows, *scalars,
+        n_rows, n_cols, n_topk, n_rows, *scalars,
     ), constexprs, num_warps, student.device)

@@ -293,6 +293,47 @@ def test_log_probs_ignored_and_bad_tokens():
     assert torch.isfinite(lp[[0, 3]]).all() and torch.isfinite(grad[[0, 3]]).all()
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_nan_logit_makes_its_row_nan(backend):
+    """A NaN logit (student or teacher) makes its row's loss NaN and leaves the other rows as they were,
+    in the kernel and in the torch ops alike: a NaN never hides behind a zero probability."""
+    x, t = logits((4, 700)).float(), logits((4, 700)).float()
+    y = torch.tensor([5, 6, 7, 8], device=DEVICE)
+    bad_x, bad_t = x.clone(), t.clone()
+    bad_x[1, 650] = math.nan
+    bad_t[2, 3] = math.nan
+    with fusedloss.backend(backend):
+        for beta in BETAS:
+            clean = FL.jsd_loss(x, t, beta=beta, reduction="none")
+            rows = FL.jsd_loss(bad_x, bad_t, beta=beta, reduction="none")
+            assert torch.isnan(rows[1:3]).all(), (beta, rows)
+            assert torch.equal(rows[[0, 3]], clean[[0, 3]]), beta
+        lp, entropy = FL.log_probs(bad_x, y, with_entropy=True)
+        clean_lp, clean_entropy = FL.log_probs(x, y, with_entropy=True)
+    assert torch.isnan(lp[1]) and torch.isnan(entropy[1])
+    assert torch.equal(lp[[0, 2, 3]], clean_lp[[0, 2, 3]])
+    assert torch.equal(entropy[[0, 2, 3]], clean_entropy[[0, 2, 3]])
+
+
+@pytest.mark.gpu
+def test_log_probs_64bit_offsets():
+    """16400 rows x 131072 classes in bfloat16: 2**31 + 2**27 elements, offsets past int32 (4.3 GB logits,
+    4.3 GB gradient). The last rows against torch's float32 log_softmax."""
+    rows, vocab = 16400, 131072
+    x = torch.randn(rows, vocab, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
+    y = torch.randint(0, vocab, (rows,), device=DEVICE)
+    with fusedloss.backend("triton"):
+        lp = FL.log_probs(x, y, dtype=torch.float32)
+    tail = slice(rows - 3, rows)
+    exact = x[tail].detach().float().log_softmax(-1).gather(-1, y[tail, None]).squeeze(-1)
+    torch.testing.assert_close(lp[tail], exact, rtol=1e-6, atol=2e-5)
+    grad, = torch.autograd.grad(lp[tail].sum(), x)
+    expected = -x[tail].detach().float().softmax(-1)
+    expected[torch.arange(3, device=DEVICE), y[tail]] += 1
+    torch.testing.assert_close(grad[tail].float(), expected, rtol=1.6e-2, atol=1e-5)
+    assert float(grad[:-3].abs().sum()) == 0.0
+
+
 # ------------------------------------------------------------------ the LM-head forms
 
 

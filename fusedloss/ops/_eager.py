@@ -265,8 +265,9 @@ def multilabel_margin_loss(input, target, reduction, list_block=64):
 
 def _masked_product(prob, value):
     """prob * value, 0 where prob is 0, differentiable twice (value may be -inf - -inf there: it is
-    replaced before the product, so no NaN reaches a gradient)."""
-    live = prob > 0
+    replaced before the product, so no NaN reaches a gradient; a NaN probability stays NaN, as in the
+    kernel)."""
+    live = prob != 0
     return torch.where(live, prob * torch.where(live, value, torch.zeros_like(value)), torch.zeros_like(prob))
 
 
