@@ -161,10 +161,11 @@ def check_cross_entropy(input, target, weight, ignore_index, label_smoothing, au
 _LOSS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_loss_dtype(loss_dtype):
-    """fusedloss's ``loss_dtype`` extra: None or a floating dtype (an integer "loss" would be rounded)."""
+def check_loss_dtype(loss_dtype, name="loss_dtype"):
+    """fusedloss's ``loss_dtype`` extra (log_probs' ``dtype``): None or a floating dtype (an integer "loss"
+    would be rounded)."""
     if loss_dtype is not None and loss_dtype not in _LOSS_DTYPES:
-        raise TypeError(f"loss_dtype must be None or a floating dtype ({', '.join(map(str, _LOSS_DTYPES))}), "
+        raise TypeError(f"{name} must be None or a floating dtype ({', '.join(map(str, _LOSS_DTYPES))}), "
                         f"got {loss_dtype!r}")
 
 
@@ -421,7 +422,7 @@ def check_linear_cross_entropy(input, linear_weight, target, linear_bias, ignore
 # LossMultiLabelMargin.cpp, Loss.cpp, Distance.cpp), in torch's order and words)
 # ----------------------------------------------------------------------------------------------------
 
-def linear_cross_entropy_chunk_rows(options, input=None, weight=None, chunked=True):
+def linear_cross_entropy_chunk_rows(options, input=None, weight=None, chunked=True, op="linear_cross_entropy"):
     """The rows per chunk that ``options`` ask for (0: the memory budget's), for the fused chunked paths.
 
     ``options`` is a ``torch.nn.LinearCrossEntropyOptions`` (``fusedloss.nn``'s stand-in on torches without
@@ -434,7 +435,7 @@ def linear_cross_entropy_chunk_rows(options, input=None, weight=None, chunked=Tr
     if options is None:
         return 0
     if not hasattr(options, "batch_chunk_size"):
-        raise AttributeError(f"linear_cross_entropy: options must be None or a LinearCrossEntropyOptions "
+        raise AttributeError(f"{op}: options must be None or a LinearCrossEntropyOptions "
                              f"(torch.nn's, or fusedloss.nn's on a torch without it), got {type(options).__name__}")
     rows = options.batch_chunk_size
     if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
@@ -679,9 +680,12 @@ def check_log_probs(input, tokens, temperature, ignore_index, op="log_probs"):
 def check_distribution_targets(indices, labels, n_classes, ignore_index, hard):
     """Host-side check of class values (FUSEDLOSS_DEBUG only: it synchronises): top-k classes in [0, V),
     and with a hard target (or for tokens) labels in [0, V) unless ``ignore_index``."""
-    if indices is not None and bool(((indices < 0) | (indices >= n_classes)).any()):
-        value = int(indices[(indices < 0) | (indices >= n_classes)].flatten()[0])
-        raise IndexError(f"Target {value} is out of bounds.")
+    if indices is not None:
+        bad = (indices < 0) | (indices >= n_classes)
+        if labels is not None:  # an ignored row's classes are not read
+            bad = bad & (labels != ignore_index).unsqueeze(-1)
+        if bool(bad.any()):
+            raise IndexError(f"Target {int(indices[bad].flatten()[0])} is out of bounds.")
     if hard and labels is not None:
         check_class_targets(labels, n_classes, ignore_index)
 
@@ -701,7 +705,7 @@ def _check_head(op, prefix, input, weight, bias):
             raise RuntimeError(f"{op}: {prefix}bias of shape {_shape(bias)} must be ({weight.shape[0]},)")
 
 
-def _check_weights(hard_weight, soft_weight):
+def check_distillation_weights(hard_weight, soft_weight):
     for name, value in (("hard_weight", hard_weight), ("soft_weight", soft_weight)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not -math.inf < value < math.inf:
             raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -719,7 +723,7 @@ def check_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias,
                          f"[{', '.join(map(str, input.shape[:-1]))}]")
     check_mixture_beta(beta_value)
     check_positive_temperature(temperature)
-    _check_weights(hard_weight, soft_weight)
+    check_distillation_weights(hard_weight, soft_weight)
     if reduction not in JSD_REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction (expected one of "
                          f"{', '.join(JSD_REDUCTIONS)})")

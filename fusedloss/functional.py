@@ -1216,9 +1216,9 @@ def jsd_loss(
                          grad_in_forward, loss_dtype)
 
 
-def _jsd_out_dtype(op, input, loss_dtype):
+def _jsd_out_dtype(op, input, loss_dtype, name="loss_dtype"):
     if loss_dtype is not None:
-        check.check_loss_dtype(loss_dtype)
+        check.check_loss_dtype(loss_dtype, name)
         return loss_dtype
     return _out_dtype(op, input)
 
@@ -1227,6 +1227,8 @@ def _eager_jsd(input, target, indices, labels, beta, temperature, ignore_index, 
                loss_dtype):
     check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
     out_dtype = _jsd_out_dtype("jsd_loss", input, loss_dtype)
+    if dispatch.debug_enabled():
+        check.check_distribution_targets(indices, labels, input.shape[-1], ignore_index, False)
     if out_dtype != input.dtype:
         input = input.to(out_dtype)
         target = target.to(out_dtype)
@@ -1280,7 +1282,9 @@ def log_probs(
 
 def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
     check.check_log_probs(input, tokens, temperature, ignore_index)
-    out_dtype = _jsd_out_dtype("log_probs", input, dtype)
+    out_dtype = _jsd_out_dtype("log_probs", input, dtype, "dtype")
+    if dispatch.debug_enabled():
+        check.check_class_targets(tokens, input.shape[-1], ignore_index)
     if out_dtype != input.dtype:
         input = input.to(out_dtype)
     return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy)).to(out_dtype)
@@ -1288,7 +1292,7 @@ def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dty
 
 def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
     check.check_log_probs(input, tokens, temperature, ignore_index)
-    out_dtype = _jsd_out_dtype("log_probs", input, dtype)
+    out_dtype = _jsd_out_dtype("log_probs", input, dtype, "dtype")
     if dispatch.debug_enabled():
         check.check_class_targets(tokens, input.shape[-1], ignore_index)
     options = DistributionOptions("log_probs", "none", out_dtype, 0.0, float(temperature), int(ignore_index),
@@ -1350,7 +1354,7 @@ def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias,
     teacher_weight, teacher_bias = check.check_linear_jsd(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
         hard_weight, soft_weight, reduction, drop_teacher_extra_classes)
-    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight)
+    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_jsd_loss")
     out_dtype = _jsd_out_dtype("linear_jsd_loss", input, loss_dtype)
     if hard_weight and dispatch.debug_enabled():
         check.check_class_targets(labels, weight.shape[0], ignore_index)
@@ -1428,8 +1432,10 @@ def linear_log_probs(
 
 def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
     check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
-    check.linear_cross_entropy_chunk_rows(options, input, weight)
-    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype)
+    check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
+    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
+    if dispatch.debug_enabled():
+        check.check_class_targets(tokens, weight.shape[0], ignore_index)
     logits = _eager.linear_logits(input, weight, bias)
     if out_dtype != logits.dtype:
         logits = logits.to(out_dtype)
@@ -1438,8 +1444,8 @@ def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_ind
 
 def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
     check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
-    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight)
-    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype)
+    chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
+    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
     if dispatch.debug_enabled():
         check.check_class_targets(tokens, weight.shape[0], ignore_index)
     input, weight, bias = _autocast_linear(input, weight, bias)

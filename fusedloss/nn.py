@@ -502,7 +502,8 @@ class LinearJSDLoss(torch.nn.Module):
                  drop_teacher_extra_classes: bool = False, loss_dtype: Optional[torch.dtype] = None):
         super().__init__()
         _set_jsd_options(self, beta, temperature, ignore_index, reduction, loss_dtype)
-        check.linear_cross_entropy_chunk_rows(options)
+        check.linear_cross_entropy_chunk_rows(options, op="LinearJSDLoss")
+        check.check_distillation_weights(hard_weight, soft_weight)
         self.hard_weight, self.soft_weight, self.options = hard_weight, soft_weight, options
         self.drop_teacher_extra_classes = drop_teacher_extra_classes
 

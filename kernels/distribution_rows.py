@@ -188,8 +188,8 @@ def _stat(work_ptr, k, n_state, rows):
 
 
 @triton.jit
-def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, s_v, t_v, i_k, gs_v,
-                           n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R: tl.constexpr,
+def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, live, s_v, t_v,
+                           i_k, gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R: tl.constexpr,
                            BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     """(3), top-k teacher: at each class c of the support, d/dz_c = p_c P - sum_{j: c_j = c} exp(t_j), over
     the dense p P the sweep wrote there (a class listed twice: the same value, stored twice). O(K^2) per row,
@@ -210,13 +210,13 @@ def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, g
                                  other=float("-inf")).to(ACC))
             same = c_k[:, :, None] == c_j[:, None, :]
             listed += tl.sum(tl.where(same, q_j[:, None, :], 0.0), axis=2)
-        grad = soft[:, None] * (p_k * top_mass[:, None] - listed)
+        grad = tl.where(live[:, None], soft[:, None] * (p_k * top_mass[:, None] - listed), 0.0)
         tl.store(gs_ptr + gs_row[:, None] + c_k * gs_v, grad.to(gs_ptr.dtype.element_ty), mask=k_mask)
 
 
 @triton.jit
 def _write_gradients(
-    s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask,
+    s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask, live,
     s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk,
     m_s, ld_s, m_t, ld_t, k_s, k_t, m_1, ld_1, y, soft, hard, g_lp, g_h, entropy, inv_t, beta, log_beta, log_1mbeta,
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
@@ -225,7 +225,8 @@ def _write_gradients(
 ):
     """(3) One sweep over the rows writing the student's gradient (GRAD_STUDENT) and the teacher's
     (GRAD_TEACHER): ``soft`` multiplies the soft part (already times 1/T), ``hard`` the hard target's;
-    log-probabilities take g_lp and g_h (times 1/T). Rows whose scale is 0 (ignored) get 0, NaN ones NaN."""
+    log-probabilities take g_lp and g_h (times 1/T). Rows not ``live`` (ignored) get exactly 0 whatever their
+    logits (an all -inf row's p is NaN), NaN rows NaN."""
     y_local = y.to(tl.int64)
     top_mass = tl.zeros([BLOCK_R], ACC)
     if TEACHER == "topk":  # P = sum_j exp(t_j), the teacher's mass on its support
@@ -254,7 +255,7 @@ def _write_gradients(
             d_s, d_t = _divergence_gradients(s, t, p, q, k_s, k_t, beta, log_beta, log_1mbeta, KL)
             gs = soft[:, None] * d_s
             if GRAD_TEACHER:
-                gt = soft[:, None] * d_t
+                gt = tl.where(live[:, None], soft[:, None] * d_t, 0.0)
                 tl.store(gt_ptr + gt_row[:, None] + cols[None, :] * gt_v, gt.to(gt_ptr.dtype.element_ty), mask=mask)
         if HARD:
             if HARD_OWN_LSE:
@@ -263,11 +264,12 @@ def _write_gradients(
                 p1 = p
             gs += hard[:, None] * (p1 - tl.where(cols[None, :] == y_local[:, None], 1.0, 0.0))
         if GRAD_STUDENT:
+            gs = tl.where(live[:, None], gs, 0.0)
             tl.store(gs_ptr + gs_row[:, None] + cols[None, :] * gs_v, gs.to(gs_ptr.dtype.element_ty), mask=mask)
     if TEACHER == "topk" and GRAD_STUDENT:
         tl.debug_barrier()  # the dense stores above precede these, to the same addresses
-        _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, s_v, t_v, i_k,
-                               gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R, BLOCK_K, ACC)
+        _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, live, s_v, t_v,
+                               i_k, gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R, BLOCK_K, ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ def _distribution_fwd_kernel(
             c_safe = tl.where((c_j >= 0) & (c_j < n_cols), c_j, 0)
             x_j = tl.load(s_ptr + s_row + c_safe * s_v, mask=row_mask, other=0.0).to(ACC)
             s_j = (x_j * inv_t - m_s) - ld_s
-            value += tl.where(t_j > float("-inf"), tl.exp(t_j) * (t_j - s_j), 0.0)
+            value += tl.where(t_j == float("-inf"), 0.0, tl.exp(t_j) * (t_j - s_j))  # NaN stays
     else:
         sum_t = zero
         sum_s = zero
@@ -439,8 +441,8 @@ def _distribution_fwd_kernel(
         g_h = tl.where(bad, float("nan"), tl.where(counted, g_h, 0.0))
         tl.debug_barrier()  # every read of sweeps (1) and (2) precedes the stores (the buffer may be the logits)
         _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, rows * gs_r, rows * gt_r,
-                         row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t, m_1,
-                         ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                         row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t,
+                         m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                          inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
                          GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
@@ -525,8 +527,8 @@ def _distribution_bwd_kernel(
     g_h = tl.where(counted, g_h, 0.0)
     g_h = tl.where(bad, float("nan"), g_h)
     _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, rows * s_r, rows * t_r, rows * i_r, rows * gs_r,
-                     rows * gt_r, row_mask, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t,
-                     m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                     rows * gt_r, row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t,
+                     k_s, k_t, m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                      inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
                      GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
@@ -643,7 +645,7 @@ def distribution_fwd(problem, student, teacher, indices, labels, reduction, out_
     acc = accumulation_dtypes(student.dtype)[1]
     if n_rows == 0:
         if reduction != "none":
-            out.fill_(float("nan") if reduction == "mean" else 0.0)
+            out.fill_(float("nan") if reduction == "mean" and problem.min_denom < 1 else 0.0)  # 0 / max(0, floor)
         return out, student.new_zeros(state_size(0, problem.mode, problem.teacher, problem.hard,
                                                  problem.temperature, save), dtype=acc)
     grid, num_warps, constexprs, (work_size, saved), scalars = _fwd_plan(

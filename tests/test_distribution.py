@@ -121,15 +121,20 @@ def test_jsd_grad_in_forward(grad_in_forward, upstream_scale):
            dict(beta=0.4), upstream_scale=upstream_scale, twice_rounded=True)
 
 
-def test_jsd_without_labels_counts_every_row():
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_jsd_without_labels_counts_every_row(backend):
+    """Without labels every row counts: 'mean' over rows x V; 'batchmean' over the first dimension, as
+    kl_div's 'batchmean' and TRL's (B of (B, L, V) logits, not B x L)."""
     x, t = logits((3, 4, 50)).float(), logits((3, 4, 50)).float()
-    with fusedloss.backend("triton"):
+    with fusedloss.backend(backend):
         batchmean = FL.jsd_loss(x, t, beta=0.0)
         total = FL.jsd_loss(x, t, beta=0.0, reduction="sum")
         mean = FL.jsd_loss(x, t, beta=0.0, reduction="mean")
         rows = FL.jsd_loss(x, t, beta=0.0, reduction="none")
     assert rows.shape == (3, 4)
-    torch.testing.assert_close(batchmean, total / 12)
+    torch.testing.assert_close(batchmean, total / 3)
+    torch.testing.assert_close(batchmean, torch.nn.functional.kl_div(
+        x.log_softmax(-1), t.log_softmax(-1), reduction="batchmean", log_target=True))
     torch.testing.assert_close(mean, total / (12 * 50))
     torch.testing.assert_close(total, rows.sum())
     expected = torch.nn.functional.kl_div(x.log_softmax(-1), t.log_softmax(-1), reduction="sum", log_target=True)
@@ -221,11 +226,20 @@ def test_jsd_top_k_bad_classes_and_beta(fusedloss_env):
     (lambda x, t, y: FL.log_probs(x, y, temperature=0), ValueError),
     (lambda x, t, y: FL.log_probs(x, y, dtype=torch.int32), TypeError),
     (lambda x, t, y: FL.log_probs(x[:, :0], y), ValueError),
-], ids=range(14))
+    (lambda x, t, y: FL.log_probs(x, y, dtype=torch.int64), (TypeError, "^dtype must be")),
+    (lambda x, t, y: FL.linear_jsd_loss(x, t, x, t, options={"batch_chunk_size": 1}),
+     (AttributeError, "^linear_jsd_loss: options")),
+    (lambda x, t, y: FL.linear_log_probs(x, t, y, options=3), (AttributeError, "^linear_log_probs: options")),
+    (lambda x, t, y: FN.LinearJSDLoss(hard_weight=math.nan), (ValueError, "hard_weight")),
+    (lambda x, t, y: FN.LinearJSDLoss(soft_weight=math.inf), (ValueError, "soft_weight")),
+    (lambda x, t, y: FN.LinearJSDLoss(options=5), (AttributeError, "^LinearJSDLoss: options")),
+], ids=range(20))
 def test_bad_input(call, error, backend):
+    """Each bad argument raises torch's exception type, the message naming the function and argument."""
     x, t = logits((4, 10)).float(), logits((4, 10)).float()
     y = torch.randint(0, 10, (4,), device=DEVICE)
-    with fusedloss.backend(backend), pytest.raises(error):
+    error, message = error if isinstance(error, tuple) else (error, None)
+    with fusedloss.backend(backend), pytest.raises(error, match=message):
         call(x, t, y)
 
 
@@ -291,6 +305,87 @@ def test_log_probs_ignored_and_bad_tokens():
     assert lp[1] == 0 and entropy[1] == 0 and torch.equal(grad[1], torch.zeros_like(grad[1]))
     assert torch.isnan(lp[2]) and torch.isnan(grad[2]).all()
     assert torch.isfinite(lp[[0, 3]]).all() and torch.isfinite(grad[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_non_finite_logit_makes_its_row_nan(who, beta, bad, backend):
+    """One NaN or +inf logit, in the student's row or the teacher's: that row's loss and gradient NaN (it
+    once gave 0 and no gradient: a diverged teacher silently stopped teaching), the other rows finite."""
+    s, t = logits((3, 600)).float(), logits((3, 600)).float()
+    (s if who == "student" else t)[1, 577] = bad
+    s.requires_grad_()
+    with fusedloss.backend(backend):
+        rows = FL.jsd_loss(s, t, beta=beta, reduction="none")
+    grad, = torch.autograd.grad(rows.sum(), s)
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2]]).all(), rows
+    assert torch.isnan(grad[1]).any() and torch.isfinite(grad[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_nan_top_k_log_probability_makes_its_row_nan(backend):
+    x = logits((3, 40)).float()
+    values, classes = logits((3, 40)).float().log_softmax(-1).topk(4)
+    values[1, 2] = math.nan
+    with fusedloss.backend(backend):
+        rows = FL.jsd_loss(x, (values, classes), beta=0.0, reduction="none")
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_ignored_rows_of_minus_inf_get_no_gradient(backend):
+    """An ignored row whose logits are all -inf (a padded position): exactly 0 gradient for the student
+    and the teacher (its softmax is NaN; it once sent NaN back), log_probs and jsd_loss alike."""
+    x = logits((3, 30)).float()
+    x[1] = -math.inf
+    labels = torch.tensor([1, -100, 2], device=DEVICE)
+    with fusedloss.backend(backend):
+        s = x.clone().requires_grad_()
+        lp, entropy = FL.log_probs(s, labels, with_entropy=True)
+        grad, = torch.autograd.grad(lp.sum() + entropy.sum(), s)
+        assert torch.equal(grad[1], torch.zeros_like(grad[1])) and torch.isfinite(grad).all()
+        for beta in BETAS:
+            s, t = x.clone().requires_grad_(), x.flip(0).clone().requires_grad_()
+            grads = torch.autograd.grad(FL.jsd_loss(s, t, labels, beta=beta), (s, t))
+            for g in grads:
+                assert torch.equal(g[1], torch.zeros_like(g[1])) and torch.isfinite(g).all(), beta
+        values, classes = x.log_softmax(-1).topk(3)
+        classes[1] = -5  # an ignored row's classes are not read
+        s = x.clone().requires_grad_()
+        grad, = torch.autograd.grad(FL.jsd_loss(s, (values, classes), labels, beta=0.0), s)
+        assert torch.equal(grad[1], torch.zeros_like(grad[1])) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_debug_mode_raises_for_bad_classes(backend, fusedloss_env):
+    """FUSEDLOSS_DEBUG=1: IndexError for a top-k class or a token outside [0, V), on both backends; an
+    ignored row's classes are not checked."""
+    x = logits((3, 6)).float()
+    values, classes = x.log_softmax(-1).topk(2)
+    classes[1, 0] = -1
+    fusedloss_env("FUSEDLOSS_DEBUG", "1")
+    with fusedloss.backend(backend):
+        rows = FL.jsd_loss(x, (values, classes), torch.tensor([1, -100, 2], device=DEVICE), beta=0.0,
+                           reduction="none")
+        assert rows[1] == 0 and torch.isfinite(rows).all()
+        with pytest.raises(IndexError, match="-1"):
+            FL.jsd_loss(x, (values, classes), beta=0.0)
+        with pytest.raises(IndexError, match="7"):
+            FL.log_probs(x, torch.tensor([1, 7, 2], device=DEVICE))
+        with pytest.raises(IndexError, match="7"):
+            FL.linear_log_probs(x, torch.eye(6, device=DEVICE), torch.tensor([1, 7, 2], device=DEVICE))
+
+
+def test_torch_backend_computes_16_bit_in_float32():
+    """The eager backend (CPU's default) computes 16-bit logits in float32 as the kernels do: identical
+    bfloat16 student and teacher give 0 to float32 rounding on both backends (in bfloat16 math: 1e-2)."""
+    z = (30 * torch.randn(16, 64, device=DEVICE)).bfloat16()
+    for backend in ("triton", "torch"):
+        with fusedloss.backend(backend):
+            rows = FL.jsd_loss(z, z.clone(), beta=0.5, temperature=0.3, reduction="none")
+        assert rows.dtype == torch.bfloat16 and rows.float().abs().max() < 1e-6, backend
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

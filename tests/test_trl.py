@@ -27,10 +27,11 @@ def _inputs(shape, ignore=True):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("reduction", ["batchmean", "sum"])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 1.0])
-@pytest.mark.parametrize("shape,with_labels", [((6, 700), False), ((6, 700), True), ((2, 5, 301), True)],
-                         ids=["2d", "2d-labels", "3d-labels"])
+@pytest.mark.parametrize("shape,with_labels", [((6, 700), False), ((6, 700), True), ((2, 5, 301), True),
+                                               ((2, 5, 301), False)], ids=["2d", "2d-labels", "3d-labels", "3d"])
 def test_generalized_jsd_loss(shape, with_labels, beta, reduction, backend):
-    """The values and gradients of TRL's GKD loss ('batchmean' and 'sum'; rows with label -100 masked)."""
+    """The values and gradients of TRL's GKD loss ('batchmean' and 'sum'; rows with label -100 masked;
+    'batchmean' of (B, L, V) logits without labels: over B, TRL's and kl_div's size(0))."""
     x, t, labels = _inputs(shape)
     labels = labels if with_labels else None
     expected = GKDTrainer.generalized_jsd_loss(x, t, labels, beta=beta, temperature=1.7, reduction=reduction)
@@ -41,13 +42,18 @@ def test_generalized_jsd_loss(shape, with_labels, beta, reduction, backend):
         torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=1e-7)
 
 
-def test_generalized_jsd_loss_no_counted_rows():
-    x, t, labels = _inputs((4, 50))
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("rows", [4, 0])
+def test_generalized_jsd_loss_no_counted_rows(rows, backend):
+    """No counted row (all labels -100, or an empty batch, with or without labels): 0, as TRL's."""
+    x, t, labels = _inputs((rows, 50))
     labels[:] = -100
-    expected = GKDTrainer.generalized_jsd_loss(x, t, labels, beta=0.5)
-    with fusedloss.backend("triton"):
-        got = FL.jsd_loss(x, t, labels, beta=0.5)
-    assert got.item() == expected.item() == 0.0
+    for y in (labels, None) if rows == 0 else (labels,):
+        expected = GKDTrainer.generalized_jsd_loss(x, t, y, beta=0.5)
+        with fusedloss.backend(backend):
+            got = FL.jsd_loss(x, t, y, beta=0.5)
+            linear = FL.linear_jsd_loss(x, torch.eye(50, device=DEVICE), t, torch.eye(50, device=DEVICE), y, beta=0.5)
+        assert got.item() == linear.item() == expected.item() == 0.0
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -276,24 +276,41 @@ def _rows_of(tensor, last):
     return tensor.reshape(-1, last)
 
 
+def _computed_in(tensor):
+    """A 16-bit floating tensor in float32 (the kernels' accumulation; torch's 16-bit softmax would differ
+    from them by a 16-bit rounding), anything else as it is."""
+    if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
+
+
+def _only_counted(rows, counted):
+    """``rows`` (R, ...) with the rows that do not count replaced by zeros: their loss is 0 and their
+    gradient exactly 0 whatever their values (an all -inf row would otherwise send NaN back)."""
+    if rows is None or counted is None:
+        return rows
+    return torch.where(counted.view(-1, *([1] * (rows.dim() - 1))), rows, torch.zeros_like(rows))
+
+
 def jsd_rows(student, teacher, indices, beta, temperature):
     """Each row's divergence (kernels/distribution_rows.py (2)) in torch ops, differentiable twice: forward
     KL (beta 0), reverse KL (beta 1), the generalized JSD otherwise; ``indices``: the teacher as top-k
-    (log-probabilities ``teacher`` at classes ``indices``, forward KL). Rows (R, V) in, (R,) out."""
+    (log-probabilities ``teacher`` at classes ``indices``, forward KL; a class outside [0, V): the row's
+    loss and gradient NaN, as the kernel's). Rows (R, V) in, (R,) out."""
     s = torch.log_softmax(student / temperature, dim=-1)
     if indices is not None:
         t = teacher
         valid = (indices >= 0) & (indices < s.shape[-1])
         s_at = s.gather(-1, torch.where(valid, indices, torch.zeros_like(indices)))
         terms = _masked_product(t.exp(), t - s_at)
-        return torch.where(valid.all(-1), terms.sum(-1), float("nan"))
+        return terms.sum(-1) * torch.where(valid.all(-1), 1.0, math.nan).to(terms.dtype)
     t = torch.log_softmax(teacher / temperature, dim=-1)
     p, q = s.exp(), t.exp()
     if beta == 0:
         return _masked_product(q, t - s).sum(-1)
     if beta == 1:
         return _masked_product(p, s - t).sum(-1)
-    live = (p > 0) | (q > 0)
+    live = (p != 0) | (q != 0)
     zero = torch.zeros_like(s)
     mix = torch.logaddexp(torch.where(live, t, zero) + math.log(beta), torch.where(live, s, zero) + math.log1p(-beta))
     return beta * _masked_product(q, t - mix).sum(-1) + (1 - beta) * _masked_product(p, s - mix).sum(-1)
@@ -305,20 +322,21 @@ def distillation_loss(student, teacher, indices, labels, beta, temperature, igno
     plus ``hard_weight`` times the student's cross entropy at T = 1 against the labels, reduced over the
     counted rows: 'batchmean' sum / counted (at least 1, TRL's: no counted row gives 0), 'mean' the
     divergence's sum / (counted x V) (torch's kl_div 'mean') and the cross entropy's / counted, 'sum',
-    'none' (the rows' shape). Under autocast in float32."""
+    'none' (the rows' shape); 'batchmean' without labels divides by the input's first dimension, as TRL's
+    and kl_div's (the batch of (B, L, V) logits). 16-bit logits are computed in float32."""
     if student.dtype != torch.float64 and torch.is_autocast_enabled(student.device.type):
         student = student.float()
         teacher = teacher.float() if teacher.is_floating_point() else teacher
+    student, teacher = _computed_in(student), _computed_in(teacher)
     n_classes = student.shape[-1]
     lead = student.shape[:-1]
-    rows = _rows_of(student, n_classes)
-    teacher_rows = _rows_of(teacher, teacher.shape[-1])
-    index_rows = _rows_of(indices, indices.shape[-1]) if indices is not None else None
+    y = labels.reshape(-1) if labels is not None else None
+    counted = y != ignore_index if y is not None else None
+    rows = _only_counted(_rows_of(student, n_classes), counted)
+    teacher_rows = _only_counted(_rows_of(teacher, teacher.shape[-1]), counted)
+    index_rows = _only_counted(_rows_of(indices, indices.shape[-1]), counted) if indices is not None else None
     soft = jsd_rows(rows, teacher_rows, index_rows, beta, temperature)
-    if labels is not None:
-        y = labels.reshape(-1)
-        counted = y != ignore_index
-    else:
+    if counted is None:
         counted = torch.ones(soft.shape, dtype=torch.bool, device=soft.device)
     total = soft_weight * soft * (1.0 / n_classes if reduction == "mean" else 1.0)
     if hard_weight:
@@ -330,6 +348,8 @@ def distillation_loss(student, teacher, indices, labels, beta, temperature, igno
         return total.reshape(lead)
     if reduction == "sum":
         return total.sum()
+    if reduction == "batchmean" and labels is None:
+        return total.sum() / max(student.shape[0], 1)
     count = counted.sum()
     return total.sum() / (count.clamp_min(1) if reduction == "batchmean" else count)
 
@@ -340,10 +360,11 @@ def token_log_probs(input, tokens, temperature, ignore_index, with_entropy):
     differentiable twice. A token outside [0, V) that is not ignore_index: NaN."""
     if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
         input = input.float()
+    input = _computed_in(input)
     n_classes = input.shape[-1]
-    s = torch.log_softmax(_rows_of(input, n_classes) / temperature, dim=-1)
     y = tokens.reshape(-1)
     counted = y != ignore_index
+    s = torch.log_softmax(_only_counted(_rows_of(input, n_classes), counted) / temperature, dim=-1)
     valid = (y >= 0) & (y < n_classes)
     lp = s.gather(-1, torch.where(counted & valid, y, 0)[:, None])[:, 0]
     lp = torch.where(counted, torch.where(valid, lp, float("nan")), torch.zeros_like(lp))

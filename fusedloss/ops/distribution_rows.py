@@ -48,21 +48,35 @@ def kl_kind(beta):
     return "forward" if beta == 0 else "reverse" if beta == 1 else "mixed"
 
 
-def problem_of(options, teacher, indices, labels, n_classes, hard_weight=0.0, soft_weight=1.0):
-    """The kernels' Problem of a call (also linear_jsd_loss's and linear_log_probs', on their chunks)."""
+def problem_of(options, teacher, indices, labels, n_classes, batch, hard_weight=0.0, soft_weight=1.0):
+    """The kernels' Problem of a call (also linear_jsd_loss's and linear_log_probs', on their chunks);
+    ``batch``: the input's first dimension ('batchmean' without labels divides by it, as TRL and kl_div)."""
     problem = kernels().Problem
     if options.mode == "log_probs":
         return problem("log_probs", has_labels=True, entropy=options.entropy, ignore_index=options.ignore_index,
                        temperature=options.temperature)
     return problem("jsd", "topk" if indices is not None else "logits", kl_kind(options.beta), labels is not None,
                    hard_weight != 0, False, options.ignore_index if labels is not None else 0, options.temperature,
-                   options.beta, soft_weight, hard_weight, 1.0 / n_classes if options.reduction == "mean" else 1.0,
+                   options.beta, soft_weight, hard_weight, _soft_mean(options.reduction, labels, n_classes, batch),
                    1.0 if options.reduction == "batchmean" else -math.inf)
 
 
-def kernel_reduction(reduction):
-    """The kernel's reduction of a jsd reduction: 'batchmean' and 'mean' divide by the counted rows
-    ('mean' scales each row by 1/V first: ``problem_of``)."""
+def _soft_mean(reduction, labels, n_classes, batch):
+    """What each row's divergence is multiplied by: 1/V for 'mean'; 1/max(batch, 1) for 'batchmean'
+    without labels (a fixed denominator: the kernel sums); else 1."""
+    if reduction == "mean":
+        return 1.0 / n_classes
+    if reduction == "batchmean" and labels is None:
+        return 1.0 / max(batch, 1)
+    return 1.0
+
+
+def kernel_reduction(reduction, labels):
+    """The kernel's reduction of a jsd reduction: 'mean', and 'batchmean' with labels, divide by the
+    counted rows ('mean' scales each row by 1/V first: ``problem_of``); 'batchmean' without labels sums
+    rows already divided by the batch (TRL's and kl_div's size(0), not the rows of 3-D logits)."""
+    if reduction == "batchmean" and labels is None:
+        return "sum"
     return {"none": "none", "sum": "sum", "batchmean": "mean", "mean": "mean"}[reduction]
 
 
@@ -95,6 +109,11 @@ def count_rows(labels, ignore_index, n_rows, acc, device, reduction):
     return count.clamp_min(1) if reduction == "batchmean" else count
 
 
+def _batch(input):
+    """The input's first dimension (a 1-D input: its one row's V, as kl_div's size(0))."""
+    return input.shape[0]
+
+
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -108,8 +127,8 @@ class DistributionRows(_scaffold.Family):
     def forward(options, inputs, needs_grad):
         input, target, indices, labels = inputs
         rows, teacher, top, flat_labels = _rows(input), _rows(target), _rows(indices), _flat(labels)
-        problem = problem_of(options, target, indices, labels, rows.shape[1])
-        reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction)
+        problem = problem_of(options, target, indices, labels, rows.shape[1], _batch(input))
+        reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction, labels)
         save = any(needs_grad[:2])
         extra, grads = {}, [None, None]
         if options.grad_in_forward and options.mode == "jsd" and reduction != "none" and save:
@@ -151,9 +170,10 @@ class DistributionRows(_scaffold.Family):
             g_strides = (g.stride(0), 0)
         grad = torch.empty_like(rows, memory_format=torch.contiguous_format) if needs_grad[0] else None
         teacher_grad = (torch.empty_like(teacher, memory_format=torch.contiguous_format) if want_teacher else None)
-        problem = problem_of(options, target, indices, labels, rows.shape[1])
+        problem = problem_of(options, target, indices, labels, rows.shape[1], _batch(input))
         kernels().distribution_bwd(problem, rows, teacher, top, flat_labels, work, g, g_strides,
-                                   reduced and kernel_reduction(options.reduction) == "mean", grad, teacher_grad)
+                                   reduced and kernel_reduction(options.reduction, labels) == "mean", grad,
+                                   teacher_grad)
         return (grad.view(input.shape) if grad is not None else None,
                 teacher_grad.view(target.shape) if teacher_grad is not None else None, None, None)
 
@@ -174,7 +194,7 @@ class DistributionRows(_scaffold.Family):
     def fake(options, inputs, needs_grad):
         input, target, indices, labels = inputs
         n_rows = math.prod(input.shape[:-1])
-        problem = problem_of(options, target, indices, labels, input.shape[-1])
+        problem = problem_of(options, target, indices, labels, input.shape[-1], 1)
         size = kernels().state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature,
                                     any(needs_grad[:2]))
         out = input.new_empty(out_shape(options, input), dtype=options.out_dtype)

@@ -75,7 +75,8 @@ class LinearJSD(_scaffold.Family):
         n, v = student.x.shape[0], w.shape[0]
         chunk = _chunks.chunk_rows(n, v + wt.shape[0], x.element_size(), options.chunk_rows)
         flat = _flat(labels)
-        problem = problem_of(_distribution_options(options), wt, None, labels, v, options.hard_weight,
+        problem = problem_of(_distribution_options(options), wt, None, labels, v, x.shape[0] if x.dim() > 1 else v,
+                             options.hard_weight,
                              options.soft_weight)
         grads = grads or [None, None]
 
@@ -87,7 +88,7 @@ class LinearJSD(_scaffold.Family):
                 scale = dict(grad_scale=g[r0:] if stride else g, grad_scale_strides=(stride, 0))
             kernels().distribution_fwd(
                 problem, logits[0], logits[1], None, flat[r0:r0 + rows] if flat is not None else None,
-                "none" if chunk_out.dim() else kernel_reduction(options.reduction), chunk_out.dtype, False,
+                "none" if chunk_out.dim() else kernel_reduction(options.reduction, labels), chunk_out.dtype, False,
                 out=chunk_out, denom=denom, grad=logits[0] if grads[0] is not None else None,
                 teacher_grad=logits[1] if grads[1] is not None else None, **scale)
 
@@ -105,14 +106,15 @@ class LinearJSD(_scaffold.Family):
                      for head, t, wanted in zip(heads, (x, xt), want)]
             n = heads[0].x.shape[0]
             acc = _chunks.accumulation_dtype(x.dtype)
-            mean = kernel_reduction(options.reduction) == "mean"
+            mean = kernel_reduction(options.reduction, labels) == "mean"
             denom = (count_rows(_flat(labels), options.ignore_index, n, acc, x.device, options.reduction)
                      if mean else None)
             if reduced:
                 chunk = _chunks.chunk_rows(n, w.shape[0] + wt.shape[0], x.element_size(), options.chunk_rows)
                 partials = x.new_empty(-(-n // chunk), dtype=acc)  # one per chunk, summed in order
                 LinearJSD._sweep(options, inputs, grads, lambda i, r0, rows: partials[i], denom=denom)
-                loss = (partials.sum() if n else partials.new_full((), math.nan if mean else 0.0)).to(options.out_dtype)
+                empty = math.nan if options.reduction == "mean" else 0.0  # 0 / 0; 'batchmean': 0 / max(0, 1)
+                loss = (partials.sum() if n else partials.new_full((), empty)).to(options.out_dtype)
             else:
                 loss = x.new_empty(n, dtype=options.out_dtype)
                 LinearJSD._sweep(options, inputs, None, lambda i, r0, rows: loss[r0:r0 + rows])
@@ -145,7 +147,7 @@ class LinearJSD(_scaffold.Family):
                 g = grad_output.reshape(-1)
                 scale, denom = (g, g.stride(0)), None
             else:
-                mean = kernel_reduction(options.reduction) == "mean"
+                mean = kernel_reduction(options.reduction, labels) == "mean"
                 scale = (grad_output, 0)
                 denom = (count_rows(_flat(labels), options.ignore_index, n, acc, x.device, options.reduction)
                          if mean else None)
@@ -188,7 +190,7 @@ class LinearLogProbs(_scaffold.Family):
         n, chunk = head.x.shape[0], LinearLogProbs._chunk(options, inputs)
         flat = tokens.reshape(-1)
         problem = problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
-                                                 options.ignore_index, options.entropy), None, None, tokens, 0)
+                                                 options.ignore_index, options.entropy), None, None, tokens, 0, 1)
 
         def visit(i, r0, rows, logits):
             scale = {}
