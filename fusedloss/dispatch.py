@@ -29,7 +29,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from . import _validation
+from . import _dtensor, _validation
 
 BACKENDS = ("auto", "triton", "torch")
 _log = logging.getLogger("fusedloss")
@@ -135,6 +135,8 @@ class Route:
     ``unsupported``: why the kernels cannot serve this call (an option, a dtype), or None. ``tensors``: the positions of the
     tensor arguments, whose devices decide. ``broadcast``: the pairs of argument positions in the order
     torch's function combines them elementwise, for torch's message when their shapes do not broadcast.
+    ``dtensor``: the call when a tensor argument is a DTensor (it unwraps them and calls the function on
+    local tensors); None: such a call runs torch's DTensor implementation (or raises, with triton forced).
     """
 
     op: str
@@ -143,10 +145,13 @@ class Route:
     unsupported: Callable
     tensors: Tuple[int, ...]
     broadcast: tuple = ((0, 1),)  # torch's elementwise operations, in order (_validation.torch_broadcast_error)
+    dtensor: Callable = None  # the call with DTensor arguments (fusedloss/_dtensor.py), for vocabulary-parallel losses
 
 
 def call(route, *args):
     """Run one call of ``route.op`` on the backend the rules above choose."""
+    if route.dtensor is not None and _dtensor.any_dtensor(args, route.tensors):
+        return route.dtensor(*args)  # unwrapped at the boundary; the local call comes back here
     requested = _state.backend or ENV.backend
     first = args[0]
     if requested == "torch" or (requested == "auto" and not (isinstance(first, torch.Tensor) and first.is_cuda)):
@@ -162,6 +167,8 @@ def _call_fused(route, requested, args):
             _record(route.op, "torch", route.unsupported(*args))
         return route.eager(*args)
     problem = _device_problem(route, args, requested) or triton_import_error()
+    if problem is None and _dtensor.any_dtensor(args, route.tensors):
+        problem = "DTensor inputs (torch's DTensor implementation serves them)"
     if problem is None:
         unsupported = route.unsupported(*args)
         problem = None if unsupported is None else f"not supported by the kernels: {unsupported}"

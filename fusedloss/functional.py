@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from . import _validation as check
+from . import _dtensor, _validation as check
 from ._torch import F
 from . import dispatch
 from .dispatch import Route
@@ -168,7 +168,7 @@ def _overlapping(tensor):
 
 
 _CROSS_ENTROPY = Route("cross_entropy", _eager_cross_entropy, _fused_cross_entropy, _unsupported_softmax_rows,
-                       (0, 1, 2))
+                       (0, 1, 2), dtensor=lambda *args: _dtensor.cross_entropy(cross_entropy, *args))
 
 
 def nll_loss(
@@ -201,7 +201,8 @@ def _fused_nll_loss(input, target, weight, size_average, ignore_index, reduce, r
     return softmax_rows_loss(input, target, weight, options)
 
 
-_NLL = Route("nll_loss", F.nll_loss, _fused_nll_loss, _unsupported_softmax_rows, (0, 1, 2))
+_NLL = Route("nll_loss", F.nll_loss, _fused_nll_loss, _unsupported_softmax_rows, (0, 1, 2),
+             dtensor=lambda *args: _dtensor.nll_loss(*args))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,7 +340,8 @@ def _unsupported_linear_cross_entropy(input, linear_weight, target, linear_bias,
 
 
 _LINEAR_CROSS_ENTROPY = Route("linear_cross_entropy", _eager_linear_cross_entropy, _fused_linear_cross_entropy,
-                              _unsupported_linear_cross_entropy, (0, 1, 2, 3, 4))
+                              _unsupported_linear_cross_entropy, (0, 1, 2, 3, 4),
+                              dtensor=lambda *args: _dtensor.linear_cross_entropy(linear_cross_entropy, *args))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1183,6 +1185,7 @@ def jsd_loss(
     reduction: str = "batchmean",
     grad_in_forward: bool = False,
     loss_dtype: Optional[torch.dtype] = None,
+    process_group=None,
 ) -> Tensor:
     """Knowledge-distillation divergence between a student's logits ``input`` and a teacher's ``target``,
     (..., V) each (rows: every leading dimension), with s = log_softmax(input / T), t = log_softmax(target / T):
@@ -1205,7 +1208,11 @@ def jsd_loss(
 
     Keyword-only extras: ``grad_in_forward`` (as cross_entropy's: the gradient for grad_output 1 written in
     the forward, rescaled on the device when it is not 1); ``loss_dtype`` (the loss's dtype; default the
-    input's, float32 under autocast).
+    input's, float32 under autocast); ``process_group``: vocabulary parallel over a ``torch.distributed``
+    group, as cross_entropy's: ``input`` and a logits ``target`` hold this rank's block of the classes,
+    labels and top-k classes are global; every rank gets the global loss and the gradient of its block
+    (collectives: an all_reduce MAX of 2R floats and SUMs of 2R and 2R, R the rows; none in the backward;
+    ``grad_in_forward`` does not apply). DTensor logits sharded on the classes take this path by themselves.
     """
     indices = None
     if isinstance(target, (tuple, list)):
@@ -1213,7 +1220,7 @@ def jsd_loss(
             raise ValueError(f"jsd_loss: a top-k target is a pair (log_probs, classes), got {len(target)} items")
         target, indices = target
     return dispatch.call(_JSD, input, target, indices, labels, beta, temperature, ignore_index, reduction,
-                         grad_in_forward, loss_dtype)
+                         grad_in_forward, loss_dtype, process_group)
 
 
 def _jsd_out_dtype(op, input, loss_dtype, name="loss_dtype"):
@@ -1223,27 +1230,46 @@ def _jsd_out_dtype(op, input, loss_dtype, name="loss_dtype"):
     return _out_dtype(op, input)
 
 
-def _eager_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
-               loss_dtype):
+def _group_and_classes(input, process_group, n_local=None):
+    """(the group's registered name or "", the classes of the whole vocabulary, known only in debug mode:
+    the shard layout may need a collective) of a call whose logits (or LM head) hold ``n_local`` classes
+    (default the input's last dimension)."""
+    n_local = input.shape[-1] if n_local is None else n_local
+    if process_group is None:
+        return "", n_local
+    name = _vocab_parallel.group_name(process_group)
+    if not dispatch.debug_enabled():
+        return name, None
+    return name, _vocab_parallel.shard_layout(name, n_local, input.device)[1]
+
+
+def _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction, loss_dtype, process_group):
+    """The validated call: (out dtype, the group's name, the vocabulary's classes)."""
     check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
     out_dtype = _jsd_out_dtype("jsd_loss", input, loss_dtype)
+    group, n_classes = _group_and_classes(input, process_group)
     if dispatch.debug_enabled():
-        check.check_distribution_targets(indices, labels, input.shape[-1], ignore_index, False)
+        check.check_distribution_targets(indices, labels, n_classes, ignore_index, False)
+    return out_dtype, group
+
+
+def _eager_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
+               loss_dtype, process_group):
+    out_dtype, group = _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                                 loss_dtype, process_group)
     if out_dtype != input.dtype:
         input = input.to(out_dtype)
         target = target.to(out_dtype)
     return _eager.distillation_loss(input, target, indices, labels, float(beta), float(temperature), ignore_index,
-                                    reduction).to(out_dtype)
+                                    reduction, group=group).to(out_dtype)
 
 
 def _fused_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
-               loss_dtype):
-    check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
-    out_dtype = _jsd_out_dtype("jsd_loss", input, loss_dtype)
-    if dispatch.debug_enabled():
-        check.check_distribution_targets(indices, labels, input.shape[-1], ignore_index, False)
+               loss_dtype, process_group):
+    out_dtype, group = _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                                 loss_dtype, process_group)
     options = DistributionOptions("jsd", reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
-                                  False, bool(grad_in_forward))
+                                  False, bool(grad_in_forward) and not group, group)
     return distribution_loss(options, input, target, indices, labels)
 
 
@@ -1255,7 +1281,8 @@ def _unsupported_jsd(input, target, indices, labels, *unused):
     return None
 
 
-_JSD = Route("jsd_loss", _eager_jsd, _fused_jsd, _unsupported_jsd, (0, 1, 2, 3), ())
+_JSD = Route("jsd_loss", _eager_jsd, _fused_jsd, _unsupported_jsd, (0, 1, 2, 3), (),
+             dtensor=lambda *args: _dtensor.jsd_loss(jsd_loss, *args))
 
 
 def log_probs(
@@ -1266,6 +1293,7 @@ def log_probs(
     ignore_index: int = -100,
     with_entropy: bool = False,
     dtype: Optional[torch.dtype] = None,
+    process_group=None,
 ):
     """Per row of the (..., V) logits ``input``: ``log_softmax(input / T)[token]`` (``tokens``: the rows'
     shape), 0 with no gradient where the token is ``ignore_index``; with ``with_entropy`` also the row's
@@ -1275,28 +1303,36 @@ def log_probs(
     preference training (DPO/KTO sum them per sequence). ``dtype``: the outputs' dtype (default the
     input's; float32 under autocast); float32 from 16-bit logits equals ``log_softmax(input.float() / T)``'s.
     A token outside [0, V) that is not ignore_index makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+    ``process_group``: vocabulary parallel, as cross_entropy's (``input`` this rank's block of the classes,
+    ``tokens`` global; collectives: an all_reduce MAX of R floats and a SUM of 2R, 3R with the entropy; none
+    in the backward); DTensor logits sharded on the classes take this path by themselves.
     """
-    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype)
+    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype, process_group)
     return (out[0], out[1]) if with_entropy else out
 
 
-def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
+def _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group):
+    """The validated call: (out dtype, the group's name)."""
     check.check_log_probs(input, tokens, temperature, ignore_index)
     out_dtype = _jsd_out_dtype("log_probs", input, dtype, "dtype")
+    group, n_classes = _group_and_classes(input, process_group)
     if dispatch.debug_enabled():
-        check.check_class_targets(tokens, input.shape[-1], ignore_index)
+        check.check_class_targets(tokens, n_classes, ignore_index)
+    return out_dtype, group
+
+
+def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+    out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
     if out_dtype != input.dtype:
         input = input.to(out_dtype)
-    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy)).to(out_dtype)
+    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy),
+                                  group).to(out_dtype)
 
 
-def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype):
-    check.check_log_probs(input, tokens, temperature, ignore_index)
-    out_dtype = _jsd_out_dtype("log_probs", input, dtype, "dtype")
-    if dispatch.debug_enabled():
-        check.check_class_targets(tokens, input.shape[-1], ignore_index)
+def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+    out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
     options = DistributionOptions("log_probs", "none", out_dtype, 0.0, float(temperature), int(ignore_index),
-                                  bool(with_entropy))
+                                  bool(with_entropy), False, group)
     return distribution_loss(options, input, None, None, tokens)
 
 
@@ -1306,7 +1342,8 @@ def _unsupported_log_probs(input, tokens, *unused):
     return None
 
 
-_LOG_PROBS = Route("log_probs", _eager_log_probs, _fused_log_probs, _unsupported_log_probs, (0, 1), ())
+_LOG_PROBS = Route("log_probs", _eager_log_probs, _fused_log_probs, _unsupported_log_probs, (0, 1), (),
+                   dtensor=lambda *args: _dtensor.log_probs(log_probs, *args))
 
 
 def linear_jsd_loss(
@@ -1327,6 +1364,7 @@ def linear_jsd_loss(
     options=None,
     drop_teacher_extra_classes: bool = False,
     loss_dtype: Optional[torch.dtype] = None,
+    process_group=None,
 ) -> Tensor:
     """``soft_weight * jsd_loss(student logits, teacher logits, labels) + hard_weight *
     cross_entropy(student logits at T = 1, labels)`` from the two LM heads, the logits
@@ -1340,51 +1378,63 @@ def linear_jsd_loss(
     one GEMM per chunk). ``options``: a ``LinearCrossEntropyOptions``, its ``batch_chunk_size`` the rows
     per chunk (default: 224 MiB of both heads' logits). A teacher with more classes than the student (a
     padded vocabulary) needs ``drop_teacher_extra_classes=True`` (its classes past V are dropped before
-    its softmax); otherwise the vocabularies must match. ``loss_dtype``: as jsd_loss's.
+    its softmax); otherwise the vocabularies must match. ``loss_dtype``: as jsd_loss's. ``process_group``:
+    vocabulary parallel, as linear_cross_entropy's: both weights (and biases) hold this rank's block of the
+    classes (the same block), labels are global; every rank gets the global loss, the gradients of its
+    blocks, and its term of each input's gradient (all-reduce it over the group). Collectives: an all_reduce
+    MAX and a SUM of 2-3 floats per row, a SUM of 2 per row; the logits' GEMM three times per chunk
+    instead of once (fusedloss/ops/linear_distribution.py). DTensor weights sharded on their rows take
+    this path by themselves.
     """
     return dispatch.call(_LINEAR_JSD, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta,
                          temperature, ignore_index, hard_weight, soft_weight, reduction, options,
-                         drop_teacher_extra_classes, loss_dtype)
+                         drop_teacher_extra_classes, loss_dtype, process_group)
 
 
 def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                      ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                     loss_dtype):
-    """The validated call: (teacher_weight, teacher_bias (extra classes dropped), out dtype, chunk rows)."""
+                     loss_dtype, process_group):
+    """The validated call: (teacher_weight, teacher_bias (extra classes dropped), out dtype, chunk rows, the
+    group's name)."""
+    if process_group is not None and drop_teacher_extra_classes:
+        raise ValueError("linear_jsd_loss: drop_teacher_extra_classes is not served with process_group (each rank "
+                         "holds a block of the classes): shard the teacher's weight as the student's")
     teacher_weight, teacher_bias = check.check_linear_jsd(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
         hard_weight, soft_weight, reduction, drop_teacher_extra_classes)
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_jsd_loss")
     out_dtype = _jsd_out_dtype("linear_jsd_loss", input, loss_dtype)
+    group, n_classes = _group_and_classes(input, process_group, weight.shape[0])
     if hard_weight and dispatch.debug_enabled():
-        check.check_class_targets(labels, weight.shape[0], ignore_index)
-    return teacher_weight, teacher_bias, out_dtype, chunk
+        check.check_class_targets(labels, n_classes, ignore_index)
+    return teacher_weight, teacher_bias, out_dtype, chunk, group
 
 
 def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype):
-    teacher_weight, teacher_bias, out_dtype, _ = _linear_jsd_args(
+                      loss_dtype, process_group):
+    teacher_weight, teacher_bias, out_dtype, _, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
-        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype)
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group)
     logits = _eager.linear_logits(input, weight, bias)
     teacher_logits = _eager.linear_logits(teacher_input, teacher_weight, teacher_bias)
     if out_dtype != logits.dtype:
         logits, teacher_logits = logits.to(out_dtype), teacher_logits.to(out_dtype)
     return _eager.distillation_loss(logits, teacher_logits, None, labels, float(beta), float(temperature),
-                                    ignore_index, reduction, float(hard_weight), float(soft_weight)).to(out_dtype)
+                                    ignore_index, reduction, float(hard_weight), float(soft_weight),
+                                    group).to(out_dtype)
 
 
 def _fused_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype):
-    teacher_weight, teacher_bias, out_dtype, chunk = _linear_jsd_args(
+                      loss_dtype, process_group):
+    teacher_weight, teacher_bias, out_dtype, chunk, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
-        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype)
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group)
     input, weight, bias = _autocast_linear(input, weight, bias)
     teacher_input, teacher_weight, teacher_bias = _autocast_linear(teacher_input, teacher_weight, teacher_bias)
     jsd_options = LinearJSDOptions(reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
-                                   float(hard_weight), float(soft_weight), int(chunk))
+                                   float(hard_weight), float(soft_weight), int(chunk), group)
     return linear_jsd_loss_op(jsd_options, input, weight, bias, teacher_input, teacher_weight, teacher_bias, labels)
 
 
@@ -1404,7 +1454,7 @@ def _unsupported_linear_jsd(input, weight, teacher_input, teacher_weight, labels
 
 
 _LINEAR_JSD = Route("linear_jsd_loss", _eager_linear_jsd, _fused_linear_jsd, _unsupported_linear_jsd,
-                    (0, 1, 2, 3, 4, 5, 6), ())
+                    (0, 1, 2, 3, 4, 5, 6), (), dtensor=lambda *args: _dtensor.linear_jsd_loss(linear_jsd_loss, *args))
 
 
 def linear_log_probs(
@@ -1418,42 +1468,54 @@ def linear_log_probs(
     with_entropy: bool = False,
     options=None,
     dtype: Optional[torch.dtype] = None,
+    process_group=None,
 ):
     """``log_probs(input @ weight.T + bias, tokens, ...)`` from the hidden states ``input`` (..., H) and the
     LM head (V, H), the logits computed per chunk of tokens and never whole: the forward one GEMM per chunk;
     the backward recomputes each chunk's logits and runs the two gradient GEMMs (four in all). The
     primitive of GRPO/PPO (per-token log-probabilities, the entropy bonus) and DPO/KTO (their sums per
     sequence). ``options``: a ``LinearCrossEntropyOptions`` (``batch_chunk_size``); ``dtype``: as log_probs'.
+    ``process_group``: vocabulary parallel, as linear_cross_entropy's (the weight and bias this rank's block of
+    the classes, tokens global; the input's gradient this rank's term); collectives as log_probs'. DTensor
+    weights sharded on their rows take this path by themselves.
     """
     out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
-                        options, dtype)
+                        options, dtype, process_group)
     return (out[0], out[1]) if with_entropy else out
 
 
-def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
-    check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
-    check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
-    out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
-    if dispatch.debug_enabled():
-        check.check_class_targets(tokens, weight.shape[0], ignore_index)
-    logits = _eager.linear_logits(input, weight, bias)
-    if out_dtype != logits.dtype:
-        logits = logits.to(out_dtype)
-    return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy)).to(out_dtype)
-
-
-def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype):
+def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options, dtype, process_group):
+    """The validated call: (chunk rows, out dtype, the group's name)."""
     check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
     out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
+    group, n_classes = _group_and_classes(input, process_group, weight.shape[0])
     if dispatch.debug_enabled():
-        check.check_class_targets(tokens, weight.shape[0], ignore_index)
+        check.check_class_targets(tokens, n_classes, ignore_index)
+    return chunk, out_dtype, group
+
+
+def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
+                            process_group):
+    _, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
+                                                 dtype, process_group)
+    logits = _eager.linear_logits(input, weight, bias)
+    if out_dtype != logits.dtype:
+        logits = logits.to(out_dtype)
+    return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy),
+                                  group).to(out_dtype)
+
+
+def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
+                            process_group):
+    chunk, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
+                                                     dtype, process_group)
     input, weight, bias = _autocast_linear(input, weight, bias)
     lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), bool(with_entropy),
-                                       int(chunk))
+                                       int(chunk), group)
     return linear_log_probs_op(lp_options, input, weight, bias, tokens)
 
 
 _LINEAR_LOG_PROBS = Route("linear_log_probs", _eager_linear_log_probs, _fused_linear_log_probs,
                           lambda input, weight, tokens, bias, *_: _unsupported_linear_head(input, weight, bias),
-                          (0, 1, 2, 3), ())
+                          (0, 1, 2, 3), (), dtensor=lambda *args: _dtensor.linear_log_probs(linear_log_probs, *args))

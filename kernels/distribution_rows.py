@@ -61,7 +61,7 @@ import math
 import triton
 import triton.language as tl
 
-from ._config import distribution_rows_tile, plan_cache, split_float
+from ._config import distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import div_rn, join_float, log1p, offset64
 from ._reduce import finish_grid_mean
@@ -188,18 +188,97 @@ def _stat(work_ptr, k, n_state, rows):
 
 
 @triton.jit
+def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_local, inv_t, GATHER_Y: tl.constexpr,
+                        ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr, TEACHER_LOGITS: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+    """(1) One sweep over the row's (a shard's) V columns: online (M, D) of z = x / T, with ENTROPY also E
+    (``_online_entropy``), with HARD_OWN_LSE of x, with TEACHER_LOGITS of z'; with GATHER_Y the logit x at
+    column ``y_local`` (0 where no column of the row is it: a label on another shard). Returns
+    (m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y), each [BLOCK_R]."""
+    zero = tl.zeros([BLOCK_R], ACC)
+    m_s = zero + float("-inf")
+    d_s = zero
+    m_t = zero + float("-inf")
+    d_t = zero
+    m_1 = zero + float("-inf")
+    d_1 = zero
+    e_s = zero
+    x_y = zero
+    for c0 in range(0, n_cols, BLOCK_V):
+        cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+        if GATHER_Y:
+            x_y += tl.sum(tl.where(mask & (cols[None, :] == y_local[:, None]), x, 0.0), axis=1)
+        if ENTROPY:
+            m_s, d_s, e_s = _online_entropy(m_s, d_s, e_s, x * inv_t)
+        else:
+            m_s, d_s = _online(m_s, d_s, x * inv_t)
+        if HARD_OWN_LSE:
+            m_1, d_1 = _online(m_1, d_1, x)
+        if TEACHER_LOGITS:
+            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+            m_t, d_t = _online(m_t, d_t, xt * inv_t)
+    return m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y
+
+
+@triton.jit
+def _sweep_divergence(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, m_s, ld_s, m_t, ld_t, inv_t, log_beta,
+                      log_1mbeta, KL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+    """(2) A second sweep over both rows (a shard's columns), given the whole rows' (M, log D): the sums
+    (K, K') of ``_divergence_terms`` (forward and reverse: the one sum, twice)."""
+    sum_t = tl.zeros([BLOCK_R], ACC)
+    sum_s = tl.zeros([BLOCK_R], ACC)
+    for c0 in range(0, n_cols, BLOCK_V):
+        cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+        xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+        s = _log_softmax(x * inv_t, m_s, ld_s)
+        t = _log_softmax(xt * inv_t, m_t, ld_t)
+        term_t, term_s = _divergence_terms(s, t, tl.exp(s), tl.exp(t), log_beta, log_1mbeta, KL)
+        sum_t += tl.sum(tl.where(mask, term_t, 0.0), axis=1)
+        sum_s += tl.sum(tl.where(mask, term_s, 0.0), axis=1)
+    return sum_s, sum_t
+
+
+@triton.jit
+def _top_k_value(s_ptr, t_ptr, idx_ptr, s_row, t_row, i_row, row_mask, s_v, t_v, i_k, n_cols, n_topk, col_offset,
+                 n_classes, m_s, ld_s, inv_t, ACC: tl.constexpr):
+    """(2) top-k teacher: sum_j exp(t_j) (t_j - s_{c_j}) over the entries whose class lies in this shard's
+    columns [col_offset, col_offset + n_cols) (K gathers, no sweep), and whether every class is in
+    [0, n_classes). A NaN t_j stays NaN; t_j = -inf counts 0."""
+    value = tl.zeros(row_mask.shape, ACC)
+    in_range = row_mask | ~row_mask
+    for j in range(0, n_topk):
+        c_j = tl.load(idx_ptr + i_row + j * i_k, mask=row_mask, other=0).to(tl.int64)
+        in_range = in_range & ((c_j >= 0) & (c_j < n_classes))
+        c_local = c_j - col_offset
+        here = row_mask & (c_local >= 0) & (c_local < n_cols)
+        t_j = tl.load(t_ptr + t_row + j * t_v, mask=here, other=float("-inf")).to(ACC)
+        x_j = tl.load(s_ptr + s_row + tl.where(here, c_local, 0) * s_v, mask=here, other=0.0).to(ACC)
+        s_j = (x_j * inv_t - m_s) - ld_s
+        value += tl.where(t_j == float("-inf"), 0.0, tl.exp(t_j) * (t_j - s_j))
+    return value, in_range
+
+
+@triton.jit
 def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, live, s_v, t_v,
-                           i_k, gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R: tl.constexpr,
+                           i_k, gs_v, n_cols, n_topk, col_offset, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R: tl.constexpr,
                            BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     """(3), top-k teacher: at each class c of the support, d/dz_c = p_c P - sum_{j: c_j = c} exp(t_j), over
     the dense p P the sweep wrote there (a class listed twice: the same value, stored twice). O(K^2) per row,
-    not O(K V); nothing read back from the gradient (one rounding)."""
+    not O(K V); nothing read back from the gradient (one rounding). Classes of this shard's columns only.
+    It reads the logits again after the dense stores: the gradient must not be the logits' own buffer
+    (top-k calls never write in place)."""
     for k0 in range(0, n_topk, BLOCK_K):
         ks = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         k_mask = row_mask[:, None] & (ks < n_topk)[None, :]
         c_k = tl.load(idx_ptr + i_row[:, None] + ks[None, :] * i_k, mask=k_mask, other=0).to(tl.int64)
-        k_mask = k_mask & (c_k >= 0) & (c_k < n_cols)  # a row with a class out of range is NaN (soft) already
-        x_k = tl.load(s_ptr + s_row[:, None] + c_k * s_v, mask=k_mask, other=0.0).to(ACC)
+        c_local = c_k - col_offset
+        k_mask = k_mask & (c_local >= 0) & (c_local < n_cols)  # a row with a class out of range is NaN already
+        c_local = tl.where(k_mask, c_local, 0)
+        x_k = tl.load(s_ptr + s_row[:, None] + c_local * s_v, mask=k_mask, other=0.0).to(ACC)
         p_k = tl.exp((x_k * inv_t - m_s[:, None]) - ld_s[:, None])
         listed = tl.zeros([BLOCK_R, BLOCK_K], ACC)  # sum of exp(t_j) over the entries j of the same class
         for j0 in range(0, n_topk, BLOCK_K):
@@ -211,13 +290,13 @@ def _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, g
             same = c_k[:, :, None] == c_j[:, None, :]
             listed += tl.sum(tl.where(same, q_j[:, None, :], 0.0), axis=2)
         grad = tl.where(live[:, None], soft[:, None] * (p_k * top_mass[:, None] - listed), 0.0)
-        tl.store(gs_ptr + gs_row[:, None] + c_k * gs_v, grad.to(gs_ptr.dtype.element_ty), mask=k_mask)
+        tl.store(gs_ptr + gs_row[:, None] + c_local * gs_v, grad.to(gs_ptr.dtype.element_ty), mask=k_mask)
 
 
 @triton.jit
 def _write_gradients(
     s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask, live,
-    s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk,
+    s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, col_offset,
     m_s, ld_s, m_t, ld_t, k_s, k_t, m_1, ld_1, y, soft, hard, g_lp, g_h, entropy, inv_t, beta, log_beta, log_1mbeta,
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
     GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -225,7 +304,8 @@ def _write_gradients(
 ):
     """(3) One sweep over the rows writing the student's gradient (GRAD_STUDENT) and the teacher's
     (GRAD_TEACHER): ``soft`` multiplies the soft part (already times 1/T), ``hard`` the hard target's;
-    log-probabilities take g_lp and g_h (times 1/T). Rows not ``live`` (ignored) get exactly 0 whatever their
+    log-probabilities take g_lp and g_h (times 1/T); ``y``: the label's column in this shard (none of its
+    columns when the label is on another shard). Rows not ``live`` (ignored) get exactly 0 whatever their
     logits (an all -inf row's p is NaN), NaN rows NaN."""
     y_local = y.to(tl.int64)
     top_mass = tl.zeros([BLOCK_R], ACC)
@@ -269,7 +349,8 @@ def _write_gradients(
     if TEACHER == "topk" and GRAD_STUDENT:
         tl.debug_barrier()  # the dense stores above precede these, to the same addresses
         _write_top_k_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, s_row, t_row, i_row, gs_row, row_mask, live, s_v, t_v,
-                               i_k, gs_v, n_cols, n_topk, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R, BLOCK_K, ACC)
+                               i_k, gs_v, n_cols, n_topk, col_offset, m_s, ld_s, soft, top_mass, inv_t, BLOCK_R,
+                               BLOCK_K, ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,31 +405,11 @@ def _distribution_fwd_kernel(
                                     HARD or MODE == "log_probs")
     y_safe = tl.where(counted & valid, y, 0)
 
-    # (1) online log-sum-exps (and the entropy's sum)
-    zero = tl.zeros([BLOCK_R], ACC)
-    m_s = zero + float("-inf")
-    d_s = zero
-    m_t = zero + float("-inf")
-    d_t = zero
-    m_1 = zero + float("-inf")
-    d_1 = zero
-    e_s = zero
-    x_y = zero  # the label's (token's) logit, picked up in the sweep: sweep (3) may overwrite the row
-    for c0 in range(0, n_cols, BLOCK_V):
-        cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
-        if HARD or MODE == "log_probs":
-            x_y += tl.sum(tl.where(cols[None, :] == y_safe[:, None], x, 0.0), axis=1)
-        if ENTROPY:
-            m_s, d_s, e_s = _online_entropy(m_s, d_s, e_s, x * inv_t)
-        else:
-            m_s, d_s = _online(m_s, d_s, x * inv_t)
-        if HARD_OWN_LSE:
-            m_1, d_1 = _online(m_1, d_1, x)
-        if TEACHER == "logits":
-            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
-            m_t, d_t = _online(m_t, d_t, xt * inv_t)
+    # (1) online log-sum-exps (and the entropy's sum); the label's (token's) logit picked up on the way:
+    # sweep (3) may overwrite the row
+    m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
+        s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_safe, inv_t, HARD or MODE == "log_probs", ENTROPY,
+        HARD_OWN_LSE, TEACHER == "logits", BLOCK_R, BLOCK_V, ACC)
     ld_s = tl.log(d_s)
     ld_t = tl.log(d_t)
     ld_1 = tl.log(d_1)
@@ -357,6 +418,7 @@ def _distribution_fwd_kernel(
         ld_1 = ld_s
 
     # (2) the row's values
+    zero = tl.zeros([BLOCK_R], ACC)
     k_s = zero
     k_t = zero
     entropy = zero
@@ -365,28 +427,12 @@ def _distribution_fwd_kernel(
         if ENTROPY:
             entropy = ld_s - e_s / d_s
     elif TEACHER == "topk":
-        value = zero
-        for j in range(0, n_topk):
-            c_j = tl.load(idx_ptr + i_row + j * i_k, mask=row_mask, other=0).to(tl.int64)
-            valid = valid & ((c_j >= 0) & (c_j < n_cols))
-            t_j = tl.load(t_ptr + t_row + j * t_v, mask=row_mask, other=float("-inf")).to(ACC)
-            c_safe = tl.where((c_j >= 0) & (c_j < n_cols), c_j, 0)
-            x_j = tl.load(s_ptr + s_row + c_safe * s_v, mask=row_mask, other=0.0).to(ACC)
-            s_j = (x_j * inv_t - m_s) - ld_s
-            value += tl.where(t_j == float("-inf"), 0.0, tl.exp(t_j) * (t_j - s_j))  # NaN stays
+        value, in_range = _top_k_value(s_ptr, t_ptr, idx_ptr, s_row, t_row, i_row, row_mask, s_v, t_v, i_k, n_cols,
+                                       n_topk, 0, n_cols, m_s, ld_s, inv_t, ACC)
+        valid = valid & in_range
     else:
-        sum_t = zero
-        sum_s = zero
-        for c0 in range(0, n_cols, BLOCK_V):
-            cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-            mask = row_mask[:, None] & (cols < n_cols)[None, :]
-            x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
-            xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
-            s = _log_softmax(x * inv_t, m_s, ld_s)
-            t = _log_softmax(xt * inv_t, m_t, ld_t)
-            term_t, term_s = _divergence_terms(s, t, tl.exp(s), tl.exp(t), log_beta, log_1mbeta, KL)
-            sum_t += tl.sum(tl.where(mask, term_t, 0.0), axis=1)
-            sum_s += tl.sum(tl.where(mask, term_s, 0.0), axis=1)
+        sum_s, sum_t = _sweep_divergence(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, m_s, ld_s, m_t, ld_t,
+                                         inv_t, log_beta, log_1mbeta, KL, BLOCK_R, BLOCK_V, ACC)
         if KL == "forward":
             value = sum_t
             k_t = sum_t
@@ -441,8 +487,8 @@ def _distribution_fwd_kernel(
         g_h = tl.where(bad, float("nan"), tl.where(counted, g_h, 0.0))
         tl.debug_barrier()  # every read of sweeps (1) and (2) precedes the stores (the buffer may be the logits)
         _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, rows * gs_r, rows * gt_r,
-                         row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t, k_s, k_t,
-                         m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                         row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, 0, m_s, ld_s, m_t, ld_t, k_s,
+                         k_t, m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                          inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
                          GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
@@ -458,7 +504,7 @@ def _distribution_fwd_kernel(
                          DENOM_GIVEN, RBLOCK, ACC)
 
 
-@triton.jit(do_not_specialize=["n_state", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
+@triton.jit(do_not_specialize=["n_state", "n_rows", "col_offset", "n_classes", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
                                "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
                                "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom"])
 def _distribution_bwd_kernel(
@@ -471,6 +517,7 @@ def _distribution_bwd_kernel(
     s_r, s_v, t_r, t_v, i_r, i_k, y_r, g_r, g_plane, gs_r, gs_v, gt_r, gt_v,
     # sizes
     n_rows, n_cols, n_topk, n_state,
+    col_offset, n_classes,  # this shard's columns are classes [col_offset, col_offset + n_cols) of n_classes
     # per-call scalars, floats as (hi, lo)
     ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
     soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, min_denom,
@@ -480,19 +527,20 @@ def _distribution_bwd_kernel(
     GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
-    """(3) alone, from the forward's state, for the grad_output the backward receives."""
+    """(3) alone, from the forward's state, for the grad_output the backward receives (vocabulary parallel:
+    this shard's columns, from the whole rows' state)."""
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
         inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
         soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC)
     pid = tl.program_id(0)
     rows, row_mask = _rows(pid, n_rows, BLOCK_R)
     zero = tl.zeros([BLOCK_R], ACC)
-    y, counted, valid = _row_labels(y_ptr, rows, row_mask, y_r, ignore_index, n_cols, HAS_LABELS,
+    y, counted, valid = _row_labels(y_ptr, rows, row_mask, y_r, ignore_index, n_classes, HAS_LABELS,
                                     HARD or MODE == "log_probs")
     if TEACHER == "topk":
         for j in range(0, n_topk):
             c_j = tl.load(idx_ptr + rows * i_r + j * i_k, mask=row_mask, other=0).to(tl.int64)
-            valid = valid & ((c_j >= 0) & (c_j < n_cols))
+            valid = valid & ((c_j >= 0) & (c_j < n_classes))
     bad = counted & ~valid
     y_safe = tl.where(counted & valid, y, 0)
 
@@ -527,10 +575,74 @@ def _distribution_bwd_kernel(
     g_h = tl.where(counted, g_h, 0.0)
     g_h = tl.where(bad, float("nan"), g_h)
     _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, rows * s_r, rows * t_r, rows * i_r, rows * gs_r,
-                     rows * gt_r, row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, m_s, ld_s, m_t, ld_t,
-                     k_s, k_t, m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
+                     rows * gt_r, row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, col_offset, m_s, ld_s,
+                     m_t, ld_t, k_s, k_t, m_1, ld_1, y_safe - col_offset, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
                      inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
                      GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
+
+
+@triton.jit(do_not_specialize=["st_plane", "n_rows", "col_offset", "ignore_index", "inv_t_hi", "inv_t_lo"])
+def _distribution_shard_stats_kernel(
+    s_ptr, t_ptr, y_ptr,  # as in the forward: this shard's columns of the student's (teacher's) logits
+    stats_ptr,  # out: SHARD_STATS planes, st_plane elements apart
+    s_r, s_v, t_r, t_v, y_r, st_plane,
+    n_rows, n_cols, col_offset,  # this shard's columns: classes [col_offset, col_offset + n_cols)
+    ignore_index, inv_t_hi, inv_t_lo,
+    HAS_LABELS: tl.constexpr, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
+    TEACHER_LOGITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+):
+    """Vocabulary parallel, launch 1: sweep (1) over this shard's columns, its row statistics written as
+    the SHARD_STATS planes (sums relative to the shard's own maxima; x_y the label's logit where this
+    shard holds that class, else 0), to be combined over the ranks."""
+    inv_t = join_float(inv_t_hi, inv_t_lo, ACC)
+    rows, row_mask = _rows(tl.program_id(0), n_rows, BLOCK_R)
+    y_local = rows * 0 - 1
+    if HAS_LABELS:
+        y_local = tl.load(y_ptr + rows * y_r, mask=row_mask, other=ignore_index).to(tl.int64) - col_offset
+    m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
+        s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, y_local, inv_t, GATHER_Y, ENTROPY,
+        HARD_OWN_LSE, TEACHER_LOGITS, BLOCK_R, BLOCK_V, ACC)
+    tl.store(_stat(stats_ptr, 0, st_plane, rows), m_s, mask=row_mask)
+    tl.store(_stat(stats_ptr, 1, st_plane, rows), d_s, mask=row_mask)
+    tl.store(_stat(stats_ptr, 2, st_plane, rows), e_s, mask=row_mask)
+    tl.store(_stat(stats_ptr, 3, st_plane, rows), m_t, mask=row_mask)
+    tl.store(_stat(stats_ptr, 4, st_plane, rows), d_t, mask=row_mask)
+    tl.store(_stat(stats_ptr, 5, st_plane, rows), m_1, mask=row_mask)
+    tl.store(_stat(stats_ptr, 6, st_plane, rows), d_1, mask=row_mask)
+    tl.store(_stat(stats_ptr, 7, st_plane, rows), x_y, mask=row_mask)
+
+
+@triton.jit(do_not_specialize=["n_state", "tm_plane", "n_rows", "col_offset", "n_classes", "inv_t_hi", "inv_t_lo",
+                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo"])
+def _distribution_shard_terms_kernel(
+    s_ptr, t_ptr, idx_ptr,  # as in the forward: this shard's columns; the top-k (R, K) whole
+    work_ptr,  # the state (STATE) holding the whole rows' [M | log D] of z (and z')
+    terms_ptr,  # out: [K | K'] planes, tm_plane elements apart
+    s_r, s_v, t_r, t_v, i_r, i_k, tm_plane,
+    n_rows, n_cols, n_topk, n_state, col_offset, n_classes,
+    inv_t_hi, inv_t_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
+    TEACHER: tl.constexpr, KL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+):
+    """Vocabulary parallel, launch 2 (jsd): this shard's share of the divergence's sums (2) given the whole
+    rows' log-sum-exps: sweep (2) over its columns (top-k: its classes' entries, in the K' plane), to be
+    summed over the ranks."""
+    inv_t = join_float(inv_t_hi, inv_t_lo, ACC)
+    log_beta = join_float(log_beta_hi, log_beta_lo, ACC)
+    log_1mbeta = join_float(log_1mbeta_hi, log_1mbeta_lo, ACC)
+    rows, row_mask = _rows(tl.program_id(0), n_rows, BLOCK_R)
+    m_s = tl.load(_stat(work_ptr, 0, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    ld_s = tl.load(_stat(work_ptr, 1, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+    if TEACHER == "topk":
+        sum_t, _ = _top_k_value(s_ptr, t_ptr, idx_ptr, rows * s_r, rows * t_r, rows * i_r, row_mask, s_v, t_v, i_k,
+                                n_cols, n_topk, col_offset, n_classes, m_s, ld_s, inv_t, ACC)
+        sum_s = sum_t * 0.0
+    else:
+        m_t = tl.load(_stat(work_ptr, 2, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        ld_t = tl.load(_stat(work_ptr, 3, n_state, rows), mask=row_mask, other=0.0).to(ACC)
+        sum_s, sum_t = _sweep_divergence(s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, m_s, ld_s,
+                                         m_t, ld_t, inv_t, log_beta, log_1mbeta, KL, BLOCK_R, BLOCK_V, ACC)
+    tl.store(_stat(terms_ptr, 0, tm_plane, rows), sum_s, mask=row_mask)
+    tl.store(_stat(terms_ptr, 1, tm_plane, rows), sum_t, mask=row_mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -667,13 +779,20 @@ def distribution_fwd(problem, student, teacher, indices, labels, reduction, out_
 
 
 def distribution_bwd(problem, student, teacher, indices, labels, state, grad_output, grad_output_strides, mean,
-                     grad=None, teacher_grad=None):
+                     grad=None, teacher_grad=None, shard=None, n_state=None):
     """Write the gradients of the student's (``grad``) and the teacher's (``teacher_grad``) logits for
     ``grad_output``, addressed by ``grad_output_strides`` = (row stride, plane stride) ((0, 0): one
-    element; log-probabilities: the entropy's plane). ``mean``: divide by the denominator in the state."""
+    element; log-probabilities: the entropy's plane). ``mean``: divide by the denominator in the state.
+    ``shard`` = (first class, classes in all): the logits hold that block of the classes (vocabulary
+    parallel; the state the whole rows'); ``n_state``: the state's plane size (default the rows: a chunk
+    of a longer state passes the state from its first row and the whole's plane size)."""
     n_rows, n_cols = student.shape
     if n_rows == 0 or n_cols == 0:
         return
+    if mean and n_state not in (None, n_rows):
+        raise ValueError("distribution_bwd: 'mean' reads the denominator at the end of a whole state; a chunk's "
+                         "view of a longer one takes grad_output over the denominator instead")
+    col_offset, n_classes = shard if shard is not None else (0, n_cols)
     n_topk = indices.shape[1] if indices is not None else 0
     grid, num_warps, constexprs, scalars = _bwd_plan(problem.key(), n_rows, n_cols, n_topk, student.dtype, mean,
                                                      grad is not None, teacher_grad is not None)
@@ -683,5 +802,68 @@ def distribution_bwd(problem, student, teacher, indices, labels, state, grad_out
         teacher_grad if teacher_grad is not None else student,
         *student.stride(), *_strides(teacher), *_strides(indices), labels.stride(0) if labels is not None else 0,
         *grad_output_strides, *_strides(grad), *_strides(teacher_grad),
-        n_rows, n_cols, n_topk, n_rows, *scalars,
+        n_rows, n_cols, n_topk, n_rows if n_state is None else n_state, col_offset, n_classes, *scalars,
     ), constexprs, num_warps, student.device)
+
+
+# vocabulary parallel: the two launches of the forward around the collectives (fusedloss/ops/distribution_rows.py)
+
+SHARD_STATS = ("m_s", "d_s", "e_s", "m_t", "d_t", "m_1", "d_1", "x_y")  # the stats launch's planes, in order
+
+
+@plan_cache
+def _shard_stats_plan(key, n_rows, n_cols, dtype):
+    problem = Problem(*key)
+    block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
+    constexprs = dict(
+        HAS_LABELS=problem.has_labels, GATHER_Y=problem.hard or problem.mode == "log_probs", ENTROPY=problem.entropy,
+        HARD_OWN_LSE=problem.hard and problem.temperature != 1.0, TEACHER_LOGITS=problem.teacher == "logits",
+        BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
+
+
+def distribution_shard_stats(problem, student, teacher, labels, col_offset, stats):
+    """Write this shard's row statistics (the SHARD_STATS planes) into ``stats`` (len(SHARD_STATS), R) (a
+    view whose planes may lie further apart than R: a chunk of a longer buffer). ``student`` (R, V_r)
+    holds classes [col_offset, col_offset + V_r); ``teacher``: its logits' same block, or None."""
+    n_rows, n_cols = student.shape
+    if n_rows == 0:
+        return stats
+    assert stats.stride(1) == 1, "the stats planes are addressed as contiguous rows"
+    grid, num_warps, constexprs = _shard_stats_plan(problem.key(), n_rows, n_cols, student.dtype)
+    launch(_distribution_shard_stats_kernel, grid, (
+        student, teacher if teacher is not None else student, labels if labels is not None else student, stats,
+        *student.stride(), *_strides(teacher), labels.stride(0) if labels is not None else 0, stats.stride(0),
+        n_rows, n_cols, col_offset, problem.ignore_index, *split_float(1.0 / problem.temperature),
+    ), constexprs, num_warps, student.device)
+    return stats
+
+
+@plan_cache
+def _shard_terms_plan(key, n_rows, n_cols, dtype):
+    problem = Problem(*key)
+    block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
+    if problem.teacher == "topk":  # K gathers per row, no sweep: many rows per program, few warps
+        block_r, block_v, num_warps = (4 if interpreting() else 128), 16, 4
+    constexprs = dict(TEACHER=problem.teacher, KL=problem.kl, BLOCK_R=block_r, BLOCK_V=block_v,
+                      ACC=accumulation_dtypes(dtype)[0])
+    scalars = _scalars(problem)
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, (*scalars[1:3], *scalars[5:9])
+
+
+def distribution_shard_terms(problem, student, teacher, indices, state, n_state, shard, terms):
+    """Write this shard's share of the divergence's sums, planes [K | K'] ([0 | top-k sum] for a top-k
+    teacher), into ``terms`` (2, R) from the whole rows' log-sum-exps in ``state`` (planes ``n_state``
+    apart). ``shard`` = (first class, classes in all)."""
+    n_rows, n_cols = student.shape
+    if n_rows == 0:
+        return terms
+    assert terms.stride(1) == 1 and state.stride(0) == 1, "planes are addressed as contiguous rows"
+    n_topk = indices.shape[1] if indices is not None else 0
+    grid, num_warps, constexprs, scalars = _shard_terms_plan(problem.key(), n_rows, n_cols, student.dtype)
+    launch(_distribution_shard_terms_kernel, grid, (
+        student, teacher, indices if indices is not None else student, state, terms,
+        *student.stride(), *_strides(teacher), *_strides(indices), terms.stride(0),
+        n_rows, n_cols, n_topk, n_state, shard[0], shard[1], *scalars,
+    ), constexprs, num_warps, student.device)
+    return terms

@@ -281,3 +281,25 @@ class AllocationRecorder(TorchDispatchMode):
         if DEVICE == "cpu":
             self._executor.__call__ = self._call
         return super().__exit__(*exc)
+
+
+def run_world(run, world_size, folder, timeout):
+    """Start ``run(rank, world_size, rendezvous file, folder)`` in ``world_size`` spawned processes (a gloo
+    group; each saves folder/rank{r}.pt), wait at most ``timeout`` seconds (a hung collective fails the
+    test instead of the suite) and return every rank's saved results."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(run, args=(world_size, str(folder / "rendezvous"), str(folder)),
+                                 nprocs=world_size, join=False, start_method="spawn")
+    try:
+        finished = False
+        for _ in range(timeout):
+            finished = context.join(timeout=1)
+            if finished:
+                break
+        assert finished, f"the {world_size} ranks did not finish in {timeout} s"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(folder / f"rank{r}.pt") for r in range(world_size)]

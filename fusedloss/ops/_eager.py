@@ -292,56 +292,108 @@ def _only_counted(rows, counted):
     return torch.where(counted.view(-1, *([1] * (rows.dim() - 1))), rows, torch.zeros_like(rows))
 
 
-def jsd_rows(student, teacher, indices, beta, temperature):
+class _Classes:
+    """The classes a row's tensors hold: all of them (``group`` ""), or this rank's block of a vocabulary
+    sharded over the group ``group`` (its registered name; fusedloss/ops/_vocab_parallel.py). The torch
+    ops below reach the whole row only through it: a log-softmax over the whole row, a sum over the whole
+    row, the values at given (global) classes. Sharded, every rank computes the same rows' losses and
+    differentiates them with respect to its own block: the row statistics are all-reduced, and the
+    whole-row values a rank uses on its own block (the log-sum-exp) go through ``copy_to_group`` so that
+    their gradient is summed over the ranks."""
+
+    def __init__(self, n_local, device, group=""):
+        self.group, self.n_local = group, n_local
+        if group:
+            from . import _vocab_parallel
+
+            self._vp = _vocab_parallel
+            self.offset, self.total = _vocab_parallel.shard_layout(group, n_local, device)
+        else:
+            self.offset, self.total = 0, n_local
+
+    def log_softmax(self, z):
+        if not self.group:
+            return torch.log_softmax(z, dim=-1)
+        if self.n_local:
+            top = z.detach().amax(-1)
+        else:
+            top = z.new_full(z.shape[:-1], -math.inf)
+        top = self._vp.max_over_ranks(top, self.group)
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        lse = shift + torch.log(self.row_sum(torch.exp(z - shift[:, None])))
+        return z - self._vp.copy_to_group(lse, self.group)[:, None]
+
+    def row_sum(self, terms):
+        """(R, V_local) -> (R,): the sum over the whole row."""
+        total = terms.sum(-1)
+        return self._vp.sum_over_ranks(total, self.group) if self.group else total
+
+    def pick(self, values, classes):
+        """``values`` (R, V_local) at the global ``classes`` (R, K): where this block holds the class, else 0."""
+        local = classes - self.offset
+        here = (local >= 0) & (local < self.n_local)
+        if not self.n_local:
+            return values.new_zeros(classes.shape)
+        picked = values.gather(-1, torch.where(here, local, torch.zeros_like(local)))
+        return torch.where(here, picked, torch.zeros_like(picked))
+
+
+def jsd_rows(student, teacher, indices, beta, temperature, classes=None):
     """Each row's divergence (kernels/distribution_rows.py (2)) in torch ops, differentiable twice: forward
     KL (beta 0), reverse KL (beta 1), the generalized JSD otherwise; ``indices``: the teacher as top-k
     (log-probabilities ``teacher`` at classes ``indices``, forward KL; a class outside [0, V): the row's
-    loss and gradient NaN, as the kernel's). Rows (R, V) in, (R,) out."""
-    s = torch.log_softmax(student / temperature, dim=-1)
+    loss and gradient NaN, as the kernel's). Rows (R, V) in, (R,) out; ``classes``: a ``_Classes`` (a
+    vocabulary shard)."""
+    classes = classes or _Classes(student.shape[-1], student.device)
+    s = classes.log_softmax(student / temperature)
     if indices is not None:
         t = teacher
-        valid = (indices >= 0) & (indices < s.shape[-1])
-        s_at = s.gather(-1, torch.where(valid, indices, torch.zeros_like(indices)))
-        terms = _masked_product(t.exp(), t - s_at)
-        return terms.sum(-1) * torch.where(valid.all(-1), 1.0, math.nan).to(terms.dtype)
-    t = torch.log_softmax(teacher / temperature, dim=-1)
+        here = ((indices - classes.offset) >= 0) & ((indices - classes.offset) < classes.n_local)
+        terms = torch.where(here, _masked_product(t.exp(), t - classes.pick(s, indices)), torch.zeros_like(t))
+        valid = ((indices >= 0) & (indices < classes.total)).all(-1)
+        return classes.row_sum(terms) * torch.where(valid, 1.0, math.nan).to(terms.dtype)
+    t = classes.log_softmax(teacher / temperature)
     p, q = s.exp(), t.exp()
     if beta == 0:
-        return _masked_product(q, t - s).sum(-1)
+        return classes.row_sum(_masked_product(q, t - s))
     if beta == 1:
-        return _masked_product(p, s - t).sum(-1)
+        return classes.row_sum(_masked_product(p, s - t))
     live = (p != 0) | (q != 0)
     zero = torch.zeros_like(s)
     mix = torch.logaddexp(torch.where(live, t, zero) + math.log(beta), torch.where(live, s, zero) + math.log1p(-beta))
-    return beta * _masked_product(q, t - mix).sum(-1) + (1 - beta) * _masked_product(p, s - mix).sum(-1)
+    return (beta * classes.row_sum(_masked_product(q, t - mix))
+            + (1 - beta) * classes.row_sum(_masked_product(p, s - mix)))
 
 
 def distillation_loss(student, teacher, indices, labels, beta, temperature, ignore_index, reduction,
-                      hard_weight=0.0, soft_weight=1.0):
+                      hard_weight=0.0, soft_weight=1.0, group=""):
     """jsd_loss (and linear_jsd_loss on its logits) in torch ops: the rows' divergences, masked by labels,
     plus ``hard_weight`` times the student's cross entropy at T = 1 against the labels, reduced over the
     counted rows: 'batchmean' sum / counted (at least 1, TRL's: no counted row gives 0), 'mean' the
     divergence's sum / (counted x V) (torch's kl_div 'mean') and the cross entropy's / counted, 'sum',
     'none' (the rows' shape); 'batchmean' without labels divides by the input's first dimension, as TRL's
-    and kl_div's (the batch of (B, L, V) logits). 16-bit logits are computed in float32."""
+    and kl_div's (the batch of (B, L, V) logits). 16-bit logits are computed in float32. ``group``: the
+    logits hold this rank's block of the classes (``_Classes``)."""
     if student.dtype != torch.float64 and torch.is_autocast_enabled(student.device.type):
         student = student.float()
         teacher = teacher.float() if teacher.is_floating_point() else teacher
     student, teacher = _computed_in(student), _computed_in(teacher)
-    n_classes = student.shape[-1]
+    classes = _Classes(student.shape[-1], student.device, group)
+    n_classes = classes.total
     lead = student.shape[:-1]
     y = labels.reshape(-1) if labels is not None else None
     counted = y != ignore_index if y is not None else None
-    rows = _only_counted(_rows_of(student, n_classes), counted)
+    rows = _only_counted(_rows_of(student, student.shape[-1]), counted)
     teacher_rows = _only_counted(_rows_of(teacher, teacher.shape[-1]), counted)
     index_rows = _only_counted(_rows_of(indices, indices.shape[-1]), counted) if indices is not None else None
-    soft = jsd_rows(rows, teacher_rows, index_rows, beta, temperature)
+    soft = jsd_rows(rows, teacher_rows, index_rows, beta, temperature, classes)
     if counted is None:
         counted = torch.ones(soft.shape, dtype=torch.bool, device=soft.device)
     total = soft_weight * soft * (1.0 / n_classes if reduction == "mean" else 1.0)
     if hard_weight:
         valid = (y >= 0) & (y < n_classes)
-        ce = torch.nn.functional.cross_entropy(rows, torch.where(counted & valid, y, 0), reduction="none")
+        target = torch.where(counted & valid, y, 0)[:, None]
+        ce = -classes.row_sum(classes.pick(classes.log_softmax(rows), target))
         total = total + hard_weight * torch.where(valid | ~counted, ce, float("nan"))
     total = torch.where(counted, total, torch.zeros_like(total))
     if reduction == "none":
@@ -354,22 +406,56 @@ def distillation_loss(student, teacher, indices, labels, beta, temperature, igno
     return total.sum() / (count.clamp_min(1) if reduction == "batchmean" else count)
 
 
-def token_log_probs(input, tokens, temperature, ignore_index, with_entropy):
+def token_log_probs(input, tokens, temperature, ignore_index, with_entropy, group=""):
     """log_softmax(input / T)[token] per row (0 for ignored rows), and with ``with_entropy`` also the rows'
     entropy -sum p log p (0 for ignored rows): (2, *rows) stacked, else the rows' shape. In torch ops,
-    differentiable twice. A token outside [0, V) that is not ignore_index: NaN."""
+    differentiable twice. A token outside [0, V) that is not ignore_index: NaN. ``group``: the logits hold
+    this rank's block of the classes (``_Classes``)."""
     if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
         input = input.float()
     input = _computed_in(input)
-    n_classes = input.shape[-1]
+    classes = _Classes(input.shape[-1], input.device, group)
     y = tokens.reshape(-1)
     counted = y != ignore_index
-    s = torch.log_softmax(_only_counted(_rows_of(input, n_classes), counted) / temperature, dim=-1)
-    valid = (y >= 0) & (y < n_classes)
-    lp = s.gather(-1, torch.where(counted & valid, y, 0)[:, None])[:, 0]
+    valid = (y >= 0) & (y < classes.total)
+    s = classes.log_softmax(_only_counted(_rows_of(input, input.shape[-1]), counted) / temperature)
+    lp = classes.row_sum(classes.pick(s, torch.where(counted & valid, y, 0)[:, None]))
     lp = torch.where(counted, torch.where(valid, lp, float("nan")), torch.zeros_like(lp))
     if not with_entropy:
         return lp.reshape(tokens.shape)
-    entropy = -_masked_product(s.exp(), s).sum(-1)
+    entropy = -classes.row_sum(_masked_product(s.exp(), s))
     entropy = torch.where(counted, torch.where(valid, entropy, float("nan")), torch.zeros_like(entropy))
     return torch.stack([lp, entropy]).reshape(2, *tokens.shape)
+
+
+def sharded_nll_loss(input, target, weight, ignore_index, reduction, process_group, class_dim):
+    """nll_loss of log-probabilities whose classes are sharded over ``process_group`` (its registered name;
+    "" for none): each rank gathers the target's log-probability where it holds that class (0 elsewhere),
+    one all-reduce SUM gives every rank the rows' losses (differentiable: each rank's gradient is its own
+    classes'). Global targets and class weights; a target outside [0, C) that is not ignore_index: NaN."""
+    from . import _vocab_parallel
+
+    if not process_group:
+        return F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
+    n_local = input.shape[class_dim]
+    offset, n_total = _vocab_parallel.shard_layout(process_group, n_local, input.device)
+    _vocab_parallel.check_class_weight(weight, n_total)
+    counted = target != ignore_index
+    valid = (target >= 0) & (target < n_total)
+    here = counted & valid & (target >= offset) & (target < offset + n_local)
+    local_index = torch.where(here, target - offset, 0).long()
+    if n_local:
+        picked = input.gather(class_dim, local_index.unsqueeze(class_dim)).squeeze(class_dim)
+    else:
+        picked = input.new_zeros(target.shape)
+    w = weight[torch.where(counted & valid, target, 0).long()].to(input.dtype) if weight is not None \
+        else torch.ones_like(picked)
+    w = torch.where(counted & valid, w, torch.zeros_like(w))
+    rows = torch.where(here, -w * picked, torch.zeros_like(picked))
+    rows = _vocab_parallel.sum_over_ranks(rows, process_group)
+    rows = torch.where(counted & ~valid, float("nan"), rows)
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / torch.where(counted & ~valid, float("nan"), w).sum()

@@ -15,32 +15,45 @@ Collectives per call (fused and eager paths alike):
     vocabulary), call ``reset_layouts()`` on every rank first, or the ranks disagree on whether to gather.
   The backward needs no collective. Nothing syncs with the host after that first call.
 """
-import threading
-
 import torch
 import torch.distributed as dist
 
 _groups = {}  # group name -> ProcessGroup
 _layouts = {}  # (group name, local class count) -> (offset, total classes)
-_lock = threading.Lock()
 
 
 def group_name(group):
     """The name the registered ops carry for ``group`` (a ProcessGroup: they take no objects)."""
     name = group.group_name
     if _groups.get(name) is not group:
-        with _lock:
-            _groups[name] = group
+        _groups[name] = group  # one dict store (atomic): no lock, which torch.compile could not trace
     return name
 
 
 def group_of(name):
-    return _groups[name]
+    """The ProcessGroup of a registered name; one this process has not registered yet (a program compiled
+    before any eager call: torch.compile applies the registration after the graph runs) from torch's own
+    registry of group names (the one its functional collectives use)."""
+    group = _groups.get(name)
+    if group is None:
+        from torch.distributed.distributed_c10d import _resolve_process_group
+
+        group = _groups[name] = _resolve_process_group(name)
+    return group
 
 
 def reset_layouts():
-    """Forget every cached shard layout (call on every rank of a group whose shards changed size)."""
+    """Forget every cached shard layout (call on every rank of a group whose shards changed size, or
+    before a plain ``process_group`` call over a group that DTensors of another vocabulary used: the
+    cache is keyed by the group and the local size, and ranks that found a stale entry would not join
+    the others' gather)."""
     _layouts.clear()
+
+
+def set_layout(name, n_local, offset, n_total):
+    """Record the layout of a block whose place is known without communication (a DTensor's shard: its
+    global shape and placement give it), so that ``shard_layout`` gathers nothing for it."""
+    _layouts[(name, n_local)] = (offset, n_total)
 
 
 def shard_layout(name, n_local, device):
@@ -81,15 +94,22 @@ def combine_statistics(stats, name, per_class_sums):
     return stats
 
 
+def all_reduce(tensor, op, group):
+    """The all-reduce (``op`` "sum" or "max") of ``tensor`` over ``group``, out of place, as a functional
+    collective: torch.compile traces it (Dynamo does not trace dist.all_reduce with ReduceOp.MAX);
+    eagerly it waits before the result is used."""
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.wait_tensor(funcol.all_reduce(tensor, op, group))
+
+
 class _SumOverRanks(torch.autograd.Function):
     """all_reduce(SUM) whose gradient is this rank's own term's: every rank holds the global loss, and
     differentiates it with respect to its own inputs (Megatron's reduce-from-model-parallel region)."""
 
     @staticmethod
     def forward(ctx, tensor, name):
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group_of(name))
-        return total
+        return all_reduce(tensor, "sum", group_of(name))
 
     @staticmethod
     def backward(ctx, grad):
@@ -104,6 +124,23 @@ def sum_over_ranks(tensor, name):
 
 def max_over_ranks(tensor, name):
     """The elementwise max of ``tensor`` over the group's ranks (not differentiated: a shift)."""
-    total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group_of(name))
-    return total
+    return all_reduce(tensor.detach(), "max", group_of(name))
+
+
+class _CopyToGroup(torch.autograd.Function):
+    """Identity whose gradient is summed over the group's ranks: a tensor replicated over the group that
+    feeds each rank's block of a vocabulary-parallel op (Megatron's copy-to-model-parallel region)."""
+
+    @staticmethod
+    def forward(ctx, tensor, name):
+        ctx.name = name
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce(grad.contiguous(), "sum", group_of(ctx.name)), None
+
+
+def copy_to_group(tensor, name):
+    """``tensor`` as it is, its gradient summed over the group ``name`` in the backward."""
+    return _CopyToGroup.apply(tensor, name)

@@ -8,6 +8,14 @@ the backward is one launch that writes each gradient once for any grad_output. W
 ``grad_in_forward`` (jsd) the forward also writes the gradient for grad_output 1 (the denominator
 computed first, on the device) and the backward only rescales rows whose grad_output is not 1.
 
+Vocabulary parallel (``process_group``): the logits (the teacher's too) hold this rank's block of the
+classes; labels, tokens and top-k classes are global. The forward launches the shard's sweep (1)
+(kernels/distribution_rows.py, SHARD_STATS), combines the statistics over the ranks (one all_reduce MAX,
+one SUM), and for jsd launches the shard's sweep (2) with the whole rows' log-sum-exps and SUMs its
+sums over the ranks (a third all_reduce); the rows' losses follow in torch ops from those R-sized
+statistics. Every rank holds the global loss; the backward (no collective) writes the gradient of its
+own block from the whole rows' state. ``grad_in_forward`` does not apply.
+
 Saved for the backward: the inputs and the state (the kernel's state, the gradients written by a
 grad_in_forward forward). Nothing syncs with the host.
 """
@@ -16,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _scaffold
+from . import _scaffold, _vocab_parallel
 from ._eager import distillation_loss, token_log_probs
 
 
@@ -29,6 +37,7 @@ class DistributionOptions(NamedTuple):
     ignore_index: int = -100
     entropy: bool = False  # log_probs: the entropy too
     grad_in_forward: bool = False  # jsd: the gradient for grad_output 1 written by the forward
+    process_group: str = ""  # vocabulary parallel: the group's name (fusedloss/ops/_vocab_parallel.py); "": none
 
 
 _kernels = None
@@ -127,7 +136,9 @@ class DistributionRows(_scaffold.Family):
     def forward(options, inputs, needs_grad):
         input, target, indices, labels = inputs
         rows, teacher, top, flat_labels = _rows(input), _rows(target), _rows(indices), _flat(labels)
-        problem = problem_of(options, target, indices, labels, rows.shape[1], _batch(input))
+        if options.process_group and rows.shape[0]:
+            return _sharded_forward(options, input, rows, teacher, top, labels, any(needs_grad[:2]))
+        problem = problem_of(options, target, indices, labels, _shard(options, rows)[1], _batch(input))
         reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction, labels)
         save = any(needs_grad[:2])
         extra, grads = {}, [None, None]
@@ -170,10 +181,11 @@ class DistributionRows(_scaffold.Family):
             g_strides = (g.stride(0), 0)
         grad = torch.empty_like(rows, memory_format=torch.contiguous_format) if needs_grad[0] else None
         teacher_grad = (torch.empty_like(teacher, memory_format=torch.contiguous_format) if want_teacher else None)
-        problem = problem_of(options, target, indices, labels, rows.shape[1], _batch(input))
+        shard = _shard(options, rows)
+        problem = problem_of(options, target, indices, labels, shard[1], _batch(input))
         kernels().distribution_bwd(problem, rows, teacher, top, flat_labels, work, g, g_strides,
                                    reduced and kernel_reduction(options.reduction, labels) == "mean", grad,
-                                   teacher_grad)
+                                   teacher_grad, shard=shard if options.process_group else None)
         return (grad.view(input.shape) if grad is not None else None,
                 teacher_grad.view(target.shape) if teacher_grad is not None else None, None, None)
 
@@ -186,9 +198,11 @@ class DistributionRows(_scaffold.Family):
     @staticmethod
     def reference(options, input, target, indices, labels):
         if options.mode == "log_probs":
-            return token_log_probs(input, labels, options.temperature, options.ignore_index, options.entropy)
+            return token_log_probs(input, labels, options.temperature, options.ignore_index, options.entropy,
+                                   options.process_group)
         return distillation_loss(input, target, indices, labels, options.beta, options.temperature,
-                                 options.ignore_index, options.reduction).to(options.out_dtype)
+                                 options.ignore_index, options.reduction, group=options.process_group
+                                 ).to(options.out_dtype)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
@@ -199,6 +213,157 @@ class DistributionRows(_scaffold.Family):
                                     any(needs_grad[:2]))
         out = input.new_empty(out_shape(options, input), dtype=options.out_dtype)
         return out, (input.new_empty(size, dtype=_acc(input.dtype)), None, None)
+
+
+def _shard(options, rows):
+    """(first class, classes in all) of the logits' block: the whole row without a process group."""
+    if not options.process_group:
+        return 0, rows.shape[1]
+    return _vocab_parallel.shard_layout(options.process_group, rows.shape[1], rows.device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# vocabulary parallel (also linear_jsd_loss's and linear_log_probs', over their chunks)
+# ----------------------------------------------------------------------------------------------------
+
+_SUM_MAX = {"d_s": "m_s", "e_s": "m_s", "d_t": "m_t", "d_1": "m_1"}  # each sum is relative to that max
+
+
+def _used_stats(problem):
+    """The SHARD_STATS planes a problem needs: maxima first, then the sums."""
+    names = ["m_s"] + (["m_t"] if problem.teacher == "logits" else [])
+    own_lse = problem.hard and problem.temperature != 1.0
+    names += ["m_1"] if own_lse else []
+    names += ["d_s"] + (["e_s"] if problem.entropy else []) + (["d_t"] if problem.teacher == "logits" else [])
+    names += (["d_1"] if own_lse else []) + (["x_y"] if problem.hard or problem.mode == "log_probs" else [])
+    return names
+
+
+def combine_shard_stats(problem, stats, group):
+    """Each rank's SHARD_STATS planes (8, R) -> the whole rows' statistics, a dict of (R,) tensors: the
+    maxima MAX'd over the ranks (one all_reduce), each sum moved to its new max (the entropy's
+    E <- exp(m - M)(E + (m - M) D)) and SUMmed (one all_reduce). The label's logit x_y: one rank's, summed."""
+    index = {name: i for i, name in enumerate(kernels().SHARD_STATS)}
+    used = _used_stats(problem)
+    maxima = [name for name in used if name.startswith("m_")]
+    sums = [name for name in used if not name.startswith("m_")]
+    local = torch.stack([stats[index[name]] for name in maxima])  # (a list index would copy from the host)
+    top = _vocab_parallel.all_reduce(local, "max", _vocab_parallel.group_of(group))
+    shift = torch.where(local == top, torch.zeros_like(top), local - top)  # -inf - -inf: 0
+    moved = []
+    for name in sums:
+        value = stats[index[name]]
+        if name == "x_y":
+            moved.append(value)
+            continue
+        k = maxima.index(_SUM_MAX[name])
+        if name == "e_s":
+            d = stats[index["d_s"]]
+            value = value + torch.where(d > 0, shift[k] * d, torch.zeros_like(d))
+        moved.append(shift[k].exp() * value)
+    summed = _vocab_parallel.all_reduce(torch.stack(moved), "sum", _vocab_parallel.group_of(group))
+    combined = {name: top[i] for i, name in enumerate(maxima)}
+    combined.update({name: summed[i] for i, name in enumerate(sums)})
+    if "m_1" not in combined:
+        combined["m_1"], combined["d_1"] = combined["m_s"], combined["d_s"]
+    return combined
+
+
+def new_shard_state(problem, combined, n_rows, acc):
+    """The state the backward (and the terms launch) reads (kernels/distribution_rows.py STATE) from the
+    combined statistics: the divergence's planes zero until ``set_shard_terms``; the denominator slot 1."""
+    ld_s = combined["d_s"].log()
+    if problem.mode == "log_probs":
+        entropy = ld_s - combined["e_s"] / combined["d_s"] if problem.entropy else torch.zeros_like(ld_s)
+        planes = [combined["m_s"], ld_s, entropy]
+    else:
+        planes = [combined["m_s"], ld_s]
+        if problem.teacher == "logits":
+            zero = torch.zeros_like(ld_s)
+            planes += [combined["m_t"], combined["d_t"].log(), zero, zero]
+        if problem.hard and problem.temperature != 1.0:
+            planes += [combined["m_1"], combined["d_1"].log()]
+    state = torch.ones(len(planes) * n_rows + 1, dtype=acc, device=ld_s.device)
+    state[:-1].view(len(planes), n_rows).copy_(torch.stack(planes))
+    return state
+
+
+def set_shard_terms(problem, state, terms, n_rows):
+    """The divergence's row sums [K | K'] (summed over the ranks) into the state's planes 4 and 5."""
+    if problem.teacher == "logits":
+        state[4 * n_rows:6 * n_rows].view(2, n_rows).copy_(terms)
+
+
+def shard_rows(problem, combined, state, terms, labels, indices, n_rows, n_classes):
+    """The rows' totals (and entropies, or None) from the whole rows' statistics, as the kernel's (2): the
+    divergence (its sums ``terms``) or the log-probability, weighted; ignored rows 0, a label, token or
+    class outside [0, n_classes) NaN."""
+    inv_t = 1.0 / problem.temperature
+    ld_s = state[n_rows:2 * n_rows]
+    ones = torch.ones(n_rows, dtype=torch.bool, device=ld_s.device)
+    counted = labels != problem.ignore_index if problem.has_labels else ones
+    valid = (labels >= 0) & (labels < n_classes) if problem.hard or problem.mode == "log_probs" else ones
+    if problem.teacher == "topk":
+        valid = valid & ((indices >= 0) & (indices < n_classes)).all(-1)
+    entropy = None
+    if problem.mode == "log_probs":
+        total = (combined["x_y"] * inv_t - combined["m_s"]) - ld_s
+        if problem.entropy:
+            entropy = state[2 * n_rows:3 * n_rows]
+    else:
+        sum_s, sum_t = terms
+        if problem.teacher == "topk" or problem.kl == "forward":
+            value = sum_t
+        elif problem.kl == "reverse":
+            value = sum_s
+        else:
+            value = problem.beta * sum_t + (1.0 - problem.beta) * sum_s
+        total = (problem.soft_w * problem.soft_mean) * value
+        if problem.hard:
+            ld_1 = combined["d_1"].log()
+            total = total + problem.hard_w * ((combined["m_1"] - combined["x_y"]) + ld_1)
+    bad = counted & ~valid
+    results = []
+    for value in (total, entropy):
+        if value is not None:
+            value = torch.where(bad, math.nan, torch.where(counted, value, torch.zeros_like(value)))
+        results.append(value)
+    if entropy is not None:  # the backward reads the rows' entropy as the forward gave it
+        state[2 * n_rows:3 * n_rows].copy_(results[1])
+    return results
+
+
+def _sharded_forward(options, input, rows, teacher, top, labels, save):
+    """The vocabulary-parallel forward: (out, state) as the single-process forward's (module docstring)."""
+    group = options.process_group
+    n_rows = rows.shape[0]
+    shard = _vocab_parallel.shard_layout(group, rows.shape[1], rows.device)
+    flat_labels = _flat(labels)
+    problem = problem_of(options, teacher, top, labels, shard[1], _batch(input))
+    acc = _acc(input.dtype)
+    k = kernels()
+    stats = k.distribution_shard_stats(problem, rows, teacher if top is None else None, flat_labels, shard[0],
+                                       rows.new_empty((len(k.SHARD_STATS), n_rows), dtype=acc))
+    combined = combine_shard_stats(problem, stats, group)
+    state = new_shard_state(problem, combined, n_rows, acc)
+    terms = None
+    if options.mode == "jsd":
+        terms = k.distribution_shard_terms(problem, rows, teacher, top, state, n_rows, shard,
+                                           rows.new_empty((2, n_rows), dtype=acc))
+        terms = _vocab_parallel.all_reduce(terms, "sum", _vocab_parallel.group_of(group))
+        set_shard_terms(problem, state, terms, n_rows)
+    total, entropy = shard_rows(problem, combined, state, terms, flat_labels, top, n_rows, shard[1])
+    reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction, labels)
+    if reduction == "none":
+        out = torch.stack([total, entropy]) if entropy is not None else total
+        out = out.to(options.out_dtype).view(out_shape(options, input))
+    elif reduction == "sum":
+        out = total.sum().to(options.out_dtype)
+    else:
+        denom = count_rows(flat_labels, options.ignore_index, n_rows, acc, rows.device, options.reduction)
+        state[-1] = denom
+        out = (total.sum() / denom).to(options.out_dtype)
+    return out, (state if save else state[-1:], None, None)
 
 
 def _scale_in_place(grad, grad_output):

@@ -15,6 +15,17 @@ linear_log_probs: the forward computes the log-probabilities (and entropies) per
 backward recomputes each chunk's logits (GEMM 1 again), writes d/d logits for the rows' gradients of
 both outputs, then GEMMs 2 and 3: four GEMMs in all.
 
+Vocabulary parallel (``process_group``): each head's weight (and bias) holds this rank's block of the
+classes (the same block for both heads). A first pass over the chunks writes each row's statistics over
+the block (kernels/distribution_rows.py SHARD_STATS), combined over the ranks (fusedloss/ops/
+distribution_rows.py: an all_reduce MAX and a SUM); linear_jsd_loss then passes again for the block's
+share of the divergence's sums (a third all_reduce), and, for a reduced loss with gradients, once more
+for d loss / d logits and the gradient GEMMs (three passes of GEMM 1 where the single process makes one:
+the generalized JSD needs the whole rows' log-sum-exps before its sums, and its sums before the
+gradient); with a single chunk the first pass's buffers are kept instead. linear_log_probs: one pass
+forward, the combined statistics saved, the backward's pass as without shards. The input's gradient is
+this rank's term (all-reduce it over the group, as linear_cross_entropy's); dW, db are the block's rows.
+
 Peak extra memory: the chunk buffers, CHUNK_BYTES of logits for both heads together (or the rows of
 ``options.batch_chunk_size``), plus the float32 weight-gradient accumulators of 16-bit weights.
 """
@@ -23,9 +34,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import _chunks, _scaffold
+from . import _chunks, _scaffold, _vocab_parallel
 from ._eager import distillation_loss, linear_logits, token_log_probs
-from .distribution_rows import DistributionOptions, count_rows, kernel_reduction, kernels, problem_of
+from .distribution_rows import (DistributionOptions, combine_shard_stats, count_rows, kernel_reduction, kernels,
+                                new_shard_state, problem_of, set_shard_terms, shard_rows)
 
 
 class LinearJSDOptions(NamedTuple):
@@ -37,6 +49,7 @@ class LinearJSDOptions(NamedTuple):
     hard_weight: float = 0.0  # times the student's cross entropy at T = 1 against the labels
     soft_weight: float = 1.0  # times the divergence
     chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of both heads' logits hold
+    process_group: str = ""  # vocabulary parallel: the group's name; "": none
 
 
 class LinearLogProbsOptions(NamedTuple):
@@ -45,6 +58,7 @@ class LinearLogProbsOptions(NamedTuple):
     ignore_index: int = -100
     entropy: bool = False
     chunk_rows: int = 0
+    process_group: str = ""
 
 
 def _head(input, weight, bias):
@@ -58,6 +72,41 @@ def _distribution_options(options):
 
 def _flat(labels):
     return None if labels is None else labels.reshape(-1)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sharded_statistics(problem, heads, n, chunk, flat, group, shard, acc):
+    """Pass 1 over the chunks (vocabulary parallel): the whole rows' statistics and the state built from
+    them. Returns (combined statistics, state, the single chunk's buffers or None)."""
+    first = heads[0].x
+    stats = first.new_empty((len(kernels().SHARD_STATS), n), dtype=acc)
+
+    def visit(i, r0, rows, logits):
+        kernels().distribution_shard_stats(problem, logits[0], logits[1] if len(logits) > 1 else None,
+                                           flat[r0:r0 + rows] if flat is not None else None, shard[0],
+                                           stats[:, r0:r0 + rows])
+
+    kept = _chunks.sweep(heads, n, chunk, visit)
+    combined = combine_shard_stats(problem, stats, group)
+    return combined, new_shard_state(problem, combined, n, acc), kept
+
+
+def _sharded_gradients(problem, heads, n, chunk, flat, state, shard, grads, grad_output, strides, kept):
+    """The gradient pass (vocabulary parallel): per chunk d loss / d logits from the whole rows' state for
+    ``grad_output`` (addressed by ``strides``), then the heads' gradient GEMMs into ``grads``."""
+
+    def visit(i, r0, rows, logits):
+        g = grad_output[..., r0:] if strides[0] else grad_output
+        kernels().distribution_bwd(problem, logits[0], logits[1] if len(logits) > 1 else None, None,
+                                   flat[r0:r0 + rows] if flat is not None else None, state[r0:], g, strides, False,
+                                   grad=logits[0] if grads[0] is not None else None,
+                                   teacher_grad=logits[1] if len(grads) > 1 and grads[1] is not None else None,
+                                   shard=shard, n_state=n)
+
+    _chunks.sweep(heads, n, chunk, visit, grads, kept=kept)
 
 
 class LinearJSD(_scaffold.Family):
@@ -98,6 +147,9 @@ class LinearJSD(_scaffold.Family):
     @staticmethod
     def forward(options, inputs, needs_grad):
         x, w, b, xt, wt, bt, labels = inputs
+        if options.process_group and x.numel() // max(x.shape[-1], 1):
+            with torch.autocast(x.device.type, enabled=False):
+                return LinearJSD._sharded_forward(options, inputs, needs_grad)
         with torch.autocast(x.device.type, enabled=False):  # the GEMMs run in the inputs' dtype
             reduced = options.reduction != "none"
             want = ((needs_grad[0], needs_grad[1], needs_grad[2]), (needs_grad[3], needs_grad[4], needs_grad[5]))
@@ -121,16 +173,77 @@ class LinearJSD(_scaffold.Family):
                 loss = loss.view(x.shape[:-1])
             finished = [_chunks.finish(g, *t) if g is not None else (None, None, None)
                         for g, t in zip(grads, ((x, w, b), (xt, wt, bt)))]
-        return loss, (*finished[0], *finished[1])
+        return loss, (*finished[0], *finished[1], None)
+
+    @staticmethod
+    def _sharded_problem(options, inputs):
+        x, w, b, xt, wt, bt, labels = inputs
+        shard = _vocab_parallel.shard_layout(options.process_group, w.shape[0], x.device)
+        problem = problem_of(_distribution_options(options), wt, None, labels, shard[1],
+                             x.shape[0] if x.dim() > 1 else shard[1], options.hard_weight, options.soft_weight)
+        n = x.numel() // x.shape[-1]
+        chunk = _chunks.chunk_rows(n, w.shape[0] + wt.shape[0], x.element_size(), options.chunk_rows)
+        return problem, shard, n, chunk, (_head(x, w, b), _head(xt, wt, bt)), _flat(labels)
+
+    @staticmethod
+    def _sharded_forward(options, inputs, needs_grad):
+        """Vocabulary parallel (module docstring): (loss, state) as ``forward``'s, the state's last entry the
+        whole rows' statistics for the backward of 'none'."""
+        x, w, b, xt, wt, bt, labels = inputs
+        problem, shard, n, chunk, heads, flat = LinearJSD._sharded_problem(options, inputs)
+        group, acc = options.process_group, _acc(x.dtype)
+        combined, state, kept = _sharded_statistics(problem, heads, n, chunk, flat, group, shard, acc)
+        terms = x.new_empty((2, n), dtype=acc)
+
+        def visit(i, r0, rows, logits):
+            kernels().distribution_shard_terms(problem, logits[0], logits[1], None, state[r0:], n, shard,
+                                               terms[:, r0:r0 + rows])
+
+        kept = _chunks.sweep(heads, n, chunk, visit, kept=kept)
+        terms = _vocab_parallel.all_reduce(terms, "sum", _vocab_parallel.group_of(group))
+        set_shard_terms(problem, state, terms, n)
+        total, _ = shard_rows(problem, combined, state, terms, flat, None, n, shard[1])
+        if options.reduction == "none":
+            return total.to(options.out_dtype).view(x.shape[:-1]), (None,) * 6 + (state,)
+        if kernel_reduction(options.reduction, labels) == "mean":
+            denom = count_rows(flat, options.ignore_index, n, acc, x.device, options.reduction)
+            state[-1] = denom
+            loss = total.sum() / denom
+        else:
+            denom = state[-1]  # 1
+            loss = total.sum()
+        want = ((needs_grad[0], needs_grad[1], needs_grad[2]), (needs_grad[3], needs_grad[4], needs_grad[5]))
+        grads = [_chunks.new_grads(head, t, wanted) if any(wanted) else None
+                 for head, t, wanted in zip(heads, (x, xt), want)]
+        if any(g is not None for g in grads):  # for grad_output 1, scaled by the backward
+            _sharded_gradients(problem, heads, n, chunk, flat, state, shard, grads, denom.reciprocal(), (0, 0), kept)
+        finished = [_chunks.finish(g, *t) if g is not None else (None, None, None)
+                    for g, t in zip(grads, ((x, w, b), (xt, wt, bt)))]
+        return loss.to(options.out_dtype), (*finished[0], *finished[1], state)  # state: for a second backward
 
     @staticmethod
     def backward(options, inputs, state, grad_output, needs_grad, in_place):
         x, w, b, xt, wt, bt, labels = inputs
         operands = (x, w, b, xt, wt, bt)
-        if any(g is not None for g in state):  # written by the forward for grad_output 1
-            precomputed = list(state)
+        if state[6] is not None and all(g is None for g in state[:6]):  # vocabulary parallel: from the statistics
+            with torch.autocast(x.device.type, enabled=False):
+                problem, shard, n, chunk, heads, flat = LinearJSD._sharded_problem(options, inputs)
+                want = ((needs_grad[0], needs_grad[1], needs_grad[2]), (needs_grad[3], needs_grad[4], needs_grad[5]))
+                grads = [_chunks.new_grads(head, t, wanted) if any(wanted) else None
+                         for head, t, wanted in zip(heads, (x, xt), want)]
+                if options.reduction == "none":
+                    g = grad_output.reshape(-1)
+                    strides = (g.stride(0), 0)
+                else:  # over the denominator the forward kept
+                    g, strides = grad_output / state[6][-1], (0, 0)
+                _sharded_gradients(problem, heads, n, chunk, flat, state[6], shard, grads, g, strides, None)
+                finished = [_chunks.finish(g, *t) if g is not None else (None, None, None)
+                            for g, t in zip(grads, ((x, w, b), (xt, wt, bt)))]
+            return (*finished[0], *finished[1], None)
+        if any(g is not None for g in state[:6]):  # written by the forward for grad_output 1
+            precomputed = list(state[:6])
             if in_place:
-                state[:] = [None] * len(state)  # handed over: a second backward recomputes
+                state[:6] = [None] * 6  # handed over: a second backward recomputes
                 grads = [_chunks.scale_in_place(g, grad_output) if g is not None else None for g in precomputed]
             else:  # the registered op (torch.compile): its outputs are not to be written
                 grads = [g * grad_output if g is not None else None for g in precomputed]
@@ -163,7 +276,8 @@ class LinearJSD(_scaffold.Family):
         logits = linear_logits(x, w, b)
         teacher = linear_logits(xt, wt, bt)
         return distillation_loss(logits, teacher, None, labels, options.beta, options.temperature, options.ignore_index,
-                                 options.reduction, options.hard_weight, options.soft_weight).to(options.out_dtype)
+                                 options.reduction, options.hard_weight, options.soft_weight,
+                                 options.process_group).to(options.out_dtype)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
@@ -172,7 +286,12 @@ class LinearJSD(_scaffold.Family):
         out = x.new_empty(x.shape[:-1] if not reduced else (), dtype=options.out_dtype)
         grads = [t.new_empty(t.shape) if reduced and need and t is not None else None
                  for t, need in zip((x, w, b, xt, wt, bt), needs_grad)]
-        return out, tuple(grads)
+        saved = None
+        if options.process_group and x.numel():
+            n = x.numel() // x.shape[-1]
+            planes = kernels().n_stats("jsd", "logits", options.hard_weight != 0 and options.temperature != 1.0)
+            saved = x.new_empty(planes * n + 1, dtype=_acc(x.dtype))
+        return out, (*grads, saved)
 
 
 class LinearLogProbs(_scaffold.Family):
@@ -208,13 +327,28 @@ class LinearLogProbs(_scaffold.Family):
         return _chunks.chunk_rows(inputs[3].numel(), w.shape[0], x.element_size(), options.chunk_rows)
 
     @staticmethod
+    def _problem(options, tokens, n_classes):
+        return problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
+                                              options.ignore_index, options.entropy), None, None, tokens, n_classes, 1)
+
+    @staticmethod
     def forward(options, inputs, needs_grad):
         x, w, b, tokens = inputs
         n = tokens.numel()
+        lead = tuple(tokens.shape)
         with torch.autocast(x.device.type, enabled=False):
+            if options.process_group and n:  # vocabulary parallel: pass 1, the statistics kept
+                shard = _vocab_parallel.shard_layout(options.process_group, w.shape[0], x.device)
+                problem = LinearLogProbs._problem(options, tokens, shard[1])
+                flat = tokens.reshape(-1)
+                combined, state, _ = _sharded_statistics(problem, [_head(x, w, b)], n,
+                                                         LinearLogProbs._chunk(options, inputs), flat,
+                                                         options.process_group, shard, _acc(x.dtype))
+                lp, entropy = shard_rows(problem, combined, state, None, flat, None, n, shard[1])
+                out = (torch.stack([lp, entropy]) if options.entropy else lp).to(options.out_dtype)
+                return out.view((2, *lead) if options.entropy else lead), (state,)
             out = x.new_empty((2, n) if options.entropy else (n,), dtype=options.out_dtype)
             LinearLogProbs._sweep(options, inputs, lambda r0, rows: out[..., r0:r0 + rows], n)
-        lead = tuple(tokens.shape)
         return out.view((2, *lead) if options.entropy else lead), ()
 
     @staticmethod
@@ -226,6 +360,11 @@ class LinearLogProbs(_scaffold.Family):
             strides = (g.stride(-1), g.stride(0) if options.entropy else 0)
             grads = _chunks.new_grads(_head(x, w, b), x, (needs_grad[0], needs_grad[1], needs_grad[2]))
             chunk = LinearLogProbs._chunk(options, inputs)
+            if state:  # vocabulary parallel: from the whole rows' statistics
+                shard = _vocab_parallel.shard_layout(options.process_group, w.shape[0], x.device)
+                _sharded_gradients(LinearLogProbs._problem(options, tokens, shard[1]), [_head(x, w, b)], n, chunk,
+                                   tokens.reshape(-1), state[0], shard, [grads], g, strides, None)
+                return (*_chunks.finish(grads, x, w, b), None)
             scratch = x.new_empty((2, chunk) if options.entropy else (chunk,), dtype=options.out_dtype)  # not needed
             LinearLogProbs._sweep(options, inputs, lambda r0, rows: scratch[..., :rows], chunk, grads, (g, strides))
             dx, dw, db = _chunks.finish(grads, x, w, b)
@@ -234,13 +373,17 @@ class LinearLogProbs(_scaffold.Family):
     @staticmethod
     def reference(options, x, w, b, tokens):
         return token_log_probs(linear_logits(x, w, b), tokens, options.temperature, options.ignore_index,
-                               options.entropy).to(options.out_dtype)
+                               options.entropy, options.process_group).to(options.out_dtype)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
         x, w, b, tokens = inputs
         lead = tuple(tokens.shape)
-        return x.new_empty((2, *lead) if options.entropy else lead, dtype=options.out_dtype), ()
+        out = x.new_empty((2, *lead) if options.entropy else lead, dtype=options.out_dtype)
+        if options.process_group and tokens.numel():
+            return out, (x.new_empty(kernels().n_stats("log_probs", "", False) * tokens.numel() + 1,
+                                     dtype=_acc(x.dtype)),)
+        return out, ()
 
 
 JSD_FAMILY = _scaffold.register(LinearJSD())
