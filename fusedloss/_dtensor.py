@@ -99,6 +99,12 @@ class _Layout:
         group = self.mesh.get_group(self.vocab)
         ranks, rank = self.mesh.size(self.vocab), self.mesh.get_local_rank(self.vocab)
         bounds = [0, *_chunk_bounds(self.n_classes, ranks), self.n_classes]
+        empty = [r for r in range(ranks) if bounds[r + 1] == bounds[r]]
+        if empty:  # every rank sees it (the global shape gives the blocks): all raise, none waits
+            raise ValueError(f"fusedloss: {self.n_classes} classes sharded over the {ranks} ranks of mesh dimension "
+                             f"{self.vocab} leave rank(s) {empty} with none (DTensor's Shard makes blocks of "
+                             f"{-(-self.n_classes // ranks)}, as torch.chunk); the vocabulary-parallel path needs at "
+                             "least one class on every rank: use fewer ranks for the classes or more classes")
         _vocab_parallel.set_layout(_vocab_parallel.group_name(group), bounds[rank + 1] - bounds[rank], bounds[rank],
                                    self.n_classes)
         return group
@@ -127,7 +133,7 @@ def _local_rows(tensor, layout, dim_map, what, placements=None):
     dim -> this tensor's): a DTensor's local shard (placed so: ``placements``, by default Shard along the
     rows and Replicate elsewhere), a plain tensor's slice (the global one; no communication), or the
     tensor as it is when the rows are not sharded."""
-    DTensor, _, _, _, distribute_tensor = _dtensor_api()
+    DTensor = _dtensor_api()[0]
     expected = placements or _placements(tensor, layout, dim_map)
     if isinstance(tensor, DTensor):
         if tensor.device_mesh != layout.mesh or _normalized(tensor.placements, tensor.dim()) != _normalized(
@@ -136,10 +142,11 @@ def _local_rows(tensor, layout, dim_map, what, placements=None):
                              f"{tensor.device_mesh}; expected {tuple(expected)} on the logits' mesh "
                              f"{layout.mesh}")
         return tensor.to_local()
-    if not layout.rows:
-        return tensor
-    return distribute_tensor(tensor, layout.mesh, _placements(tensor, layout, dim_map),
-                             src_data_rank=None).to_local()
+    for mesh_dim, dim in layout.rows.items():  # Shard's blocks, mesh dimensions left to right (DTensor's order)
+        dim = dim_map(dim)
+        ranks, rank = layout.mesh.size(mesh_dim), layout.mesh.get_local_rank(mesh_dim)
+        tensor = torch.tensor_split(tensor, _chunk_bounds(tensor.shape[dim], ranks), dim=dim)[rank]
+    return tensor
 
 
 def _global(tensor):
@@ -176,18 +183,13 @@ def _global_mean(local_sum, local_denominator, layout):
 
 def _mean_denominator(target, weight, prob_target, ignore_index, n_classes):
     """The rows' 'mean' denominator, as the kernels count it (fusedloss/ops/softmax_rows.mean_denominator)."""
-    from .ops.softmax_rows import mean_denominator
+    from .ops.softmax_rows import count_denominator
 
-    class _Options:  # the fields mean_denominator reads
-        pass
-
-    options = _Options()
-    options.prob_target, options.ignore_index = prob_target, ignore_index
     acc = torch.float64 if (weight is not None and weight.dtype == torch.float64) else torch.float32
     n_rows = target.shape[0] if prob_target else target.numel()
     if prob_target and target.dim() > 2:
         n_rows = target.numel() // target.shape[1]
-    return mean_denominator(target, weight, options, n_rows, n_classes, acc)
+    return count_denominator(target, weight, prob_target, ignore_index, n_rows, n_classes, acc)
 
 
 def cross_entropy(fn, input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing, z_loss,
@@ -322,30 +324,32 @@ def _no_group(process_group, what):
                          "not both")
 
 
-def _share_of_mean(local_mean, local_denominator, layout):
+def _share_of_mean(local_mean, local_denominator, layout, at_least_one):
     """A rank's share of the mean over the rows of every rank, from the mean over its own rows: times its
     denominator over their sum over the row groups (one all_reduce of a scalar per row-sharded mesh
-    dimension); 0 for a rank with nothing to count, NaN on every rank when no rank has any (0 / 0)."""
+    dimension; ``at_least_one``: that sum clamped to 1, 'batchmean' with labels); 0 for a rank with
+    nothing to count, NaN on every rank when no rank has any and the sum is not clamped (0 / 0)."""
     from .ops import _vocab_parallel
 
     local_denominator = local_denominator.to(local_mean.dtype).detach()
     total = local_denominator
     for group in layout.row_groups():
         total = _vocab_parallel.all_reduce(total, "sum", group)
+    if at_least_one:
+        total = total.clamp_min(1)
     share = local_mean * (local_denominator / total)
     return torch.where(local_denominator > 0, share, torch.zeros_like(local_mean) / total)
 
 
 def _jsd_denominator(reduction, labels, ignore_index, rows_first_dim, device):
     """What jsd_loss's reduction divides by (or scales each row's divergence by, for 'mean') on a rank's
-    rows: counted rows ('mean'), at least 1 ('batchmean' with labels), the first dimension ('batchmean'
-    without labels, TRL's and kl_div's)."""
+    rows: counted rows ('mean', and 'batchmean' with labels: the sum over the ranks is then clamped to 1),
+    the first dimension ('batchmean' without labels, TRL's and kl_div's)."""
     if reduction == "batchmean" and labels is None:
         return torch.full((), float(max(rows_first_dim, 1)), device=device)
     if labels is None:
         return torch.full((), float(rows_first_dim), device=device)
-    count = (labels != ignore_index).sum().float()
-    return count.clamp_min(1) if reduction == "batchmean" else count
+    return (labels != ignore_index).sum().float()
 
 
 def _reduced(local_mean_fn, reduction, layout, denominator):
@@ -353,7 +357,7 @@ def _reduced(local_mean_fn, reduction, layout, denominator):
     rank's own, computed only then)."""
     local = local_mean_fn(reduction)
     if layout.rows and reduction in ("mean", "batchmean"):
-        local = _share_of_mean(local, denominator(), layout)
+        local = _share_of_mean(local, denominator(), layout, reduction == "batchmean")
     return local
 
 

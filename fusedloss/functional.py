@@ -90,9 +90,18 @@ def cross_entropy(
         backward, plus one all_gather of the block sizes the first time a local size is seen (see
         fusedloss/ops/_vocab_parallel.py).
     """
+    if process_group is not None:
+        _require_classes(process_group, input, 1)
     return dispatch.call(_CROSS_ENTROPY, input, target, weight, size_average, ignore_index, reduce, reduction,
                          label_smoothing, z_loss, softcap, inplace_backward, grad_in_forward, loss_dtype,
                          process_group)
+
+
+def _require_classes(process_group, tensor, class_dim):
+    """A vocabulary-parallel call whose block of the classes (``tensor``'s ``class_dim``; its only one for a
+    1-D tensor) is empty: the same error on every rank of the group (_vocab_parallel.require_classes)."""
+    if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+        _vocab_parallel.require_classes(process_group, tensor.shape[min(class_dim, tensor.dim() - 1)], tensor.device)
 
 
 def _check_extras(z_loss, softcap):
@@ -247,6 +256,8 @@ def linear_cross_entropy(
     this rank's contiguous block of the classes; the gradient of ``input`` is this rank's term, to be
     summed over the group like a column-parallel linear's input gradient).
     """
+    if process_group is not None:
+        _require_classes(process_group, linear_weight, 0)
     return dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
                          ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group)
 
@@ -1219,6 +1230,8 @@ def jsd_loss(
         if len(target) != 2:
             raise ValueError(f"jsd_loss: a top-k target is a pair (log_probs, classes), got {len(target)} items")
         target, indices = target
+    if process_group is not None:
+        _require_classes(process_group, input, -1)
     return dispatch.call(_JSD, input, target, indices, labels, beta, temperature, ignore_index, reduction,
                          grad_in_forward, loss_dtype, process_group)
 
@@ -1307,6 +1320,8 @@ def log_probs(
     ``tokens`` global; collectives: an all_reduce MAX of R floats and a SUM of 2R, 3R with the entropy; none
     in the backward); DTensor logits sharded on the classes take this path by themselves.
     """
+    if process_group is not None:
+        _require_classes(process_group, input, -1)
     out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype, process_group)
     return (out[0], out[1]) if with_entropy else out
 
@@ -1386,6 +1401,8 @@ def linear_jsd_loss(
     instead of once (fusedloss/ops/linear_distribution.py). DTensor weights sharded on their rows take
     this path by themselves.
     """
+    if process_group is not None:
+        _require_classes(process_group, weight, 0)
     return dispatch.call(_LINEAR_JSD, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta,
                          temperature, ignore_index, hard_weight, soft_weight, reduction, options,
                          drop_teacher_extra_classes, loss_dtype, process_group)
@@ -1479,6 +1496,8 @@ def linear_log_probs(
     the classes, tokens global; the input's gradient this rank's term); collectives as log_probs'. DTensor
     weights sharded on their rows take this path by themselves.
     """
+    if process_group is not None:
+        _require_classes(process_group, weight, 0)
     out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
                         options, dtype, process_group)
     return (out[0], out[1]) if with_entropy else out

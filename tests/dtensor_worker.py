@@ -76,6 +76,7 @@ for mesh in ("1d", "2d"):
 dist_dtensor_case("jsd_plain_teacher_1d", "jsd", "1d", worlds=(2,), plain_teacher=True)
 dist_dtensor_case("jsd_reverse_kl_none_2d", "jsd_reverse_kl_none", "2d")
 dist_dtensor_case("jsd_batchmean_3d_2d", "jsd_batchmean_no_labels_3d", "2d")
+dist_dtensor_case("jsd_dp_rank_all_ignored_2d", "jsd_first_rows_ignored", "2d")  # batchmean over 5 counted rows
 dist_dtensor_case("linear_jsd_none_teacher_grad_2d", "linear_jsd_none_teacher_grad", "2d", dtensor_input=True)
 
 
@@ -247,14 +248,26 @@ def run_cases(meshes, world_size, log):
 
 
 def run_errors(mesh):
-    """Placements fusedloss cannot serve: a clear error, never a crash."""
+    """Placements fusedloss cannot serve: a clear error, never a crash; on every rank at once where a rank's
+    block of the classes is empty (none left waiting in a collective)."""
+    import fusedloss
     import fusedloss.functional as FL
+    from fusedloss.ops import _vocab_parallel
     from torch.distributed.tensor import DTensor, Partial, Shard, distribute_tensor
 
     x = torch.randn(N, C, dtype=torch.float64)
     y = torch.randint(0, C, (N,))
     errors = {}
     partial = DTensor.from_local(x, mesh, [Partial()], run_check=False)
+    world = mesh.size()
+    few = torch.randn(N, world - 1, dtype=torch.float64)  # blocks of 1 class (torch.chunk's, tensor_split's)
+    zeros = torch.zeros(N, dtype=torch.long)
+    block = torch.tensor_split(few, world, 1)[dist.get_rank()]  # the last rank's: empty
+
+    def plain_block(backend, fn):
+        _vocab_parallel.reset_layouts()  # the blocks are new on every rank: each joins the gather of sizes
+        with fusedloss.backend(backend):
+            return fn(block, zeros, process_group=dist.group.WORLD)
     for name, call in (("partial logits", lambda: FL.cross_entropy(partial, y)),
                        ("logits and process_group", lambda: FL.cross_entropy(
                            distribute_tensor(x, mesh, [Shard(1)]), y, process_group=dist.group.WORLD)),
@@ -269,7 +282,18 @@ def run_errors(mesh):
                            distribute_tensor(x, mesh, [Shard(1)]), y, process_group=dist.group.WORLD)),
                        ("linear_log_probs weight sharded on features", lambda: FL.linear_log_probs(
                            torch.randn(N, H, dtype=torch.float64), distribute_tensor(
-                               torch.randn(C, H, dtype=torch.float64), mesh, [Shard(1)]), y))):
+                               torch.randn(C, H, dtype=torch.float64), mesh, [Shard(1)]), y)),
+                       ("empty shard cross_entropy", lambda: FL.cross_entropy(
+                           distribute_tensor(few, mesh, [Shard(1)]), zeros)),
+                       ("empty shard jsd_loss", lambda: FL.jsd_loss(
+                           distribute_tensor(few, mesh, [Shard(1)]), distribute_tensor(few, mesh, [Shard(1)]))),
+                       ("empty shard linear_cross_entropy", lambda: FL.linear_cross_entropy(
+                           torch.randn(N, H, dtype=torch.float64), distribute_tensor(
+                               torch.randn(world - 1, H, dtype=torch.float64), mesh, [Shard(0)]), zeros)),
+                       ("empty block process_group cross_entropy torch", lambda: plain_block("torch", FL.cross_entropy)),
+                       ("empty block process_group cross_entropy triton",
+                        lambda: plain_block("triton", FL.cross_entropy)),
+                       ("empty block process_group log_probs triton", lambda: plain_block("triton", FL.log_probs))):
         try:
             call()
             errors[name] = None
@@ -322,10 +346,14 @@ def run_loss_parallel(meshes):
     return out
 
 
+COMPILED_2D = ("cross_entropy", "linear_cross_entropy", "jsd_loss")  # on the 2 x 2 mesh too
+
+
 def run_compiled(mesh, backend):
     """cross_entropy, linear_cross_entropy, jsd_loss, log_probs, linear_log_probs of DTensors under
-    torch.compile(fullgraph=True, aot_eager):
-    the values and gradients of the eager calls."""
+    torch.compile(fullgraph=True, aot_eager): the values and gradients of the eager calls. On a 2 x 2
+    mesh (COMPILED_2D) the rows Shard(0) on dp with plain (global) targets: a 'mean' over the rows of
+    every dp rank, the targets sliced in the graph."""
     import fusedloss
     import fusedloss.functional as FL
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
@@ -333,23 +361,28 @@ def run_compiled(mesh, backend):
     torch.manual_seed(0)
     x = torch.randn(N, C, dtype=torch.float64)
     y = torch.randint(0, C, (N,))
+    y[:2] = -100
     hidden = torch.randn(N, H, dtype=torch.float64)
     w = torch.randn(C, H, dtype=torch.float64)
+    rows = [Shard(0)] * (mesh.ndim - 1)
+    logits, replicate, head = rows + [Shard(1)], rows + [Replicate()], [Replicate()] * len(rows) + [Shard(0)]
     out = {}
     for name, fn, make in (
             ("cross_entropy", lambda a, t: FL.cross_entropy(a, t, label_smoothing=0.1),
-             lambda: [distribute_tensor(x, mesh, [Shard(1)]).requires_grad_()]),
+             lambda: [distribute_tensor(x, mesh, logits).requires_grad_()]),
             ("linear_cross_entropy", lambda h, weight, t: FL.linear_cross_entropy(h, weight, t),
-             lambda: [distribute_tensor(hidden, mesh, [Replicate()]).requires_grad_(),
-                      distribute_tensor(w, mesh, [Shard(0)]).requires_grad_()]),
+             lambda: [distribute_tensor(hidden, mesh, replicate).requires_grad_(),
+                      distribute_tensor(w, mesh, head).requires_grad_()]),
             ("jsd_loss", lambda a, b, t: FL.jsd_loss(a, b, t, beta=0.3),
-             lambda: [distribute_tensor(x, mesh, [Shard(1)]).requires_grad_(),
-                      distribute_tensor(x.flip(0), mesh, [Shard(1)]).requires_grad_()]),
+             lambda: [distribute_tensor(x, mesh, logits).requires_grad_(),
+                      distribute_tensor(x.flip(0), mesh, logits).requires_grad_()]),
             ("log_probs", lambda a, t: sum(o.sum() for o in FL.log_probs(a, t, with_entropy=True)),
-             lambda: [distribute_tensor(x, mesh, [Shard(1)]).requires_grad_()]),
+             lambda: [distribute_tensor(x, mesh, logits).requires_grad_()]),
             ("linear_log_probs", lambda h, weight, t: FL.linear_log_probs(h, weight, t).sum(),
-             lambda: [distribute_tensor(hidden, mesh, [Replicate()]).requires_grad_(),
-                      distribute_tensor(w, mesh, [Shard(0)]).requires_grad_()])):
+             lambda: [distribute_tensor(hidden, mesh, replicate).requires_grad_(),
+                      distribute_tensor(w, mesh, head).requires_grad_()])):
+        if rows and name not in COMPILED_2D:
+            continue
         values = []
         for compiled in (False, True):
             torch._dynamo.reset()
@@ -478,7 +511,8 @@ def run(rank, world_size, init_file, out_dir):
     log.restore()
     results["errors"] = run_errors(meshes["1d"])
     results["loss_parallel"] = run_loss_parallel(meshes)
-    results["compiled"] = {backend: run_compiled(meshes["1d"], backend) for backend in ("triton", "torch")}
+    results["compiled"] = {(mesh, backend): run_compiled(meshes[mesh], backend)
+                           for mesh in meshes for backend in ("triton", "torch")}
     kinds = ("ddp", "fsdp") if world_size == 2 else ("tp_fsdp",)
     results["training"] = {kind: train(kind, rank, world_size) for kind in kinds}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -116,15 +116,26 @@ def test_placements_fusedloss_cannot_serve_raise_clearly(world):
                         ("jsd plain student", "plain"), ("log_probs logits and process_group", "not both"),
                         ("linear_log_probs weight sharded on features", "rows")):
         assert errors[name][0] == "ValueError" and words in errors[name][1], (name, errors[name])
+    for rank in world[1]:  # an empty block of the classes: the same error on every rank, none waits
+        empty = {name: error for name, error in rank["errors"].items() if name.startswith("empty ")}
+        assert len(empty) == 6
+        for name, error in empty.items():
+            assert error[0] == "ValueError" and "at least one class" in error[1], (name, error)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("mesh", ["1d", "2d"])
 @pytest.mark.parametrize("fn", ["cross_entropy", "linear_cross_entropy", "jsd_loss", "log_probs",
                                 "linear_log_probs"])
-def test_compile_aot_eager(world, fn, backend):
-    """The same DTensor program compiled with fullgraph (aot_eager on the CPU) gives the eager values."""
+def test_compile_aot_eager(world, fn, mesh, backend):
+    """The same DTensor program compiled with fullgraph (aot_eager on the CPU) gives the eager values: on a
+    1-D mesh, and on the 2 x 2 mesh with the rows on dp and a plain target (worker.COMPILED_2D)."""
+    if mesh == "2d" and (world[0] != 4 or fn not in worker.COMPILED_2D):
+        assert all((mesh, backend) not in rank["compiled"] or fn not in rank["compiled"][(mesh, backend)]
+                   for rank in world[1])
+        return
     for rank in world[1]:
-        eager, compiled = rank["compiled"][backend][fn]
+        eager, compiled = rank["compiled"][(mesh, backend)][fn]
         assert not isinstance(compiled[0], str), compiled
         torch.testing.assert_close(compiled[0], eager[0], rtol=1e-12, atol=1e-12)
         for a, b in zip(compiled[1], eager[1]):

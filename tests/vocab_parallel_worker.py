@@ -51,6 +51,7 @@ dist_case("jsd_mean_no_labels_3d", "jsd_loss", 3, 13, lead=(4,), beta=0.7, reduc
           teacher_grad=True)
 dist_case("jsd_batchmean_no_labels_3d", "jsd_loss", 3, 13, lead=(4,), beta=0.5, labels=False)
 dist_case("jsd_top_k", "jsd_loss", 11, 13, beta=0.0, temperature=1.5, top_k=4)
+dist_case("jsd_first_rows_ignored", "jsd_loss", 11, 13, beta=0.5, ignore_first=6)  # a 2 x 2 mesh's dp rank 0: none
 dist_case("log_probs", "log_probs", 11, 13, temperature=0.8, upstream="tensor")
 dist_case("log_probs_entropy", "log_probs", 11, 13, with_entropy=True, upstream="tensor")
 dist_case("linear_jsd_hard", "linear_jsd_loss", 9, 13, h=5, h_teacher=4, bias=True, beta=0.3, hard_weight=0.5,
@@ -74,6 +75,7 @@ def dist_inputs(spec, seed):
     bias, teacher_grad = kwargs.pop("bias", False), kwargs.pop("teacher_grad", False)
     labels = torch.randint(0, c, lead, generator=g)
     labels[torch.rand(lead, generator=g) < 0.25] = -100
+    labels[:kwargs.pop("ignore_first", 0)] = -100
     if not kwargs.pop("labels", True):
         labels = None
     top_k = kwargs.pop("top_k", 0)

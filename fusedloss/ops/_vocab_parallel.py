@@ -67,9 +67,21 @@ def shard_layout(name, n_local, device):
         sizes = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(sizes, mine, group=group)
         sizes = [int(s) for s in torch.cat(sizes).tolist()]
+        if 0 in sizes:  # every rank has the sizes: all raise, none is left waiting in a collective
+            raise ValueError(f"fusedloss: vocabulary parallel needs at least one class on every rank of the group; "
+                             f"the blocks hold {sizes} classes")
         rank = dist.get_rank(group)
         layout = _layouts[key] = (sum(sizes[:rank]), sum(sizes))
     return layout
+
+
+def require_classes(process_group, n_local, device):
+    """Called first by a call with ``process_group``: a rank whose block holds no classes joins the other
+    ranks' first-call gather of the block sizes (``shard_layout``, the first collective of their call),
+    where every rank sees the empty block and raises the same error (validation that raised on that rank
+    alone would leave the others waiting)."""
+    if process_group is not None and n_local == 0:
+        shard_layout(group_name(process_group), 0, device)
 
 
 def check_class_weight(weight, n_total):

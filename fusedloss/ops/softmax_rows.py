@@ -216,9 +216,14 @@ def mean_denominator(target, weight, options, n_rows, n_classes, acc):
     summed weights of the counted targets (their count without weights; NaN if a counted target is not
     one of the ``n_classes`` classes, as the fused reduction gives), or ``n_rows`` for probability
     targets."""
-    if options.prob_target:
+    return count_denominator(target, weight, options.prob_target, options.ignore_index, n_rows, n_classes, acc)
+
+
+def count_denominator(target, weight, prob_target, ignore_index, n_rows, n_classes, acc):
+    """mean_denominator of the options' two fields it reads."""
+    if prob_target:
         return target.new_full((), n_rows, dtype=acc)
-    counted = target != options.ignore_index
+    counted = target != ignore_index
     in_range = (target >= 0) & (target < n_classes)
     safe = torch.where(counted & in_range, target, 0).long()
     row_weight = weight[safe].to(acc) if weight is not None else torch.ones(target.shape, dtype=acc,
