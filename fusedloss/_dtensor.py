@@ -89,9 +89,9 @@ class _Layout:
                 self.rows[mesh_dim] = dim
 
     def group(self):
-        """The class dimension's process group (None: the classes are not sharded), its shard layout
-        recorded from the global shape (DTensor's torch.chunk blocks): no collective to find it, none to
-        trace under torch.compile."""
+        """The class dimension's process group, as the name the ops take (None: the classes are not
+        sharded), its shard layout declared from the global shape (DTensor's torch.chunk blocks): no
+        collective to find it, none to trace under torch.compile."""
         if self.vocab is None:
             return None
         from .ops import _vocab_parallel
@@ -105,9 +105,7 @@ class _Layout:
                              f"{self.vocab} leave rank(s) {empty} with none (DTensor's Shard makes blocks of "
                              f"{-(-self.n_classes // ranks)}, as torch.chunk); the vocabulary-parallel path needs at "
                              "least one class on every rank: use fewer ranks for the classes or more classes")
-        _vocab_parallel.set_layout(_vocab_parallel.group_name(group), bounds[rank + 1] - bounds[rank], bounds[rank],
-                                   self.n_classes)
-        return group
+        return _vocab_parallel.declare_layout(group, bounds[rank + 1] - bounds[rank], bounds[rank], self.n_classes)
 
     def row_groups(self):
         return [self.mesh.get_group(d) for d in self.rows]
@@ -172,13 +170,30 @@ def _wrap(loss, layout, reduction, global_shape, row_dim_map):
 
 
 def _global_mean(local_sum, local_denominator, layout):
-    """The rows' share of the global mean: the local sum over the denominator summed over the row groups."""
+    """The rows' share of the global mean: the local sum over the denominator summed over the row groups.
+    A denominator of 0 (every target ignored, on every rank) gives NaN, as torch's 'mean', and zero
+    gradients, as torch's (a gradient scaled by 1/0 would be NaN)."""
     from .ops import _vocab_parallel
 
     denominator = local_denominator.detach()
     for group in layout.row_groups():
         denominator = _vocab_parallel.all_reduce(denominator, "sum", group)
-    return local_sum / denominator
+    return _over(local_sum, None, denominator)
+
+
+def _over(value, numerator, denominator):
+    """value / denominator, or value * (numerator / denominator) (both detached): NaN with a zero gradient
+    when the denominator is 0 (a gradient scaled by 1/0 would be NaN); a numerator of 0 gives 0 and a zero
+    gradient whatever ``value`` is (a rank that counts nothing: its own mean is 0 / 0)."""
+    denominator = denominator.to(value.dtype)
+    empty = denominator == 0
+    safe = torch.where(empty, 1.0, denominator)
+    if numerator is None:
+        out = value / safe
+    else:
+        numerator = numerator.to(value.dtype)
+        out = torch.where(numerator != 0, value, 0.0) * (numerator / safe)
+    return torch.where(empty, float("nan"), out)
 
 
 def _mean_denominator(target, weight, prob_target, ignore_index, n_classes):
@@ -270,7 +285,7 @@ def nll_loss(input, target, weight, size_average, ignore_index, reduce, reductio
     class_weight = _global(weight)
     local = _eager.sharded_nll_loss(input.to_local(), local_target, class_weight, ignore_index,
                                     "sum" if layout.rows and reduction == "mean" else reduction,
-                                    _vocab_parallel.group_name(layout.group()) if layout.vocab is not None else "",
+                                    layout.group() if layout.vocab is not None else "",
                                     class_dim)
     if layout.rows and reduction == "mean":
         local = _global_mean(local, _mean_denominator(local_target, class_weight, False, ignore_index,
@@ -331,24 +346,22 @@ def _share_of_mean(local_mean, local_denominator, layout, at_least_one):
     nothing to count, NaN on every rank when no rank has any and the sum is not clamped (0 / 0)."""
     from .ops import _vocab_parallel
 
-    local_denominator = local_denominator.to(local_mean.dtype).detach()
+    local_denominator = local_denominator.detach()
     total = local_denominator
     for group in layout.row_groups():
         total = _vocab_parallel.all_reduce(total, "sum", group)
     if at_least_one:
         total = total.clamp_min(1)
-    share = local_mean * (local_denominator / total)
-    return torch.where(local_denominator > 0, share, torch.zeros_like(local_mean) / total)
+    return _over(local_mean, local_denominator, total)
 
 
-def _jsd_denominator(reduction, labels, ignore_index, rows_first_dim, device):
-    """What jsd_loss's reduction divides by (or scales each row's divergence by, for 'mean') on a rank's
-    rows: counted rows ('mean', and 'batchmean' with labels: the sum over the ranks is then clamped to 1),
-    the first dimension ('batchmean' without labels, TRL's and kl_div's)."""
-    if reduction == "batchmean" and labels is None:
-        return torch.full((), float(max(rows_first_dim, 1)), device=device)
+def _jsd_denominator(labels, ignore_index, n_rows, device):
+    """The rows a rank's 'mean' (or 'batchmean' with labels: the sum over the ranks is then clamped to 1)
+    counts: its rows whose label is not ignored, or all its ``n_rows`` rows (every leading dimension's,
+    whichever of them the mesh shards) without labels. ('batchmean' without labels divides by the global
+    first dimension, TRL's and kl_div's: no count, no collective.)"""
     if labels is None:
-        return torch.full((), float(rows_first_dim), device=device)
+        return torch.full((), float(n_rows), device=device)
     return (labels != ignore_index).sum().float()
 
 
@@ -397,13 +410,13 @@ def jsd_loss(fn, input, target, indices, labels, beta, temperature, ignore_index
         local = local_loss("sum") / max(input.shape[0], 1)
     else:
         local = _reduced(local_loss, reduction, layout, lambda: _jsd_denominator(
-            reduction, local_labels, ignore_index, logits.shape[0], logits.device))
+            local_labels, ignore_index, logits.numel() // max(logits.shape[-1], 1), logits.device))
     return _wrap(local, layout, "none" if reduction == "none" else "sum", tuple(input.shape[:-1]), same)
 
 
 def log_probs(fn, input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
     """log_probs of DTensor logits sharded on the classes: the rows' log-probabilities (and entropies,
-    stacked first: fusedloss.functional.log_probs splits them), placed as the rows."""
+    two DTensors), placed as the rows."""
     _no_group(process_group, "logits")
     if not is_dtensor(input):
         raise ValueError("fusedloss: log_probs takes DTensor logits with DTensor tokens; got plain logits")
@@ -413,8 +426,8 @@ def log_probs(fn, input, tokens, temperature, ignore_index, with_entropy, dtype,
     out = fn(input.to_local(), local_tokens, temperature=temperature, ignore_index=ignore_index,
              with_entropy=with_entropy, dtype=dtype, process_group=layout.group())
     lead = tuple(input.shape[:-1])
-    if with_entropy:
-        return _wrap(torch.stack(out), layout, "none", (2, *lead), lambda d: d + 1)
+    if with_entropy:  # each its own copy (rows-sized): the local outputs are views of one tensor, and
+        return tuple(_wrap(o.clone(), layout, "none", lead, same) for o in out)  # compile refuses aliased DTensors
     return _wrap(out, layout, "none", lead, same)
 
 
@@ -449,7 +462,7 @@ def _head_tensors(input, weight, bias, layout, head, what):
 
     local_input = input.to_local() if is_dtensor(input) else input
     if head.vocab is not None:
-        local_input = _vocab_parallel.copy_to_group(local_input, _vocab_parallel.group_name(head.group()))
+        local_input = _vocab_parallel.copy_to_group(local_input, head.group())
     parts = []
     for tensor, name in ((weight, "weight"), (bias, "bias")):
         if tensor is None or is_dtensor(tensor):
@@ -480,7 +493,6 @@ def linear_jsd_loss(fn, input, weight, teacher_input, teacher_weight, labels, bi
     xt, wt, bt = _head_tensors(teacher_input, teacher_weight, teacher_bias, layout, head, "teacher_")
     same = lambda d: d  # noqa: E731
     local_labels = _local_rows(labels, layout, same, "the labels") if labels is not None else None
-    rows_first = x.shape[0] if x.dim() > 1 else weight.shape[0]
 
     def local_loss(local_reduction):
         return fn(x, w, xt, wt, local_labels, bias=b, teacher_bias=bt, beta=beta, temperature=temperature,
@@ -493,14 +505,14 @@ def linear_jsd_loss(fn, input, weight, teacher_input, teacher_weight, labels, bi
         local = local_loss("sum") / max(global_first, 1)
     else:
         local = _reduced(local_loss, reduction, layout,
-                         lambda: _jsd_denominator(reduction, local_labels, ignore_index, rows_first, x.device))
+                         lambda: _jsd_denominator(local_labels, ignore_index, x.numel() // max(x.shape[-1], 1), x.device))
     return _wrap(local, layout, "none" if reduction == "none" else "sum", tuple(input.shape[:-1]), same)
 
 
 def linear_log_probs(fn, input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
                      process_group):
     """linear_log_probs with the LM head a DTensor sharded on its rows: vocabulary parallel, as
-    linear_jsd_loss; the outputs placed as the rows (stacked; fusedloss.functional splits them)."""
+    linear_jsd_loss; the outputs placed as the rows (with the entropy: two DTensors)."""
     _no_group(process_group, "weights")
     layout, head = _head_layouts(input, weight, "linear_log_probs")
     x, w, b = _head_tensors(input, weight, bias, layout, head, "")
@@ -509,6 +521,6 @@ def linear_log_probs(fn, input, weight, tokens, bias, temperature, ignore_index,
     out = fn(x, w, local_tokens, bias=b, temperature=temperature, ignore_index=ignore_index, with_entropy=with_entropy,
              options=options, dtype=dtype, process_group=head.group())
     lead = tuple(input.shape[:-1])
-    if with_entropy:
-        return _wrap(torch.stack(out), layout, "none", (2, *lead), lambda d: d + 1)
+    if with_entropy:  # copies, as log_probs'
+        return tuple(_wrap(o.clone(), layout, "none", lead, same) for o in out)
     return _wrap(out, layout, "none", lead, same)

@@ -55,6 +55,8 @@ case("ce_loss_parallel_1d", "cross_entropy", "1d", worlds=(2,), logits=["Shard(1
      kwargs=dict(weight=True))
 case("lce_none_1d", "linear_cross_entropy", "1d", worlds=(2,), weight_placements=["Shard(0)"],
      kwargs=dict(reduction="none"))
+case("lce_all_ignored_2d", "linear_cross_entropy", "2d", input=["Shard(0)", "Replicate()"],
+     weight_placements=["Replicate()", "Shard(0)"], ignore_rows=(0, N), kwargs={})  # NaN loss, zero gradients
 
 
 # the distribution losses, on the problems of tests/vocab_parallel_worker.py's DIST_CASES (``base``): logits
@@ -70,13 +72,14 @@ for mesh in ("1d", "2d"):
     dist_dtensor_case(f"jsd_{mesh}", "jsd", mesh)
     dist_dtensor_case(f"jsd_top_k_{mesh}", "jsd_top_k", mesh, worlds=(2,))
     dist_dtensor_case(f"jsd_mean_3d_{mesh}", "jsd_mean_no_labels_3d", mesh, worlds=(2,))
-    dist_dtensor_case(f"log_probs_entropy_{mesh}", "log_probs_entropy", mesh)
-    dist_dtensor_case(f"linear_jsd_{mesh}", "linear_jsd_hard", mesh, dtensor_input=mesh == "2d")
+    dist_dtensor_case(f"log_probs_entropy_{mesh}", "log_probs_entropy", mesh, worlds=(2,))
+    dist_dtensor_case(f"linear_jsd_{mesh}", "linear_jsd_hard", mesh, worlds=(2,), dtensor_input=mesh == "2d")
     dist_dtensor_case(f"linear_log_probs_{mesh}", "linear_log_probs", mesh, worlds=(2,), dtensor_input=mesh == "2d")
 dist_dtensor_case("jsd_plain_teacher_1d", "jsd", "1d", worlds=(2,), plain_teacher=True)
 dist_dtensor_case("jsd_reverse_kl_none_2d", "jsd_reverse_kl_none", "2d")
 dist_dtensor_case("jsd_batchmean_3d_2d", "jsd_batchmean_no_labels_3d", "2d")
 dist_dtensor_case("jsd_dp_rank_all_ignored_2d", "jsd_first_rows_ignored", "2d")  # batchmean over 5 counted rows
+dist_dtensor_case("jsd_mean_3d_rows_on_dim1_2d", "jsd_mean_no_labels_3d", "2d", row_dim=1)  # (3, 5, 13): 3 + 2
 dist_dtensor_case("linear_jsd_none_teacher_grad_2d", "linear_jsd_none_teacher_grad", "2d", dtensor_input=True)
 
 
@@ -87,7 +90,7 @@ def dist_dtensor_call(spec, mesh):
 
     base = DIST_CASES[spec["base"]]
     full, dims, grad_of, plain, upstream, kwargs = dist_inputs(base, list(DIST_CASES).index(spec["base"]))
-    rows = [Shard(0)] if spec["mesh"] == "2d" else []
+    rows = [Shard(spec.get("row_dim", 0))] if spec["mesh"] == "2d" else []
     sharded = []
     for i, (tensor, dim, wants) in enumerate(zip(full, dims, grad_of)):
         if dim == 0:  # an LM head's weight or bias: its rows over tp, Replicate over dp
@@ -247,6 +250,25 @@ def run_cases(meshes, world_size, log):
     return results
 
 
+def run_dtensor_then_process_group(mesh):
+    """A DTensor call, then a plain process_group call over the same group and classes split another way
+    (4 ranks: torch.chunk's 4 + 4 + 4 + 1, tensor_split's 4 + 3 + 3 + 3), no reset_layouts between: (the
+    two losses, torch's). The DTensor call's layouts must not answer the plain call's lookup: a rank that
+    found one would skip the gather of block sizes the others wait in."""
+    import fusedloss
+    import fusedloss.functional as FL
+    import torch.nn.functional as F
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    x = torch.randn(N, C, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    y = torch.arange(N) % C
+    with fusedloss.backend("triton"):
+        sharded = FL.cross_entropy(distribute_tensor(x, mesh, [Shard(1)]), y).full_tensor()
+        block = torch.tensor_split(x, mesh.size(), 1)[mesh.get_local_rank()]
+        plain = FL.cross_entropy(block, y, process_group=mesh.get_group())
+    return sharded, plain, F.cross_entropy(x, y)
+
+
 def run_errors(mesh):
     """Placements fusedloss cannot serve: a clear error, never a crash; on every rank at once where a rank's
     block of the classes is empty (none left waiting in a collective)."""
@@ -376,9 +398,9 @@ def run_compiled(mesh, backend):
             ("jsd_loss", lambda a, b, t: FL.jsd_loss(a, b, t, beta=0.3),
              lambda: [distribute_tensor(x, mesh, logits).requires_grad_(),
                       distribute_tensor(x.flip(0), mesh, logits).requires_grad_()]),
-            ("log_probs", lambda a, t: sum(o.sum() for o in FL.log_probs(a, t, with_entropy=True)),
+            ("log_probs", lambda a, t: FL.log_probs(a, t, with_entropy=True),  # two outputs, as they come
              lambda: [distribute_tensor(x, mesh, logits).requires_grad_()]),
-            ("linear_log_probs", lambda h, weight, t: FL.linear_log_probs(h, weight, t).sum(),
+            ("linear_log_probs", lambda h, weight, t: FL.linear_log_probs(h, weight, t, with_entropy=True),
              lambda: [distribute_tensor(hidden, mesh, replicate).requires_grad_(),
                       distribute_tensor(w, mesh, head).requires_grad_()])):
         if rows and name not in COMPILED_2D:
@@ -395,9 +417,44 @@ def run_compiled(mesh, backend):
             leaves = make()
             try:
                 with fusedloss.backend(backend):
-                    loss = call(*leaves, y)
-                grads = torch.autograd.grad(loss.full_tensor(), leaves)
-                values.append((loss.full_tensor().detach(), [g.full_tensor() for g in grads]))
+                    outputs = call(*leaves, y)
+                full = [o.full_tensor() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
+                grads = torch.autograd.grad(sum(f.sum() for f in full), leaves)
+                values.append((torch.cat([f.reshape(-1) for f in full]).detach(), [g.full_tensor() for g in grads]))
+            except Exception as error:  # noqa: BLE001  (recorded for the test's message)
+                values.append((type(error).__name__, str(error)[:2000]))
+        out[name] = values
+    return out
+
+
+def run_compiled_process_group(mesh, backend):
+    """cross_entropy and log_probs with plain tensors and ``process_group=`` under torch.compile(fullgraph=True,
+    aot_eager), cold (no layout cached, the group unregistered): {name: (eager, compiled)} values and
+    gradients, or the exception."""
+    import fusedloss
+    import fusedloss.functional as FL
+    from fusedloss.ops import _vocab_parallel
+
+    group = mesh.get_group()
+    x = torch.randn(N, C, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(N) % C
+    y[1] = -100
+    block = torch.tensor_split(x, mesh.size(), 1)[mesh.get_local_rank()]
+    out = {}
+    for name, fn in (("cross_entropy", lambda a: FL.cross_entropy(a, y, label_smoothing=0.1, process_group=group)),
+                     ("log_probs", lambda a: FL.log_probs(a, y, with_entropy=True, process_group=group))):
+        values = []
+        for compiled in (False, True):
+            torch._dynamo.reset()
+            _vocab_parallel._groups.clear()
+            _vocab_parallel.reset_layouts()
+            leaf = block.clone().requires_grad_()
+            try:
+                with fusedloss.backend(backend):
+                    outputs = (torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn)(leaf)
+                outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                grad, = torch.autograd.grad(sum(o.sum() for o in outputs), [leaf])
+                values.append((torch.cat([o.reshape(-1) for o in outputs]).detach(), grad))
             except Exception as error:  # noqa: BLE001  (recorded for the test's message)
                 values.append((type(error).__name__, str(error)[:2000]))
         out[name] = values
@@ -509,10 +566,15 @@ def run(rank, world_size, init_file, out_dir):
     log = CollectiveLog()
     results = {"cases": run_cases(meshes, world_size, log), "dist_cases": run_dist_cases(meshes, world_size, log)}
     log.restore()
+    results["mixed"] = run_dtensor_then_process_group(meshes["1d"])
     results["errors"] = run_errors(meshes["1d"])
     results["loss_parallel"] = run_loss_parallel(meshes)
-    results["compiled"] = {(mesh, backend): run_compiled(meshes[mesh], backend)
-                           for mesh in meshes for backend in ("triton", "torch")}
+    compiled_mesh = "1d" if world_size == 2 else "2d"  # one mesh per world: compiling is the slow part here
+    results["compiled"] = {(compiled_mesh, backend): run_compiled(meshes[compiled_mesh], backend)
+                           for backend in ("triton", "torch")}
+    if world_size == 2:
+        results["compiled_process_group"] = {backend: run_compiled_process_group(meshes["1d"], backend)
+                                             for backend in ("triton", "torch")}
     kinds = ("ddp", "fsdp") if world_size == 2 else ("tp_fsdp",)
     results["training"] = {kind: train(kind, rank, world_size) for kind in kinds}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -47,7 +47,7 @@ def dist_case(name, fn, n, c, lead=(), upstream="scalar", **kwargs):
 dist_case("jsd", "jsd_loss", 11, 13, beta=0.4, temperature=1.3)
 dist_case("jsd_forward_kl_teacher_grad_sum", "jsd_loss", 11, 13, beta=0.0, reduction="sum", teacher_grad=True)
 dist_case("jsd_reverse_kl_none", "jsd_loss", 11, 13, beta=1.0, reduction="none", upstream="tensor")
-dist_case("jsd_mean_no_labels_3d", "jsd_loss", 3, 13, lead=(4,), beta=0.7, reduction="mean", labels=False,
+dist_case("jsd_mean_no_labels_3d", "jsd_loss", 3, 13, lead=(5,), beta=0.7, reduction="mean", labels=False,
           teacher_grad=True)
 dist_case("jsd_batchmean_no_labels_3d", "jsd_loss", 3, 13, lead=(4,), beta=0.5, labels=False)
 dist_case("jsd_top_k", "jsd_loss", 11, 13, beta=0.0, temperature=1.5, top_k=4)

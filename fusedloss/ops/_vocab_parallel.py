@@ -22,8 +22,14 @@ _groups = {}  # group name -> ProcessGroup
 _layouts = {}  # (group name, local class count) -> (offset, total classes)
 
 
+_DECLARED = "|dtensor"  # suffix of the names under which DTensor calls declare their layouts
+
+
 def group_name(group):
-    """The name the registered ops carry for ``group`` (a ProcessGroup: they take no objects)."""
+    """The name the registered ops carry for ``group`` (a ProcessGroup: they take no objects; a name
+    ``declare_layout`` gave is one already)."""
+    if isinstance(group, str):
+        return group
     name = group.group_name
     if _groups.get(name) is not group:
         _groups[name] = group  # one dict store (atomic): no lock, which torch.compile could not trace
@@ -38,22 +44,29 @@ def group_of(name):
     if group is None:
         from torch.distributed.distributed_c10d import _resolve_process_group
 
-        group = _groups[name] = _resolve_process_group(name)
+        group = _groups[name] = _resolve_process_group(name.removesuffix(_DECLARED))
     return group
 
 
 def reset_layouts():
-    """Forget every cached shard layout (call on every rank of a group whose shards changed size, or
-    before a plain ``process_group`` call over a group that DTensors of another vocabulary used: the
-    cache is keyed by the group and the local size, and ranks that found a stale entry would not join
-    the others' gather)."""
+    """Forget every cached shard layout (call on every rank of a group whose shards changed size between
+    plain ``process_group`` calls: the cache is keyed by the group and the local size, and ranks that
+    found a stale entry would not join the others' gather). DTensor calls need none: their layouts live
+    under names of their own (``declare_layout``)."""
     _layouts.clear()
 
 
-def set_layout(name, n_local, offset, n_total):
-    """Record the layout of a block whose place is known without communication (a DTensor's shard: its
-    global shape and placement give it), so that ``shard_layout`` gathers nothing for it."""
+def declare_layout(group, n_local, offset, n_total):
+    """The name under which a DTensor call reaches ``group``, with the layout of its block recorded there
+    (known without communication: the DTensor's global shape and placement give it), so that
+    ``shard_layout`` gathers nothing for it. The name is the group's own plus a suffix: a plain
+    ``process_group`` call over the same group (another split of the classes, tensor_split's) never finds
+    these layouts, or a rank that found one would skip the gather the others wait in."""
+    name = group.group_name + _DECLARED
+    if _groups.get(name) is not group:
+        _groups[name] = group
     _layouts[(name, n_local)] = (offset, n_total)
+    return name
 
 
 def shard_layout(name, n_local, device):
