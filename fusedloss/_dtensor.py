@@ -185,15 +185,15 @@ def _over(value, numerator, denominator):
     """value / denominator, or value * (numerator / denominator) (both detached): NaN with a zero gradient
     when the denominator is 0 (a gradient scaled by 1/0 would be NaN); a numerator of 0 gives 0 and a zero
     gradient whatever ``value`` is (a rank that counts nothing: its own mean is 0 / 0)."""
-    denominator = denominator.to(value.dtype)
+    acc = torch.promote_types(value.dtype, torch.float32)  # a 16-bit loss: the ratio not rounded to 16 bits
+    denominator = denominator.to(acc)
     empty = denominator == 0
     safe = torch.where(empty, 1.0, denominator)
     if numerator is None:
-        out = value / safe
+        out = value.to(acc) / safe
     else:
-        numerator = numerator.to(value.dtype)
-        out = torch.where(numerator != 0, value, 0.0) * (numerator / safe)
-    return torch.where(empty, float("nan"), out)
+        out = torch.where(numerator != 0, value.to(acc), 0.0) * (numerator.to(acc) / safe)
+    return torch.where(empty, float("nan"), out).to(value.dtype)
 
 
 def _mean_denominator(target, weight, prob_target, ignore_index, n_classes):
