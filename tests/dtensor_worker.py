@@ -282,9 +282,20 @@ def run_errors(mesh):
     errors = {}
     partial = DTensor.from_local(x, mesh, [Partial()], run_check=False)
     world = mesh.size()
+    hidden = torch.randn(N, H, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(C, H, dtype=torch.float64)
     few = torch.randn(N, world - 1, dtype=torch.float64)  # blocks of 1 class (torch.chunk's, tensor_split's)
     zeros = torch.zeros(N, dtype=torch.long)
     block = torch.tensor_split(few, world, 1)[dist.get_rank()]  # the last rank's: empty
+
+    def double_backward(backend, fn, sharded=True):
+        block_of_x = torch.tensor_split(x, world, 1)[dist.get_rank()]
+        leaf = (distribute_tensor(x, mesh, [Shard(1)]) if sharded else block_of_x.clone()).requires_grad_()
+        with fusedloss.backend(backend):
+            loss = fn(leaf, y) if sharded else fn(leaf, y, process_group=dist.group.WORLD)
+        total = loss.full_tensor() if sharded else loss
+        grad, = torch.autograd.grad(total.sum(), leaf, create_graph=True)  # a gradient penalty's first step
+        return grad
 
     def plain_block(backend, fn):
         _vocab_parallel.reset_layouts()  # the blocks are new on every rank: each joins the gather of sizes
@@ -315,7 +326,16 @@ def run_errors(mesh):
                        ("empty block process_group cross_entropy torch", lambda: plain_block("torch", FL.cross_entropy)),
                        ("empty block process_group cross_entropy triton",
                         lambda: plain_block("triton", FL.cross_entropy)),
-                       ("empty block process_group log_probs triton", lambda: plain_block("triton", FL.log_probs))):
+                       ("empty block process_group log_probs triton", lambda: plain_block("triton", FL.log_probs)),
+                       ("double backward cross_entropy triton", lambda: double_backward("triton", FL.cross_entropy)),
+                       ("double backward cross_entropy torch", lambda: double_backward("torch", FL.cross_entropy)),
+                       ("double backward log_probs process_group triton",
+                        lambda: double_backward("triton", FL.log_probs, sharded=False)),
+                       ("double backward jsd_loss torch",
+                        lambda: double_backward("torch", lambda a, t: FL.jsd_loss(a, a.detach() * 0.5, t))),
+                       ("double backward linear_cross_entropy torch", lambda: torch.autograd.grad(
+                           FL.linear_cross_entropy(hidden, distribute_tensor(head, mesh, [Shard(0)]), y).full_tensor(),
+                           hidden, create_graph=True))):
         try:
             call()
             errors[name] = None

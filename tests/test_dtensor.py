@@ -126,6 +126,12 @@ def test_placements_fusedloss_cannot_serve_raise_clearly(world):
                         ("jsd plain student", "plain"), ("log_probs logits and process_group", "not both"),
                         ("linear_log_probs weight sharded on features", "rows")):
         assert errors[name][0] == "ValueError" and words in errors[name][1], (name, errors[name])
+    for rank in world[1]:  # second order through the collectives: refused, never a wrong gradient
+        second = {name: error for name, error in rank["errors"].items() if name.startswith("double backward")}
+        assert len(second) == 5
+        for name, error in second.items():
+            assert error is not None and error[0] == "NotImplementedError" and "double backward" in error[1], (name,
+                                                                                                             error)
     for rank in world[1]:  # an empty block of the classes: the same error on every rank, none waits
         empty = {name: error for name, error in rank["errors"].items() if name.startswith("empty ")}
         assert len(empty) == 6

@@ -220,6 +220,10 @@ class _FunctorchLoss(torch.autograd.Function):
 def reference_vjp(family, options, inputs, needs_grad, grad_output):
     """Gradients of ``family.reference`` for the inputs in ``needs_grad``, as torch ops that autograd and
     functorch can differentiate again (the backward of a backward)."""
+    if getattr(options, "process_group", ""):
+        from . import _vocab_parallel
+
+        _vocab_parallel.refuse_second_order()
     positions = [i for i, need in enumerate(needs_grad) if need]
 
     def loss_of(*differentiable):

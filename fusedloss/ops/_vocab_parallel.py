@@ -128,6 +128,18 @@ def all_reduce(tensor, op, group):
     return funcol.wait_tensor(funcol.all_reduce(tensor, op, group))
 
 
+SECOND_ORDER = ("fusedloss: double backward (create_graph=True) and torch.func transforms through a "
+                "vocabulary-parallel loss (process_group=, or DTensor logits or LM heads sharded on the classes) "
+                "are not supported: the backward of its collectives treats what follows the loss as the same on "
+                "every rank, which a function of the gradient (a gradient penalty) is not, so the answer would be "
+                "wrong; compute such terms without vocabulary parallelism")
+
+
+def refuse_second_order():
+    """Called by a vocabulary-parallel backward that would build a differentiable graph."""
+    raise NotImplementedError(SECOND_ORDER)
+
+
 class _SumOverRanks(torch.autograd.Function):
     """all_reduce(SUM) whose gradient is this rank's own term's: every rank holds the global loss, and
     differentiates it with respect to its own inputs (Megatron's reduce-from-model-parallel region)."""
@@ -138,6 +150,8 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            refuse_second_order()
         return grad, None  # no gradient for the group's name
 
 
@@ -163,6 +177,8 @@ class _CopyToGroup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            refuse_second_order()
         return all_reduce(grad.contiguous(), "sum", group_of(ctx.name)), None
 
 
