@@ -6,6 +6,7 @@ the same messages. Only shapes, dtypes and devices are checked here: values (a t
 checked on the device (NaN) or, with ``FUSEDLOSS_DEBUG=1``, on the host by ``check_class_targets``.
 """
 import math
+import numbers
 import warnings
 
 import torch
@@ -167,6 +168,16 @@ def check_loss_dtype(loss_dtype, name="loss_dtype"):
     if loss_dtype is not None and loss_dtype not in _LOSS_DTYPES:
         raise TypeError(f"{name} must be None or a floating dtype ({', '.join(map(str, _LOSS_DTYPES))}), "
                         f"got {loss_dtype!r}")
+
+
+def check_logit_scale(logit_scale, name="logit_scale"):
+    """The linear functions' ``logit_scale``: a finite real number (a Python number or a 0-d tensor's value
+    is not read: a tensor would need a host sync). Returns it as a float."""
+    if isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
+        raise TypeError(f"{name} must be a real number (a Python float or int), got {type(logit_scale).__name__}")
+    if not math.isfinite(logit_scale):
+        raise ValueError(f"{name} must be finite, got {logit_scale}")
+    return float(logit_scale)
 
 
 def check_label_smoothing(label_smoothing):

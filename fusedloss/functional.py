@@ -232,6 +232,7 @@ def linear_cross_entropy(
     options=None,
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
+    logit_scale: float = 1.0,
     loss_dtype: Optional[torch.dtype] = None,
     process_group=None,
 ) -> Tensor:
@@ -250,7 +251,10 @@ def linear_cross_entropy(
     torch.func and torch.compile.
 
     Keyword-only extras, as ``cross_entropy``'s: ``z_loss``, ``softcap`` (applied to the logits, its
-    gradient included), ``loss_dtype`` (float32 with 16-bit operands: the loss of the 16-bit logits
+    gradient included), ``logit_scale`` (the logits are ``logit_scale * linear(input)``, scaled before the
+    softcap as Cohere's ``logit_scale``, Granite's ``1 / logits_scaling`` and Falcon-H1's
+    ``lm_head_multiplier`` scale theirs; on the Triton path it rides in the GEMMs, no pass over the
+    logits), ``loss_dtype`` (float32 with 16-bit operands: the loss of the 16-bit logits
     computed and returned in float32, as Hugging Face's causal-LM loss upcasts them), ``process_group``
     (vocabulary-parallel: ``linear_weight`` and ``linear_bias`` hold
     this rank's contiguous block of the classes; the gradient of ``input`` is this rank's term, to be
@@ -259,15 +263,17 @@ def linear_cross_entropy(
     if process_group is not None:
         _require_classes(process_group, linear_weight, 0)
     return dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
-                         ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group)
+                         ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group,
+                         logit_scale)
 
 
 def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale):
     if loss_dtype is not None:
         check.check_loss_dtype(loss_dtype)
+    logit_scale = check.check_logit_scale(logit_scale)
     torch_linear_cross_entropy = getattr(F, "linear_cross_entropy", None)  # torch >= 2.13
-    plain = not z_loss and softcap is None and process_group is None and (
+    plain = not z_loss and softcap is None and process_group is None and logit_scale == 1.0 and (
         loss_dtype is None or not isinstance(input, Tensor) or loss_dtype == input.dtype)
     if plain and torch_linear_cross_entropy is not None:
         return torch_linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=weight,
@@ -281,7 +287,7 @@ def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                        label_smoothing, z_loss, softcap,
                                        "" if process_group is None else _vocab_parallel.group_name(process_group),
-                                       loss_dtype)
+                                       loss_dtype, logit_scale)
 
 
 def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -309,9 +315,10 @@ def _autocast_linear(input, linear_weight, linear_bias):
 
 
 def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group):
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale):
     if loss_dtype is not None:
         check.check_loss_dtype(loss_dtype)
+    logit_scale = check.check_logit_scale(logit_scale)
     out_dtype = _out_dtype("cross_entropy", input) if loss_dtype is None else loss_dtype
     autocast = out_dtype != input.dtype or torch.is_autocast_enabled(input.device.type)
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
@@ -332,7 +339,7 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     lce_options = MatmulRowsOptions(
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, int(chunk_rows),
-        "" if process_group is None else _vocab_parallel.group_name(process_group))
+        "" if process_group is None else _vocab_parallel.group_name(process_group), logit_scale)
     return linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, lce_options)
 
 
@@ -1378,6 +1385,8 @@ def linear_jsd_loss(
     reduction: str = "batchmean",
     options=None,
     drop_teacher_extra_classes: bool = False,
+    logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
     loss_dtype: Optional[torch.dtype] = None,
     process_group=None,
 ) -> Tensor:
@@ -1399,20 +1408,24 @@ def linear_jsd_loss(
     blocks, and its term of each input's gradient (all-reduce it over the group). Collectives: an all_reduce
     MAX and a SUM of 2-3 floats per row, a SUM of 2 per row; the logits' GEMM three times per chunk
     instead of once (fusedloss/ops/linear_distribution.py). DTensor weights sharded on their rows take
-    this path by themselves.
+    this path by themselves. ``logit_scale`` / ``teacher_logit_scale``: each head's logits are that number
+    times its linear, before the temperature (a Cohere or Granite head's multiplier, as
+    ``linear_cross_entropy``'s); on the Triton path they ride in the GEMMs.
     """
     if process_group is not None:
         _require_classes(process_group, weight, 0)
     return dispatch.call(_LINEAR_JSD, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta,
                          temperature, ignore_index, hard_weight, soft_weight, reduction, options,
-                         drop_teacher_extra_classes, loss_dtype, process_group)
+                         drop_teacher_extra_classes, loss_dtype, process_group, logit_scale, teacher_logit_scale)
 
 
 def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                      ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                     loss_dtype, process_group):
+                     loss_dtype, process_group, logit_scale, teacher_logit_scale):
     """The validated call: (teacher_weight, teacher_bias (extra classes dropped), out dtype, chunk rows, the
     group's name)."""
+    check.check_logit_scale(logit_scale)
+    check.check_logit_scale(teacher_logit_scale, "teacher_logit_scale")
     if process_group is not None and drop_teacher_extra_classes:
         raise ValueError("linear_jsd_loss: drop_teacher_extra_classes is not served with process_group (each rank "
                          "holds a block of the classes): shard the teacher's weight as the student's")
@@ -1429,12 +1442,13 @@ def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias,
 
 def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype, process_group):
+                      loss_dtype, process_group, logit_scale, teacher_logit_scale):
     teacher_weight, teacher_bias, out_dtype, _, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
-        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group)
-    logits = _eager.linear_logits(input, weight, bias)
-    teacher_logits = _eager.linear_logits(teacher_input, teacher_weight, teacher_bias)
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group,
+        logit_scale, teacher_logit_scale)
+    logits = _eager.linear_logits(input, weight, bias, float(logit_scale))
+    teacher_logits = _eager.linear_logits(teacher_input, teacher_weight, teacher_bias, float(teacher_logit_scale))
     if out_dtype != logits.dtype:
         logits, teacher_logits = logits.to(out_dtype), teacher_logits.to(out_dtype)
     return _eager.distillation_loss(logits, teacher_logits, None, labels, float(beta), float(temperature),
@@ -1444,14 +1458,16 @@ def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias
 
 def _fused_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype, process_group):
+                      loss_dtype, process_group, logit_scale, teacher_logit_scale):
     teacher_weight, teacher_bias, out_dtype, chunk, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
-        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group)
+        hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group,
+        logit_scale, teacher_logit_scale)
     input, weight, bias = _autocast_linear(input, weight, bias)
     teacher_input, teacher_weight, teacher_bias = _autocast_linear(teacher_input, teacher_weight, teacher_bias)
     jsd_options = LinearJSDOptions(reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
-                                   float(hard_weight), float(soft_weight), int(chunk), group)
+                                   float(hard_weight), float(soft_weight), int(chunk), group, float(logit_scale),
+                                   float(teacher_logit_scale))
     return linear_jsd_loss_op(jsd_options, input, weight, bias, teacher_input, teacher_weight, teacher_bias, labels)
 
 
@@ -1484,6 +1500,7 @@ def linear_log_probs(
     ignore_index: int = -100,
     with_entropy: bool = False,
     options=None,
+    logit_scale: float = 1.0,
     dtype: Optional[torch.dtype] = None,
     process_group=None,
 ):
@@ -1494,17 +1511,20 @@ def linear_log_probs(
     sequence). ``options``: a ``LinearCrossEntropyOptions`` (``batch_chunk_size``); ``dtype``: as log_probs'.
     ``process_group``: vocabulary parallel, as linear_cross_entropy's (the weight and bias this rank's block of
     the classes, tokens global; the input's gradient this rank's term); collectives as log_probs'. DTensor
-    weights sharded on their rows take this path by themselves.
+    weights sharded on their rows take this path by themselves. ``logit_scale``: the logits are that number
+    times the linear, before the temperature (as ``linear_cross_entropy``'s).
     """
     if process_group is not None:
         _require_classes(process_group, weight, 0)
     out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
-                        options, dtype, process_group)
+                        options, dtype, process_group, logit_scale)
     return (out[0], out[1]) if with_entropy else out
 
 
-def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options, dtype, process_group):
+def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options, dtype, process_group,
+                           logit_scale):
     """The validated call: (chunk rows, out dtype, the group's name)."""
+    check.check_logit_scale(logit_scale)
     check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
     out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
@@ -1515,10 +1535,10 @@ def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_inde
 
 
 def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
-                            process_group):
+                            process_group, logit_scale):
     _, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
-                                                 dtype, process_group)
-    logits = _eager.linear_logits(input, weight, bias)
+                                                 dtype, process_group, logit_scale)
+    logits = _eager.linear_logits(input, weight, bias, float(logit_scale))
     if out_dtype != logits.dtype:
         logits = logits.to(out_dtype)
     return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy),
@@ -1526,12 +1546,12 @@ def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_ind
 
 
 def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
-                            process_group):
+                            process_group, logit_scale):
     chunk, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
-                                                     dtype, process_group)
+                                                     dtype, process_group, logit_scale)
     input, weight, bias = _autocast_linear(input, weight, bias)
     lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), bool(with_entropy),
-                                       int(chunk), group)
+                                       int(chunk), group, float(logit_scale))
     return linear_log_probs_op(lp_options, input, weight, bias, tokens)
 
 

@@ -96,14 +96,15 @@ class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
 class _LinearCrossEntropyMixin:
     """fusedloss's forward and extras for ``LinearCrossEntropyLoss``, on torch's class or on the stand-in."""
 
-    _extras = {"z_loss": 0.0, "softcap": None, "loss_dtype": None, "process_group": None}
+    _extras = {"z_loss": 0.0, "softcap": None, "logit_scale": 1.0, "loss_dtype": None, "process_group": None}
 
     def __prepare_scriptable__(self):
         raise _not_scriptable(self, "nor torch's own: its options and chunked path are Python")
 
-    def _set_extras(self, z_loss, softcap, loss_dtype, process_group):
+    def _set_extras(self, z_loss, softcap, logit_scale, loss_dtype, process_group):
         self.z_loss = z_loss
         self.softcap = softcap
+        self.logit_scale = check.check_logit_scale(logit_scale)
         check.check_loss_dtype(loss_dtype)
         self.loss_dtype = loss_dtype
         self.process_group = process_group
@@ -116,8 +117,8 @@ class _LinearCrossEntropyMixin:
         return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                       reduction=self.reduction, ignore_index=self.ignore_index,
                                       label_smoothing=self.label_smoothing, options=self.options,
-                                      z_loss=self.z_loss, softcap=self.softcap, loss_dtype=self.loss_dtype,
-                                      process_group=self.process_group)
+                                      z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
+                                      loss_dtype=self.loss_dtype, process_group=self.process_group)
 
     def _extras_repr(self):
         return _extras_repr(self)
@@ -131,8 +132,8 @@ class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
     def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (), bias: bool = False,
                  device=None, dtype=None, reduction: str = "mean", weight: Optional[Tensor] = None,
                  ignore_index: Optional[int] = None, label_smoothing: float = 0.0, options=None,
-                 z_loss: float = 0.0, softcap: Optional[float] = None, loss_dtype: Optional[torch.dtype] = None,
-                 process_group=None):
+                 z_loss: float = 0.0, softcap: Optional[float] = None, logit_scale: float = 1.0,
+                 loss_dtype: Optional[torch.dtype] = None, process_group=None):
         if weight is not None and weight.shape != (num_classes,):
             raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
         if label_smoothing < 0 or label_smoothing > 1.0:
@@ -145,7 +146,7 @@ class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
         self.linear = torch.nn.Linear(in_features, math.prod(out_features, start=num_classes), bias=bias,
                                       device=device, dtype=dtype)
         self.options = options
-        self._set_extras(z_loss, softcap, loss_dtype, process_group)
+        self._set_extras(z_loss, softcap, logit_scale, loss_dtype, process_group)
 
     def extra_repr(self) -> str:
         text = (f"in_features={self.linear.in_features}, num_classes={self.num_classes},"
@@ -189,11 +190,12 @@ if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
                      bias: bool = False, device=None, dtype=None, reduction: str = "mean",
                      weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
                      label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
-                     softcap: Optional[float] = None, loss_dtype: Optional[torch.dtype] = None, process_group=None):
+                     softcap: Optional[float] = None, logit_scale: float = 1.0,
+                     loss_dtype: Optional[torch.dtype] = None, process_group=None):
             super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
                              dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, options=options)
-            self._set_extras(z_loss, softcap, loss_dtype, process_group)
+            self._set_extras(z_loss, softcap, logit_scale, loss_dtype, process_group)
 
         def extra_repr(self) -> str:
             extras = self._extras_repr()
@@ -499,9 +501,12 @@ class LinearJSDLoss(torch.nn.Module):
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
                  hard_weight: float = 0.0, soft_weight: float = 1.0, reduction: str = "batchmean", options=None, *,
-                 drop_teacher_extra_classes: bool = False, loss_dtype: Optional[torch.dtype] = None):
+                 drop_teacher_extra_classes: bool = False, logit_scale: float = 1.0,
+                 teacher_logit_scale: float = 1.0, loss_dtype: Optional[torch.dtype] = None):
         super().__init__()
         _set_jsd_options(self, beta, temperature, ignore_index, reduction, loss_dtype)
+        self.logit_scale = check.check_logit_scale(logit_scale)
+        self.teacher_logit_scale = check.check_logit_scale(teacher_logit_scale, "teacher_logit_scale")
         check.linear_cross_entropy_chunk_rows(options, op="LinearJSDLoss")
         check.check_distillation_weights(hard_weight, soft_weight)
         self.hard_weight, self.soft_weight, self.options = hard_weight, soft_weight, options
@@ -515,11 +520,14 @@ class LinearJSDLoss(torch.nn.Module):
                                  ignore_index=self.ignore_index, hard_weight=self.hard_weight,
                                  soft_weight=self.soft_weight, reduction=self.reduction, options=self.options,
                                  drop_teacher_extra_classes=self.drop_teacher_extra_classes,
+                                 logit_scale=self.logit_scale, teacher_logit_scale=self.teacher_logit_scale,
                                  loss_dtype=self.loss_dtype)
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, temperature={self.temperature}, ignore_index={self.ignore_index}, "
-                f"hard_weight={self.hard_weight}, soft_weight={self.soft_weight}, reduction={self.reduction}")
+                f"hard_weight={self.hard_weight}, soft_weight={self.soft_weight}, reduction={self.reduction}"
+                + "".join(f", {name}={getattr(self, name)}" for name in ("logit_scale", "teacher_logit_scale")
+                          if getattr(self, name) != 1.0))
 
     def __prepare_scriptable__(self):
         raise _not_scriptable(self)

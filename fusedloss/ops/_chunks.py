@@ -4,17 +4,20 @@ Every loss of the family (linear_cross_entropy, linear_jsd_loss, linear_log_prob
 the logits of one or two LM heads (``Head``: hidden states X (N, H), weight W (C, H), bias b (C,)).
 ``sweep`` runs over chunks of R rows in a fixed order:
 
-    per chunk      logits_k = X_k[rows] W_k^T (+ b_k)       one GEMM per head, into a buffer per head
+    per chunk      logits_k = s_k (X_k[rows] W_k^T (+ b_k)) one GEMM per head, into a buffer per head
+                                                            (s_k: the head's logit scale, the GEMM's alpha)
                    visit(...)                               the loss's kernel on the chunk; where a
                                                             gradient is wanted it overwrites logits_k
                                                             with d loss / d logits_k
-                   dX_k[rows] = dlogits_k W_k               GEMM 2, for a head with gradients
-                   dW_k += dlogits_k^T X_k[rows]            GEMM 3, into a float32 accumulator for
-                   db_k += the column sums of dlogits_k     16-bit weights
+                   dX_k[rows] = s_k dlogits_k W_k           GEMM 2, for a head with gradients
+                   dW_k += s_k dlogits_k^T X_k[rows]        GEMM 3, into a float32 accumulator for
+                   db_k += s_k (column sums of dlogits_k)   16-bit weights
 
 so the largest temporaries are the chunk buffers (``CHUNK_BYTES`` of logits for all heads together, or
 ``chunk`` rows), every accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), and
-nothing syncs with the host. A head without gradients (a frozen teacher) costs one GEMM per chunk.
+nothing syncs with the host. A head without gradients (a frozen teacher) costs one GEMM per chunk. A
+logit scale (Cohere's ``logit_scale``, Granite's 1 / ``logits_scaling``...) rides in the GEMMs' alpha
+and beta, so it costs no pass over the logits; the row kernels see the scaled logits.
 """
 from typing import NamedTuple, Optional
 
@@ -29,6 +32,7 @@ class Head(NamedTuple):
     x: torch.Tensor  # (N, H) input rows
     w: torch.Tensor  # (C, H) weight
     b: Optional[torch.Tensor]  # (C,) bias
+    scale: float = 1.0  # the logits are scale * (x W^T + b)
 
 
 def chunk_rows(n, columns, element_size, requested):
@@ -58,43 +62,51 @@ def sweep(heads, n, chunk, visit, grads=None, kept=None):
         if kept is None:
             for head, out in zip(heads, logits):
                 xc = head.x[r0:r0 + rows]
-                if head.b is None:
+                if head.scale != 1.0:  # alpha scales the product, beta the bias (beta 0: out not read)
+                    torch.addmm(out if head.b is None else head.b, xc, head.w.t(), out=out,
+                                beta=0.0 if head.b is None else head.scale, alpha=head.scale)
+                elif head.b is None:
                     torch.mm(xc, head.w.t(), out=out)
                 else:
                     torch.addmm(head.b, xc, head.w.t(), out=out)
         visit(i, r0, rows, logits)
         for head, head_grads, dlogits in zip(heads, grads or (), logits):
             if head_grads is not None:
-                _accumulate(head_grads, dlogits, head.x[r0:r0 + rows], head.w, r0)
+                _accumulate(head_grads, dlogits, head.x[r0:r0 + rows], head.w, r0, head.scale)
     return buffers if len(starts) == 1 else None
 
 
-def _accumulate(grads, dlogits, xc, w, r0):
-    """dX rows = dlogits W, dW += dlogits^T X_c, db += column sums of dlogits."""
+def _accumulate(grads, dlogits, xc, w, r0, scale):
+    """dX rows = s dlogits W, dW += s dlogits^T X_c, db += s (column sums of dlogits): ``dlogits`` is the
+    gradient of the scaled logits, the chain rule's factor s rides in the GEMMs' alpha."""
     dx, dw, db = grads
     if dx is not None:
-        torch.mm(dlogits, w, out=dx[r0:r0 + dlogits.shape[0]])
+        rows = dx[r0:r0 + dlogits.shape[0]]
+        if scale != 1.0:
+            torch.addmm(rows, dlogits, w, beta=0.0, alpha=scale, out=rows)
+        else:
+            torch.mm(dlogits, w, out=rows)
     if dw is not None:
-        _add_weight_gradient(dw, dlogits, xc)
+        _add_weight_gradient(dw, dlogits, xc, scale)
     if db is not None:
-        db.add_(dlogits.sum(0, dtype=db.dtype))
+        db.add_(dlogits.sum(0, dtype=db.dtype), alpha=scale)
 
 
 _MIXED_ADDMM = {}  # (device, dtype) -> whether addmm(float32, 16-bit, 16-bit, out_dtype=float32) works there
 
 
-def _add_weight_gradient(acc, dlogits, xc):
-    """acc += dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
+def _add_weight_gradient(acc, dlogits, xc, scale=1.0):
+    """acc += scale dlogits^T X_c with acc in float32 and 16-bit operands: on CUDA one GEMM that reads and
     writes the float32 accumulator (``addmm(..., out_dtype=torch.float32)``, where this torch has it);
     elsewhere (the CPU, a torch without it) float32 copies of a quarter of the chunk at a time."""
     if acc.dtype == dlogits.dtype:
-        acc.addmm_(dlogits.t(), xc)
+        acc.addmm_(dlogits.t(), xc, alpha=scale)
     elif acc.is_cuda and _mixed_addmm(acc.device, dlogits.dtype):
-        torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, out=acc)
+        torch.addmm(acc, dlogits.t(), xc, out_dtype=acc.dtype, alpha=scale, out=acc)
     else:  # float32 copies of a quarter of the chunk's rows at a time: half the chunk buffer's bytes
         step = max(1, dlogits.shape[0] // 4)
         for r0 in range(0, dlogits.shape[0], step):
-            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype))
+            acc.addmm_(dlogits[r0:r0 + step].t().to(acc.dtype), xc[r0:r0 + step].to(acc.dtype), alpha=scale)
 
 
 def _mixed_addmm(device, dtype):

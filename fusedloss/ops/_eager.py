@@ -80,23 +80,26 @@ def gaussian_nll_loss(input, target, var, full, eps, reduction):
     return loss
 
 
-def linear_logits(input, linear_weight, linear_bias):
+def linear_logits(input, linear_weight, linear_bias, logit_scale=1.0):
     """torch's reference path of linear_cross_entropy up to the logits: ``F.linear`` with the weight's
-    middle dimensions (K-dimensional loss) folded into the rows, then the logits shaped (N, C, d1..dk)."""
+    middle dimensions (K-dimensional loss) folded into the rows, then the logits shaped (N, C, d1..dk),
+    times ``logit_scale`` where it is not 1 (as Cohere's and Granite's heads scale theirs)."""
     n_classes, out_features, in_features = linear_weight.shape[0], linear_weight.shape[1:-1], linear_weight.shape[-1]
     if out_features:
         linear_weight = linear_weight.reshape(-1, in_features)
         linear_bias = linear_bias.reshape(-1) if linear_bias is not None else None
     logits = F.linear(input, linear_weight, linear_bias)
+    if logit_scale != 1.0:
+        logits = logits * logit_scale
     return logits.reshape(*input.shape[:-1], n_classes, *out_features)
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
-                         z_loss, softcap, process_group, loss_dtype=None):
+                         z_loss, softcap, process_group, loss_dtype=None, logit_scale=1.0):
     """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
     extras, or its vocabulary-parallel form (``process_group``: a registered group's name); the logits
     cast to ``loss_dtype`` first when given."""
-    logits = linear_logits(input, linear_weight, linear_bias)
+    logits = linear_logits(input, linear_weight, linear_bias, logit_scale)
     if loss_dtype is not None and logits.dtype != loss_dtype:
         logits = logits.to(loss_dtype)
         weight = weight.to(loss_dtype) if weight is not None and weight.is_floating_point() else weight

@@ -57,6 +57,7 @@ class MatmulRowsOptions(NamedTuple):
     prob_target: bool = False
     chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of logits hold
     process_group: str = ""  # vocabulary-parallel: the group's name; "": none
+    logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the softcap
 
 
 class _Geometry(NamedTuple):
@@ -132,7 +133,7 @@ def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, d
                        out_dtype=chunk_out.dtype, out=chunk_out, grad=logits if grads is not None else None,
                        grad_strides=spec[3], denom=denom, shard=shard, stats=stats_view, stats_mode=mode, **scale)
 
-    kept = _chunks.sweep([_chunks.Head(geo.x, geo.w, geo.b)], geo.n, geo.chunk, visit,
+    kept = _chunks.sweep([_chunks.Head(geo.x, geo.w, geo.b, options.logit_scale)], geo.n, geo.chunk, visit,
                          [grads] if grads is not None and mode != "write" else None,
                          [kept] if kept is not None else None)
     return kept[0] if kept is not None else None
@@ -220,7 +221,7 @@ class LinearCrossEntropy(_scaffold.Family):
 
     @staticmethod
     def reference(options, input, linear_weight, target, bias, weight):
-        return reference_loss(options, linear_logits(input, linear_weight, bias), target, weight)
+        return reference_loss(options, linear_logits(input, linear_weight, bias, options.logit_scale), target, weight)
 
     @staticmethod
     def fake(options, inputs, needs_grad):

@@ -50,6 +50,8 @@ class LinearJSDOptions(NamedTuple):
     soft_weight: float = 1.0  # times the divergence
     chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of both heads' logits hold
     process_group: str = ""  # vocabulary parallel: the group's name; "": none
+    logit_scale: float = 1.0  # the student's logits are logit_scale * (input W^T + b), before the temperature
+    teacher_logit_scale: float = 1.0  # the teacher's, likewise
 
 
 class LinearLogProbsOptions(NamedTuple):
@@ -59,10 +61,16 @@ class LinearLogProbsOptions(NamedTuple):
     entropy: bool = False
     chunk_rows: int = 0
     process_group: str = ""
+    logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the temperature
 
 
-def _head(input, weight, bias):
-    return _chunks.Head(input.reshape(-1, input.shape[-1]), weight, bias)
+def _head(input, weight, bias, logit_scale=1.0):
+    return _chunks.Head(input.reshape(-1, input.shape[-1]), weight, bias, logit_scale)
+
+
+def _jsd_heads(options, x, w, b, xt, wt, bt):
+    """The student's head and the teacher's, each with its logit scale."""
+    return _head(x, w, b, options.logit_scale), _head(xt, wt, bt, options.teacher_logit_scale)
 
 
 def _distribution_options(options):
@@ -120,7 +128,7 @@ class LinearJSD(_scaffold.Family):
         [dX, dW, db] lists or None) the gradient for grad_output 1, over ``denom`` (or for the rows'
         ``grad_scale`` = (tensor, row stride)), accumulated into them."""
         x, w, b, xt, wt, bt, labels = inputs
-        student, teacher = _head(x, w, b), _head(xt, wt, bt)
+        student, teacher = _jsd_heads(options, x, w, b, xt, wt, bt)
         n, v = student.x.shape[0], w.shape[0]
         chunk = _chunks.chunk_rows(n, v + wt.shape[0], x.element_size(), options.chunk_rows)
         flat = _flat(labels)
@@ -153,7 +161,7 @@ class LinearJSD(_scaffold.Family):
         with torch.autocast(x.device.type, enabled=False):  # the GEMMs run in the inputs' dtype
             reduced = options.reduction != "none"
             want = ((needs_grad[0], needs_grad[1], needs_grad[2]), (needs_grad[3], needs_grad[4], needs_grad[5]))
-            heads = (_head(x, w, b), _head(xt, wt, bt))
+            heads = _jsd_heads(options, x, w, b, xt, wt, bt)
             grads = [_chunks.new_grads(head, t, wanted) if reduced and any(wanted) else None
                      for head, t, wanted in zip(heads, (x, xt), want)]
             n = heads[0].x.shape[0]
@@ -183,7 +191,7 @@ class LinearJSD(_scaffold.Family):
                              x.shape[0] if x.dim() > 1 else shard[1], options.hard_weight, options.soft_weight)
         n = x.numel() // x.shape[-1]
         chunk = _chunks.chunk_rows(n, w.shape[0] + wt.shape[0], x.element_size(), options.chunk_rows)
-        return problem, shard, n, chunk, (_head(x, w, b), _head(xt, wt, bt)), _flat(labels)
+        return problem, shard, n, chunk, _jsd_heads(options, x, w, b, xt, wt, bt), _flat(labels)
 
     @staticmethod
     def _sharded_forward(options, inputs, needs_grad):
@@ -250,7 +258,7 @@ class LinearJSD(_scaffold.Family):
             return (*(g if g is not None or not need else torch.zeros_like(t)
                       for g, need, t in zip(grads, needs_grad, operands)), None)
         with torch.autocast(x.device.type, enabled=False):
-            heads = (_head(x, w, b), _head(xt, wt, bt))
+            heads = _jsd_heads(options, x, w, b, xt, wt, bt)
             want = ((needs_grad[0], needs_grad[1], needs_grad[2]), (needs_grad[3], needs_grad[4], needs_grad[5]))
             grads = [_chunks.new_grads(head, t, wanted) if any(wanted) else None
                      for head, t, wanted in zip(heads, (x, xt), want)]
@@ -273,8 +281,8 @@ class LinearJSD(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, xt, wt, bt, labels):
-        logits = linear_logits(x, w, b)
-        teacher = linear_logits(xt, wt, bt)
+        logits = linear_logits(x, w, b, options.logit_scale)
+        teacher = linear_logits(xt, wt, bt, options.teacher_logit_scale)
         return distillation_loss(logits, teacher, None, labels, options.beta, options.temperature, options.ignore_index,
                                  options.reduction, options.hard_weight, options.soft_weight,
                                  options.process_group).to(options.out_dtype)
@@ -305,7 +313,7 @@ class LinearLogProbs(_scaffold.Family):
         apart) into ``out(r0, rows)``; with ``grads`` ([dX, dW, db]) the gradient for the rows' gradients ``grad_scale``
         = (tensor, (row stride, plane stride)) accumulated into them."""
         x, w, b, tokens = inputs
-        head = _head(x, w, b)
+        head = _head(x, w, b, options.logit_scale)
         n, chunk = head.x.shape[0], LinearLogProbs._chunk(options, inputs)
         flat = tokens.reshape(-1)
         problem = problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
@@ -341,7 +349,7 @@ class LinearLogProbs(_scaffold.Family):
                 shard = _vocab_parallel.shard_layout(options.process_group, w.shape[0], x.device)
                 problem = LinearLogProbs._problem(options, tokens, shard[1])
                 flat = tokens.reshape(-1)
-                combined, state, _ = _sharded_statistics(problem, [_head(x, w, b)], n,
+                combined, state, _ = _sharded_statistics(problem, [_head(x, w, b, options.logit_scale)], n,
                                                          LinearLogProbs._chunk(options, inputs), flat,
                                                          options.process_group, shard, _acc(x.dtype))
                 lp, entropy = shard_rows(problem, combined, state, None, flat, None, n, shard[1])
@@ -358,11 +366,12 @@ class LinearLogProbs(_scaffold.Family):
         with torch.autocast(x.device.type, enabled=False):
             g = grad_output.reshape(2, n) if options.entropy else grad_output.reshape(n)
             strides = (g.stride(-1), g.stride(0) if options.entropy else 0)
-            grads = _chunks.new_grads(_head(x, w, b), x, (needs_grad[0], needs_grad[1], needs_grad[2]))
+            head = _head(x, w, b, options.logit_scale)
+            grads = _chunks.new_grads(head, x, (needs_grad[0], needs_grad[1], needs_grad[2]))
             chunk = LinearLogProbs._chunk(options, inputs)
             if state:  # vocabulary parallel: from the whole rows' statistics
                 shard = _vocab_parallel.shard_layout(options.process_group, w.shape[0], x.device)
-                _sharded_gradients(LinearLogProbs._problem(options, tokens, shard[1]), [_head(x, w, b)], n, chunk,
+                _sharded_gradients(LinearLogProbs._problem(options, tokens, shard[1]), [head], n, chunk,
                                    tokens.reshape(-1), state[0], shard, [grads], g, strides, None)
                 return (*_chunks.finish(grads, x, w, b), None)
             scratch = x.new_empty((2, chunk) if options.entropy else (chunk,), dtype=options.out_dtype)  # not needed
@@ -372,8 +381,8 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, tokens):
-        return token_log_probs(linear_logits(x, w, b), tokens, options.temperature, options.ignore_index,
-                               options.entropy, options.process_group).to(options.out_dtype)
+        return token_log_probs(linear_logits(x, w, b, options.logit_scale), tokens, options.temperature,
+                               options.ignore_index, options.entropy, options.process_group).to(options.out_dtype)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
