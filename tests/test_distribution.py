@@ -523,6 +523,32 @@ def test_linear_log_probs_parity(with_entropy, small_chunks):
            dict(temperature=0.9, with_entropy=with_entropy))
 
 
+def test_linear_logit_scales(small_chunks):
+    """logit_scale (and the teacher's) as a Cohere or Granite head scales its logits, before the temperature:
+    the Triton path (the scale in the GEMMs) against the eager formulas, and those against the functions of
+    the scaled logits."""
+    x, w, b, xt, wt, bt = heads(teacher_grad=True)
+    y = labels_for(x[:, :1].expand(-1, 300))
+    scales = dict(logit_scale=0.37, teacher_logit_scale=2.1)
+    parity(lambda x, w, xt, wt, y, b, bt, **k: FL.linear_jsd_loss(x, w, xt, wt, y, bias=b, teacher_bias=bt, **k),
+           [x.float(), w.float(), xt.float(), wt.float(), y, b.float(), bt.float()],
+           dict(beta=0.3, temperature=1.7, hard_weight=0.3, **scales))
+    parity(lambda x, w, y, b, **k: FL.linear_log_probs(x, w, y, bias=b, **k), [x.float(), w.float(), y, b.float()],
+           dict(temperature=0.9, with_entropy=True, logit_scale=-1.3))
+    with torch.no_grad():
+        student, teacher = (x @ w.t() + b) * 0.37, (xt @ wt.t() + bt) * 2.1
+        torch.testing.assert_close(eager(FL.linear_jsd_loss)(x, w, xt, wt, y, bias=b, teacher_bias=bt, beta=0.3,
+                                                             **scales),
+                                   eager(FL.jsd_loss)(student, teacher, y, beta=0.3), rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(eager(FL.linear_log_probs)(x, w, y, bias=b, logit_scale=-1.3, with_entropy=True),
+                                   eager(FL.log_probs)((x @ w.t() + b) * -1.3, y, with_entropy=True),
+                                   rtol=1e-12, atol=1e-13)
+    for fn, args, name in ((FL.linear_log_probs, (x, w, y), "logit_scale"),
+                           (FL.linear_jsd_loss, (x, w, xt, wt), "teacher_logit_scale")):
+        with pytest.raises(ValueError, match=name):
+            fn(*args, **{name: float("inf")})
+
+
 def test_linear_log_probs_three_dimensional_and_strided(small_chunks):
     x = torch.randn(2, 19, 11, dtype=torch.float64, device=DEVICE).transpose(0, 1).float().requires_grad_()
     w = torch.randn(300, 11, device=DEVICE).requires_grad_()

@@ -170,10 +170,14 @@ def test_options(options, reduction, dtype, backend):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("extras", ["z_loss", "softcap", "z_loss+softcap+weight+smoothing", "probability+z+softcap"])
+@pytest.mark.parametrize("extras", ["z_loss", "softcap", "z_loss+softcap+weight+smoothing", "probability+z+softcap",
+                                    "scale+softcap+z"])
 def test_extras(extras, reduction, dtype):
-    """z_loss and softcap (Gemma 2) against fusedloss's eager formulas (F.linear + the cross-entropy extras)."""
+    """z_loss, softcap (Gemma 2) and logit_scale (Cohere, Granite: a multiplier before the softcap, in the
+    GEMMs on the Triton path) against fusedloss's eager formulas (F.linear + the cross-entropy extras)."""
     kwargs = dict(reduction=reduction)
+    if "scale" in extras:
+        kwargs["logit_scale"] = 2.7  # not a power of two: the scale's rounding shows
     if "z" in extras:
         kwargs["z_loss"] = 1e-2
     if "softcap" in extras:
@@ -190,6 +194,20 @@ def test_eager_extras_reference_is_linear_then_cross_entropy_extras():
     kwargs = dict(z_loss=1e-3, softcap=4.0, label_smoothing=0.1)
     expected = eager_extras_ce(F.linear(x, w, b), target, **kwargs)
     torch.testing.assert_close(eager_extras(x, w, target, linear_bias=b, **kwargs), expected, rtol=1e-13, atol=0)
+    expected = eager_extras_ce(F.linear(x, w, b) * 0.3, target, **kwargs)  # the scale first, then the softcap
+    torch.testing.assert_close(eager_extras(x, w, target, linear_bias=b, logit_scale=0.3, **kwargs), expected,
+                               rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value,error", [("2", TypeError), (True, TypeError), (torch.tensor(2.0), TypeError),
+                                         (float("nan"), ValueError), (float("inf"), ValueError)])
+def test_logit_scale_is_validated(value, error, backend):
+    x, w, target, b = make_inputs((5, 4, 7), torch.float32)
+    with backend_context(backend), pytest.raises(error, match="logit_scale"):
+        FL.linear_cross_entropy(x, w, target, logit_scale=value)
+    with pytest.raises(error, match="logit_scale"):
+        FN.LinearCrossEntropyLoss(4, 7, logit_scale=value)
 
 
 def eager_extras_ce(logits, target, **kwargs):
@@ -267,6 +285,23 @@ def test_chunk_size_does_not_change_the_result(chunk):
     ref = torch_reference(x, w, target, linear_bias=b)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
     for got, expected in zip(grads, torch.autograd.grad(ref, (x, w, b))):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_logit_scale_over_chunks(reduction):
+    """logit_scale with several chunks, a bias, a grad_output per row or a scalar: the GEMMs' alpha (and
+    beta for the bias) give torch's scale * linear(...) and its gradients, to float64 rounding."""
+    x, w, target, b = make_inputs((37, 19, 300), torch.float64, bias=True)
+    options = type("Options", (), {"batch_chunk_size": 10})()
+    upstream = torch.rand((37,) if reduction == "none" else (), dtype=torch.float64, device=DEVICE) + 0.5
+    with fusedloss.backend("triton"):
+        loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, options=options, logit_scale=-0.3,
+                                       reduction=reduction)
+        grads = torch.autograd.grad(loss, (x, w, b), upstream)
+    ref = F.cross_entropy(F.linear(x, w, b) * -0.3, target, reduction=reduction)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
+    for got, expected in zip(grads, torch.autograd.grad(ref, (x, w, b), upstream)):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
 
 
@@ -380,7 +415,7 @@ def test_functional_signature_matches_torch():
     theirs = list(inspect.signature(F.linear_cross_entropy).parameters.values())
     assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
         [(p.name, p.default, p.kind) for p in theirs]
-    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "loss_dtype", "process_group"]
+    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "logit_scale", "loss_dtype", "process_group"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
@@ -415,8 +450,8 @@ def test_module_drop_in(cls, kwargs):
 
 @needs_torchs
 def test_module_extras_and_errors():
-    module = FN.LinearCrossEntropyLoss(4, 5, z_loss=1e-3, softcap=30.0)
-    assert "z_loss=0.001, softcap=30.0" in repr(module)
+    module = FN.LinearCrossEntropyLoss(4, 5, z_loss=1e-3, softcap=30.0, logit_scale=0.0625)
+    assert "z_loss=0.001, softcap=30.0, logit_scale=0.0625" in repr(module)
     for kwargs in (dict(weight=torch.rand(4)), dict(label_smoothing=-0.1)):
         with pytest.raises(RuntimeError) as theirs:
             torch.nn.LinearCrossEntropyLoss(4, 5, **kwargs)

@@ -2,6 +2,11 @@
 models (no downloads): the loss and every parameter's gradient equal to the unpatched model's, with
 num_items_in_batch and -100 padding, a few optimizer steps in lockstep, restore().
 
+The families kept here are one per kind of head found by a survey of every *ForCausalLM in transformers
+5.23 (README, "Train a Hugging Face model"): a plain lm_head (Llama, Mistral, Qwen2), a final-logit softcap
+(Gemma 2), a logit multiplier (Cohere), a divisor (Granite), a divisor of the hidden states before the head
+(MiniCPM3), and the MoE router load-balancing loss (Mixtral, with output_router_logits).
+
 The vocabulary (1031) is larger than every other dimension, so a tensor of tokens x vocabulary elements
 is easy to tell apart from the decoder's own activations."""
 import copy
@@ -27,7 +32,18 @@ FAMILIES = {
     "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),
     "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
         **COMMON, head_dim=16, final_logit_softcapping=5.0, attn_logit_softcapping=None)),
+    "cohere": lambda: transformers.CohereForCausalLM(transformers.CohereConfig(**COMMON, logit_scale=0.0625)),
+    "granite": lambda: transformers.GraniteForCausalLM(transformers.GraniteConfig(**COMMON, logits_scaling=8.0)),
+    "minicpm3": lambda: transformers.MiniCPM3ForCausalLM(transformers.MiniCPM3Config(
+        **COMMON, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+        dim_model_base=16)),  # hidden states divided by logits_scaling = 64 / 16 before the head
+    "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        **COMMON, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.5)),
 }
+HEAD_KINDS = ("gemma2", "cohere", "granite", "minicpm3", "mixtral")  # the families beyond lm_head(h)
+# (family, num_items_in_batch): every family once, gradient accumulation's sum / count on two
+CASES = [(family, None) for family in FAMILIES] + [("llama", 37), ("mixtral", 37)]
 
 
 def make_model(family, dtype=torch.float32, seed=0):
@@ -68,8 +84,7 @@ def loss_and_grads(model, input_ids, labels, **kwargs):
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("num_items", [None, 37])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,num_items", CASES)
 def test_use_fused_loss_matches_transformers(family, num_items):
     """The loss and every parameter's gradient as transformers' own loss gives them (float32), with the
     fused kernels (forced Triton backend) computing the cross entropy."""
@@ -161,11 +176,11 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(_chunks, "CHUNK_BYTES", 16 << 10)
 
 
-@pytest.mark.parametrize("num_items", [None, 37])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,num_items", CASES)
 def test_fused_linear_cross_entropy_matches_transformers(family, num_items, small_chunks):
     """Training with labels: the loss and every parameter's gradient as transformers' own forward gives
-    them (Gemma 2's final-logit softcapping included), the logits never built (None in the output)."""
+    them (softcaps, logit multipliers and divisors, the MoE router loss included), the logits never built
+    (None in the output)."""
     reference = make_model(family).train()
     model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
     input_ids, labels = batch()
@@ -185,8 +200,12 @@ def test_fused_linear_cross_entropy_matches_transformers(family, num_items, smal
     assert grads.keys() == expected_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-    with fusedloss.backend("triton"):
-        assert model(input_ids=input_ids, labels=labels).logits is None
+    with fusedloss.backend("triton"), torch.no_grad():
+        ours, theirs = model(input_ids=input_ids, labels=labels), reference(input_ids=input_ids, labels=labels)
+    assert ours.logits is None and type(ours) is type(theirs)
+    if family == "mixtral":  # the router's loss is returned as transformers returns it, and its logits
+        assert theirs.aux_loss is not None and len(ours.router_logits) == len(theirs.router_logits)
+        torch.testing.assert_close(ours.aux_loss, theirs.aux_loss, rtol=1e-6, atol=1e-7)
 
 
 def test_fused_linear_cross_entropy_bfloat16_no_worse_than_transformers(small_chunks):
@@ -236,6 +255,148 @@ def test_fused_linear_refuses_other_structures():
     model.lm_head = torch.nn.Identity()
     with pytest.raises(ValueError, match="lm_head"):
         hf.use_fused_linear_cross_entropy(model)
+
+
+@pytest.mark.parametrize("family", HEAD_KINDS)
+def test_fused_linear_cross_entropy_eager_fallback(family, small_chunks):
+    """The same head transforms on the eager fallback (torch's ops, the logits per the formulas): loss and
+    every gradient as the unpatched model's."""
+    reference = make_model(family).train()
+    model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    expected, expected_grads = loss_and_grads(reference, input_ids, labels)
+    with fusedloss.backend("torch"):
+        loss, grads = loss_and_grads(model, input_ids, labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("patch", ["use_fused_loss", "use_fused_linear_cross_entropy"])
+def test_compiled_model_matches_transformers(patch, small_chunks):
+    """torch.compile of a patched model (Granite: a logit divisor) on the Triton path: the loss and every
+    gradient as the unpatched model's."""
+    reference = make_model("granite").train()
+    model = getattr(hf, patch)(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    expected, expected_grads = loss_and_grads(reference, input_ids, labels)
+    compiled = torch.compile(model, backend="aot_eager")
+    with fusedloss.backend("triton"):
+        loss, grads = loss_and_grads(compiled, input_ids, labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert {n.removeprefix("_orig_mod.") for n in grads} == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(grads["_orig_mod." + name] if "_orig_mod." + name in grads else grads[name],
+                                   expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_peft_lora_model(small_chunks):
+    """A PEFT LoRA model (adapters on the attention projections) through both patches: the loss and every
+    trainable (adapter) gradient as the unpatched PeftModel's; restore() takes the PeftModel too."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    torch.manual_seed(3)
+    reference = peft.get_peft_model(make_model("cohere"), config).train()
+    input_ids, labels = batch()
+    expected, expected_grads = loss_and_grads(reference, input_ids, labels)
+    assert expected_grads and all("lora_" in name for name in expected_grads)
+    for patch in (hf.use_fused_loss, hf.use_fused_linear_cross_entropy):
+        model = copy.deepcopy(reference)
+        assert patch(model) is model
+        with fusedloss.backend("triton"):
+            loss, grads = loss_and_grads(model, input_ids, labels)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == expected_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert hf.restore(model) is model and "forward" not in model.get_base_model().__dict__
+
+
+def test_lora_on_the_head_is_refused():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(make_model("llama"), peft.LoraConfig(r=4, target_modules=["lm_head"]))
+    with pytest.raises(ValueError, match="LlamaForCausalLM.s is peft.tuners.lora.*Linear"):
+        hf.use_fused_linear_cross_entropy(model)
+
+
+def test_the_probe_refuses_a_head_it_was_not_told_about(monkeypatch):
+    """Without its reader (as for a future model with a new head), Cohere's multiplier is found by the
+    probe, not trained over: a ValueError naming the class and the difference."""
+    monkeypatch.setattr(hf, "head_transform", lambda model: hf.HeadTransform())
+    with pytest.raises(ValueError, match="CohereForCausalLM transforms its logits"):
+        hf.use_fused_linear_cross_entropy(make_model("cohere"))
+    model = make_model("cohere")
+    assert hf.use_fused_linear_cross_entropy(model, probe=False) is model  # trusted as asked
+
+
+class _DoubledLogits(transformers.LlamaForCausalLM):
+    """A head the readers know nothing of: the logits doubled after lm_head."""
+
+    def forward(self, input_ids=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        hidden = self.model(input_ids=input_ids, use_cache=use_cache).last_hidden_state
+        logits = 2 * self.lm_head(hidden)
+        loss = None if labels is None else self.loss_function(logits, labels, self.vocab_size, **kwargs)
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+class _ExtraLoss(transformers.LlamaForCausalLM):
+    """An auxiliary loss the fused forward does not add: the model's loss plus 0.01 (and a rescale)."""
+
+    def forward(self, *args, labels=None, **kwargs):
+        output = super().forward(*args, labels=labels, **kwargs)
+        if labels is not None:
+            output.loss = output.loss * 1.0 + 0.01
+        return output
+
+
+class _OwnCrossEntropy(transformers.LlamaForCausalLM):
+    """A loss computed without model.loss_function (as Bart's decoder-only class does)."""
+
+    def forward(self, input_ids=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        logits = self.lm_head(self.model(input_ids=input_ids, use_cache=use_cache).last_hidden_state)
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+@pytest.mark.parametrize("cls,message", [
+    (_DoubledLogits, "_DoubledLogits transforms its logits"),
+    (_ExtraLoss, "_ExtraLoss adds to or rescales its loss"),
+    (_OwnCrossEntropy, "_OwnCrossEntropy calls model.loss_function 0 times"),
+    (transformers.BartForCausalLM, "BartForCausalLM transforms its logits"),  # final_logits_bias, embed scale
+])
+def test_the_probe_refuses_what_the_fused_forward_would_change(cls, message):
+    torch.manual_seed(0)
+    if cls is transformers.BartForCausalLM:
+        config = transformers.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=1, decoder_layers=1,
+                                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=96,
+                                         decoder_ffn_dim=96, max_position_embeddings=64)
+    else:
+        config = transformers.LlamaConfig(**COMMON)
+    model = cls(config).to(DEVICE)
+    training = model.train().training
+    with pytest.raises(ValueError, match=message):
+        hf.use_fused_linear_cross_entropy(model)
+    assert model.training == training and "forward" not in model.__dict__ and "_loss_function" not in model.__dict__
+
+
+def test_head_transform_readers():
+    """What each surveyed family's head does, as read from its config (the probe checks each on the
+    real forward in the tests above)."""
+    def transform(family):
+        return hf.head_transform(FAMILIES[family]())
+    assert transform("llama") == hf.HeadTransform(1.0, None)
+    assert transform("gemma2") == hf.HeadTransform(1.0, 5.0)
+    assert transform("cohere") == hf.HeadTransform(0.0625, None)
+    assert transform("granite") == hf.HeadTransform(0.125, None)
+    assert transform("minicpm3") == hf.HeadTransform(0.25, None)
+    hyperclovax = transformers.HyperCLOVAXForCausalLM(transformers.HyperCLOVAXConfig(**COMMON, logits_scaling=2.0))
+    assert hf.head_transform(hyperclovax) == hf.HeadTransform(2.0, None)  # multiplies where Granite divides
+
+
+def test_use_fused_linear_cross_entropy_arguments():
+    with pytest.raises(TypeError, match="probe"):
+        hf.use_fused_linear_cross_entropy(make_model("llama"), probe="yes")
 
 
 # ------------------------------------------------------------------ README's distillation and RL recipes

@@ -219,7 +219,8 @@ def _plan(model):
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
         raise ValueError(f"use_fused_linear_cross_entropy needs a torch.nn.Linear LM head; {name}'s is "
-                         f"{type(head).__name__} (a LoRA adapter on lm_head, or another head: use use_fused_loss)")
+                         f"{type(head).__module__}.{type(head).__qualname__} (a LoRA adapter on lm_head, or another head: use "
+                         "use_fused_loss)")
     z_loss = _number(getattr(model.config, "z_loss_coefficient", None))
     if z_loss:  # Bamba: a z-loss over every position, ignored ones included
         raise ValueError(f"use_fused_linear_cross_entropy: {name} adds a z-loss over every position "
