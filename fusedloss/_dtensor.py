@@ -477,7 +477,7 @@ def _head_tensors(input, weight, bias, layout, head, what):
 
 def linear_jsd_loss(fn, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                     ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype,
-                    process_group, logit_scale, teacher_logit_scale):
+                    process_group, logit_scale, teacher_logit_scale, softcap, teacher_softcap):
     """linear_jsd_loss with the student's LM head a DTensor sharded on its rows (the classes) over one mesh
     dimension: vocabulary parallel over that dimension's group, the logits never whole. The teacher's
     head: a DTensor placed as the student's, or a plain frozen weight (sliced to this rank's block); the
@@ -498,7 +498,8 @@ def linear_jsd_loss(fn, input, weight, teacher_input, teacher_weight, labels, bi
         return fn(x, w, xt, wt, local_labels, bias=b, teacher_bias=bt, beta=beta, temperature=temperature,
                   ignore_index=ignore_index, hard_weight=hard_weight, soft_weight=soft_weight,
                   reduction=local_reduction, options=options, drop_teacher_extra_classes=drop_teacher_extra_classes,
-                  logit_scale=logit_scale, teacher_logit_scale=teacher_logit_scale, loss_dtype=loss_dtype,
+                  logit_scale=logit_scale, teacher_logit_scale=teacher_logit_scale, softcap=softcap,
+                  teacher_softcap=teacher_softcap, loss_dtype=loss_dtype,
                   process_group=head.group())
 
     if reduction == "batchmean" and labels is None:
@@ -511,7 +512,7 @@ def linear_jsd_loss(fn, input, weight, teacher_input, teacher_weight, labels, bi
 
 
 def linear_log_probs(fn, input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
-                     process_group, logit_scale):
+                     process_group, logit_scale, softcap):
     """linear_log_probs with the LM head a DTensor sharded on its rows: vocabulary parallel, as
     linear_jsd_loss; the outputs placed as the rows (with the entropy: two DTensors)."""
     _no_group(process_group, "weights")
@@ -520,7 +521,7 @@ def linear_log_probs(fn, input, weight, tokens, bias, temperature, ignore_index,
     same = lambda d: d  # noqa: E731
     local_tokens = _local_rows(tokens, layout, same, "the tokens")
     out = fn(x, w, local_tokens, bias=b, temperature=temperature, ignore_index=ignore_index, with_entropy=with_entropy,
-             options=options, logit_scale=logit_scale, dtype=dtype, process_group=head.group())
+             options=options, logit_scale=logit_scale, softcap=softcap, dtype=dtype, process_group=head.group())
     lead = tuple(input.shape[:-1])
     if with_entropy:  # copies, as log_probs'
         return tuple(_wrap(o.clone(), layout, "none", lead, same) for o in out)

@@ -180,6 +180,18 @@ def check_logit_scale(logit_scale, name="logit_scale"):
     return float(logit_scale)
 
 
+def check_softcap(softcap, name="softcap"):
+    """The linear distribution functions' ``softcap``: None or a positive finite real number. Returns it as a
+    float (or None)."""
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"{name} must be None or a positive real number, got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"{name} must be None or a positive finite number, got {softcap}")
+    return float(softcap)
+
+
 def check_label_smoothing(label_smoothing):
     if label_smoothing and label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")

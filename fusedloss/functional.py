@@ -1387,6 +1387,8 @@ def linear_jsd_loss(
     drop_teacher_extra_classes: bool = False,
     logit_scale: float = 1.0,
     teacher_logit_scale: float = 1.0,
+    softcap: Optional[float] = None,
+    teacher_softcap: Optional[float] = None,
     loss_dtype: Optional[torch.dtype] = None,
     process_group=None,
 ) -> Tensor:
@@ -1410,22 +1412,27 @@ def linear_jsd_loss(
     instead of once (fusedloss/ops/linear_distribution.py). DTensor weights sharded on their rows take
     this path by themselves. ``logit_scale`` / ``teacher_logit_scale``: each head's logits are that number
     times its linear, before the temperature (a Cohere or Granite head's multiplier, as
-    ``linear_cross_entropy``'s); on the Triton path they ride in the GEMMs.
+    ``linear_cross_entropy``'s); on the Triton path they ride in the GEMMs. ``softcap`` /
+    ``teacher_softcap``: each head's scaled logits ``c tanh(logits / c)`` before the temperature (Gemma 2/3's
+    ``final_logit_softcapping``), applied by the kernels as they read the chunk, its slope in the gradient.
     """
     if process_group is not None:
         _require_classes(process_group, weight, 0)
     return dispatch.call(_LINEAR_JSD, input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta,
                          temperature, ignore_index, hard_weight, soft_weight, reduction, options,
-                         drop_teacher_extra_classes, loss_dtype, process_group, logit_scale, teacher_logit_scale)
+                         drop_teacher_extra_classes, loss_dtype, process_group, logit_scale, teacher_logit_scale,
+                         softcap, teacher_softcap)
 
 
 def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                      ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                     loss_dtype, process_group, logit_scale, teacher_logit_scale):
+                     loss_dtype, process_group, logit_scale, teacher_logit_scale, softcap, teacher_softcap):
     """The validated call: (teacher_weight, teacher_bias (extra classes dropped), out dtype, chunk rows, the
     group's name)."""
     check.check_logit_scale(logit_scale)
     check.check_logit_scale(teacher_logit_scale, "teacher_logit_scale")
+    check.check_softcap(softcap)
+    check.check_softcap(teacher_softcap, "teacher_softcap")
     if process_group is not None and drop_teacher_extra_classes:
         raise ValueError("linear_jsd_loss: drop_teacher_extra_classes is not served with process_group (each rank "
                          "holds a block of the classes): shard the teacher's weight as the student's")
@@ -1442,13 +1449,14 @@ def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias,
 
 def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype, process_group, logit_scale, teacher_logit_scale):
+                      loss_dtype, process_group, logit_scale, teacher_logit_scale, softcap, teacher_softcap):
     teacher_weight, teacher_bias, out_dtype, _, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
         hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group,
-        logit_scale, teacher_logit_scale)
-    logits = _eager.linear_logits(input, weight, bias, float(logit_scale))
-    teacher_logits = _eager.linear_logits(teacher_input, teacher_weight, teacher_bias, float(teacher_logit_scale))
+        logit_scale, teacher_logit_scale, softcap, teacher_softcap)
+    logits = _eager.softcapped(_eager.linear_logits(input, weight, bias, float(logit_scale)), softcap)
+    teacher_logits = _eager.softcapped(
+        _eager.linear_logits(teacher_input, teacher_weight, teacher_bias, float(teacher_logit_scale)), teacher_softcap)
     if out_dtype != logits.dtype:
         logits, teacher_logits = logits.to(out_dtype), teacher_logits.to(out_dtype)
     return _eager.distillation_loss(logits, teacher_logits, None, labels, float(beta), float(temperature),
@@ -1458,16 +1466,17 @@ def _eager_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias
 
 def _fused_linear_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature,
                       ignore_index, hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes,
-                      loss_dtype, process_group, logit_scale, teacher_logit_scale):
+                      loss_dtype, process_group, logit_scale, teacher_logit_scale, softcap, teacher_softcap):
     teacher_weight, teacher_bias, out_dtype, chunk, group = _linear_jsd_args(
         input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, beta, temperature, ignore_index,
         hard_weight, soft_weight, reduction, options, drop_teacher_extra_classes, loss_dtype, process_group,
-        logit_scale, teacher_logit_scale)
+        logit_scale, teacher_logit_scale, softcap, teacher_softcap)
     input, weight, bias = _autocast_linear(input, weight, bias)
     teacher_input, teacher_weight, teacher_bias = _autocast_linear(teacher_input, teacher_weight, teacher_bias)
     jsd_options = LinearJSDOptions(reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
                                    float(hard_weight), float(soft_weight), int(chunk), group, float(logit_scale),
-                                   float(teacher_logit_scale))
+                                   float(teacher_logit_scale), check.check_softcap(softcap),
+                                   check.check_softcap(teacher_softcap))
     return linear_jsd_loss_op(jsd_options, input, weight, bias, teacher_input, teacher_weight, teacher_bias, labels)
 
 
@@ -1501,6 +1510,7 @@ def linear_log_probs(
     with_entropy: bool = False,
     options=None,
     logit_scale: float = 1.0,
+    softcap: Optional[float] = None,
     dtype: Optional[torch.dtype] = None,
     process_group=None,
 ):
@@ -1512,19 +1522,21 @@ def linear_log_probs(
     ``process_group``: vocabulary parallel, as linear_cross_entropy's (the weight and bias this rank's block of
     the classes, tokens global; the input's gradient this rank's term); collectives as log_probs'. DTensor
     weights sharded on their rows take this path by themselves. ``logit_scale``: the logits are that number
-    times the linear, before the temperature (as ``linear_cross_entropy``'s).
+    times the linear, before the temperature (as ``linear_cross_entropy``'s); ``softcap``: then
+    ``c tanh(logits / c)`` (Gemma 2/3), as ``linear_jsd_loss``'s.
     """
     if process_group is not None:
         _require_classes(process_group, weight, 0)
     out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
-                        options, dtype, process_group, logit_scale)
+                        options, dtype, process_group, logit_scale, softcap)
     return (out[0], out[1]) if with_entropy else out
 
 
 def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options, dtype, process_group,
-                           logit_scale):
+                           logit_scale, softcap):
     """The validated call: (chunk rows, out dtype, the group's name)."""
     check.check_logit_scale(logit_scale)
+    check.check_softcap(softcap)
     check.check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index)
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
     out_dtype = _jsd_out_dtype("linear_log_probs", input, dtype, "dtype")
@@ -1535,10 +1547,10 @@ def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_inde
 
 
 def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
-                            process_group, logit_scale):
+                            process_group, logit_scale, softcap):
     _, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
-                                                 dtype, process_group, logit_scale)
-    logits = _eager.linear_logits(input, weight, bias, float(logit_scale))
+                                                 dtype, process_group, logit_scale, softcap)
+    logits = _eager.softcapped(_eager.linear_logits(input, weight, bias, float(logit_scale)), softcap)
     if out_dtype != logits.dtype:
         logits = logits.to(out_dtype)
     return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy),
@@ -1546,12 +1558,12 @@ def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_ind
 
 
 def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
-                            process_group, logit_scale):
+                            process_group, logit_scale, softcap):
     chunk, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
-                                                     dtype, process_group, logit_scale)
+                                                     dtype, process_group, logit_scale, softcap)
     input, weight, bias = _autocast_linear(input, weight, bias)
     lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), bool(with_entropy),
-                                       int(chunk), group, float(logit_scale))
+                                       int(chunk), group, float(logit_scale), check.check_softcap(softcap))
     return linear_log_probs_op(lp_options, input, weight, bias, tokens)
 
 

@@ -502,11 +502,14 @@ class LinearJSDLoss(torch.nn.Module):
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
                  hard_weight: float = 0.0, soft_weight: float = 1.0, reduction: str = "batchmean", options=None, *,
                  drop_teacher_extra_classes: bool = False, logit_scale: float = 1.0,
-                 teacher_logit_scale: float = 1.0, loss_dtype: Optional[torch.dtype] = None):
+                 teacher_logit_scale: float = 1.0, softcap: Optional[float] = None,
+                 teacher_softcap: Optional[float] = None, loss_dtype: Optional[torch.dtype] = None):
         super().__init__()
         _set_jsd_options(self, beta, temperature, ignore_index, reduction, loss_dtype)
         self.logit_scale = check.check_logit_scale(logit_scale)
         self.teacher_logit_scale = check.check_logit_scale(teacher_logit_scale, "teacher_logit_scale")
+        self.softcap = check.check_softcap(softcap)
+        self.teacher_softcap = check.check_softcap(teacher_softcap, "teacher_softcap")
         check.linear_cross_entropy_chunk_rows(options, op="LinearJSDLoss")
         check.check_distillation_weights(hard_weight, soft_weight)
         self.hard_weight, self.soft_weight, self.options = hard_weight, soft_weight, options
@@ -521,13 +524,14 @@ class LinearJSDLoss(torch.nn.Module):
                                  soft_weight=self.soft_weight, reduction=self.reduction, options=self.options,
                                  drop_teacher_extra_classes=self.drop_teacher_extra_classes,
                                  logit_scale=self.logit_scale, teacher_logit_scale=self.teacher_logit_scale,
-                                 loss_dtype=self.loss_dtype)
+                                 softcap=self.softcap, teacher_softcap=self.teacher_softcap, loss_dtype=self.loss_dtype)
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, temperature={self.temperature}, ignore_index={self.ignore_index}, "
                 f"hard_weight={self.hard_weight}, soft_weight={self.soft_weight}, reduction={self.reduction}"
-                + "".join(f", {name}={getattr(self, name)}" for name in ("logit_scale", "teacher_logit_scale")
-                          if getattr(self, name) != 1.0))
+                + "".join(f", {name}={getattr(self, name)}" for name, default in (
+                    ("logit_scale", 1.0), ("teacher_logit_scale", 1.0), ("softcap", None), ("teacher_softcap", None))
+                          if getattr(self, name) != default))
 
     def __prepare_scriptable__(self):
         raise _not_scriptable(self)

@@ -5,7 +5,9 @@ logits, V the vocabulary): the student's logits x (or the one model's, for log-p
 teacher's logits x' or the teacher's top-k log-probabilities (R, K) with their classes (R, K), per-row
 labels (R,), gradients (R, V).
 
-Math, per row, with z = x / T and z' = x' / T (T the temperature, a multiplication by 1/T here),
+Math, per row, with z = x / T and z' = x' / T (T the temperature, a multiplication by 1/T here; the
+linear forms' softcap first, x <- c tanh(x / c) with x / c as x * (1 / c), per head, its slope 1 - (x / c)**2
+multiplying that head's gradient in (3); not with a top-k teacher),
 s = log_softmax(z), t = log_softmax(z'), p = exp(s), q = exp(t). Every log-softmax is kept as
 (running max M, log of the sum of exp(z - M)) so that s_v = (z_v - M) - log D is exact where torch's is
 (huge logits do not cancel), and a term with a probability of 0 counts 0 (its log may be -inf).
@@ -63,10 +65,11 @@ import triton.language as tl
 
 from ._config import distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, log1p, offset64
+from ._math import div_rn, join_float, log1p, offset64, tanh
 from ._reduce import finish_grid_mean
 
 KL_KINDS = ("forward", "reverse", "mixed")
+_CAP_ARGS = ("s_cap_hi", "s_cap_lo", "s_icap_hi", "s_icap_lo", "t_cap_hi", "t_cap_lo", "t_icap_hi", "t_icap_lo")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -96,6 +99,25 @@ def _online_entropy(m, d, e, z):
     e = alpha * (e - shift) + tl.sum(terms, axis=1)
     d = alpha * d + tl.sum(w, axis=1)
     return m_new, d, e
+
+
+@triton.jit
+def _capped(x, mask, cap, inv_cap, other, CAP: tl.constexpr):
+    """The softcap x <- cap tanh(x / cap) on the lanes in ``mask`` (``other`` elsewhere), and its slope
+    1 - tanh(x / cap)**2 (1 without CAP)."""
+    if CAP:
+        capped = tanh(x * inv_cap)
+        return tl.where(mask, cap * capped, other), 1.0 - capped * capped
+    else:
+        return x, 1.0
+
+
+@triton.jit
+def _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,
+               ACC: tl.constexpr):
+    """The student's and the teacher's softcaps and their reciprocals, from fp32 (hi, lo) pairs."""
+    return (join_float(s_cap_hi, s_cap_lo, ACC), join_float(s_icap_hi, s_icap_lo, ACC),
+            join_float(t_cap_hi, t_cap_lo, ACC), join_float(t_icap_hi, t_icap_lo, ACC))
 
 
 @triton.jit
@@ -188,8 +210,9 @@ def _stat(work_ptr, k, n_state, rows):
 
 
 @triton.jit
-def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_local, inv_t, GATHER_Y: tl.constexpr,
-                        ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr, TEACHER_LOGITS: tl.constexpr,
+def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_local, inv_t, s_cap, s_icap, t_cap,
+                        t_icap, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
+                        TEACHER_LOGITS: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
     """(1) One sweep over the row's (a shard's) V columns: online (M, D) of z = x / T, with ENTROPY also E
     (``_online_entropy``), with HARD_OWN_LSE of x, with TEACHER_LOGITS of z'; with GATHER_Y the logit x at
@@ -208,6 +231,7 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
         cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
         x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
+        x, _ = _capped(x, mask, s_cap, s_icap, float("-inf"), S_CAP)
         if GATHER_Y:
             x_y += tl.sum(tl.where(mask & (cols[None, :] == y_local[:, None]), x, 0.0), axis=1)
         if ENTROPY:
@@ -218,13 +242,15 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
             m_1, d_1 = _online(m_1, d_1, x)
         if TEACHER_LOGITS:
             xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+            xt, _ = _capped(xt, mask, t_cap, t_icap, float("-inf"), T_CAP)
             m_t, d_t = _online(m_t, d_t, xt * inv_t)
     return m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y
 
 
 @triton.jit
 def _sweep_divergence(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, m_s, ld_s, m_t, ld_t, inv_t, log_beta,
-                      log_1mbeta, KL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+                      log_1mbeta, s_cap, s_icap, t_cap, t_icap, KL: tl.constexpr, S_CAP: tl.constexpr,
+                      T_CAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
     """(2) A second sweep over both rows (a shard's columns), given the whole rows' (M, log D): the sums
     (K, K') of ``_divergence_terms`` (forward and reverse: the one sum, twice)."""
     sum_t = tl.zeros([BLOCK_R], ACC)
@@ -234,6 +260,8 @@ def _sweep_divergence(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, m_
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
         x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=float("-inf")).to(ACC)
         xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
+        x, _ = _capped(x, mask, s_cap, s_icap, float("-inf"), S_CAP)
+        xt, _ = _capped(xt, mask, t_cap, t_icap, float("-inf"), T_CAP)
         s = _log_softmax(x * inv_t, m_s, ld_s)
         t = _log_softmax(xt * inv_t, m_t, ld_t)
         term_t, term_s = _divergence_terms(s, t, tl.exp(s), tl.exp(t), log_beta, log_1mbeta, KL)
@@ -298,9 +326,10 @@ def _write_gradients(
     s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, gs_row, gt_row, row_mask, live,
     s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, col_offset,
     m_s, ld_s, m_t, ld_t, k_s, k_t, m_1, ld_1, y, soft, hard, g_lp, g_h, entropy, inv_t, beta, log_beta, log_1mbeta,
+    s_cap, s_icap, t_cap, t_icap,
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HARD: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
-    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """(3) One sweep over the rows writing the student's gradient (GRAD_STUDENT) and the teacher's
     (GRAD_TEACHER): ``soft`` multiplies the soft part (already times 1/T), ``hard`` the hard target's;
@@ -319,6 +348,7 @@ def _write_gradients(
         cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
         x = tl.load(s_ptr + s_row[:, None] + cols[None, :] * s_v, mask=mask, other=0.0).to(ACC)
+        x, s_slope = _capped(x, mask, s_cap, s_icap, 0.0, S_CAP)
         z = x * inv_t
         s = _log_softmax(z, m_s, ld_s)
         p = tl.exp(s)
@@ -330,12 +360,13 @@ def _write_gradients(
             gs = soft[:, None] * (p * top_mass[:, None])  # the classes of the support: the pass below
         else:
             xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=0.0).to(ACC)
+            xt, t_slope = _capped(xt, mask, t_cap, t_icap, 0.0, T_CAP)
             t = _log_softmax(xt * inv_t, m_t, ld_t)
             q = tl.exp(t)
             d_s, d_t = _divergence_gradients(s, t, p, q, k_s, k_t, beta, log_beta, log_1mbeta, KL)
             gs = soft[:, None] * d_s
             if GRAD_TEACHER:
-                gt = tl.where(live[:, None], soft[:, None] * d_t, 0.0)
+                gt = tl.where(live[:, None], (soft[:, None] * d_t) * t_slope, 0.0)
                 tl.store(gt_ptr + gt_row[:, None] + cols[None, :] * gt_v, gt.to(gt_ptr.dtype.element_ty), mask=mask)
         if HARD:
             if HARD_OWN_LSE:
@@ -344,7 +375,7 @@ def _write_gradients(
                 p1 = p
             gs += hard[:, None] * (p1 - tl.where(cols[None, :] == y_local[:, None], 1.0, 0.0))
         if GRAD_STUDENT:
-            gs = tl.where(live[:, None], gs, 0.0)
+            gs = tl.where(live[:, None], gs * s_slope, 0.0)
             tl.store(gs_ptr + gs_row[:, None] + cols[None, :] * gs_v, gs.to(gs_ptr.dtype.element_ty), mask=mask)
     if TEACHER == "topk" and GRAD_STUDENT:
         tl.debug_barrier()  # the dense stores above precede these, to the same addresses
@@ -359,7 +390,8 @@ def _write_gradients(
 
 @triton.jit(do_not_specialize=["n_state", "out_plane", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
                                "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
-                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom"])
+                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom",
+                               *_CAP_ARGS])
 def _distribution_fwd_kernel(
     # pointers
     s_ptr,  # (R, V) student logits (log-probabilities: the logits)
@@ -383,6 +415,7 @@ def _distribution_fwd_kernel(
     ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
     soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo,
     min_denom,  # the denominator's floor: 1 for 'batchmean' (TRL's: no rows counted gives 0, not 0 / 0), else -inf
+    s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,  # softcaps, 1 / softcaps
     # constexprs
     MODE: tl.constexpr,  # "jsd" | "log_probs"
     TEACHER: tl.constexpr,  # "logits" | "topk" (jsd)
@@ -391,11 +424,14 @@ def _distribution_fwd_kernel(
     REDUCTION: tl.constexpr,  # "none" | "sum" | "mean" (divided by the counted rows)
     DENOM_GIVEN: tl.constexpr, SAVE: tl.constexpr, N_STATS: tl.constexpr,
     WRITE_GRAD: tl.constexpr, GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, SCALE_GRAD: tl.constexpr,
+    S_CAP: tl.constexpr, T_CAP: tl.constexpr,  # the student's (the teacher's) logits softcapped first
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
         inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
         soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC)
+    s_cap, s_icap, t_cap, t_icap = _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo,
+                                              t_icap_hi, t_icap_lo, ACC)
     pid = tl.program_id(0)
     rows, row_mask = _rows(pid, n_rows, BLOCK_R)
     s_row = rows * s_r
@@ -408,8 +444,8 @@ def _distribution_fwd_kernel(
     # (1) online log-sum-exps (and the entropy's sum); the label's (token's) logit picked up on the way:
     # sweep (3) may overwrite the row
     m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
-        s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_safe, inv_t, HARD or MODE == "log_probs", ENTROPY,
-        HARD_OWN_LSE, TEACHER == "logits", BLOCK_R, BLOCK_V, ACC)
+        s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_safe, inv_t, s_cap, s_icap, t_cap, t_icap,
+        HARD or MODE == "log_probs", ENTROPY, HARD_OWN_LSE, TEACHER == "logits", S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
     ld_s = tl.log(d_s)
     ld_t = tl.log(d_t)
     ld_1 = tl.log(d_1)
@@ -432,7 +468,8 @@ def _distribution_fwd_kernel(
         valid = valid & in_range
     else:
         sum_s, sum_t = _sweep_divergence(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, m_s, ld_s, m_t, ld_t,
-                                         inv_t, log_beta, log_1mbeta, KL, BLOCK_R, BLOCK_V, ACC)
+                                         inv_t, log_beta, log_1mbeta, s_cap, s_icap, t_cap, t_icap, KL, S_CAP, T_CAP,
+                                         BLOCK_R, BLOCK_V, ACC)
         if KL == "forward":
             value = sum_t
             k_t = sum_t
@@ -489,8 +526,8 @@ def _distribution_fwd_kernel(
         _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, s_row, t_row, i_row, rows * gs_r, rows * gt_r,
                          row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, 0, m_s, ld_s, m_t, ld_t, k_s,
                          k_t, m_1, ld_1, y_safe, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
-                         inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
-                         GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
+                         inv_t, beta, log_beta, log_1mbeta, s_cap, s_icap, t_cap, t_icap, MODE, TEACHER, KL, HARD,
+                         HARD_OWN_LSE, GRAD_STUDENT, GRAD_TEACHER, S_CAP, T_CAP, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
 
     # (4) per row, or reduced over the grid in this launch
     if REDUCTION == "none":
@@ -506,7 +543,8 @@ def _distribution_fwd_kernel(
 
 @triton.jit(do_not_specialize=["n_state", "n_rows", "col_offset", "n_classes", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
                                "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
-                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom"])
+                               "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom",
+                               *_CAP_ARGS])
 def _distribution_bwd_kernel(
     # pointers
     s_ptr, t_ptr, idx_ptr, y_ptr,  # as in the forward
@@ -521,10 +559,11 @@ def _distribution_bwd_kernel(
     # per-call scalars, floats as (hi, lo)
     ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
     soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, min_denom,
+    s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,
     # constexprs
     MODE: tl.constexpr, TEACHER: tl.constexpr, KL: tl.constexpr, HAS_LABELS: tl.constexpr, HARD: tl.constexpr,
     HARD_OWN_LSE: tl.constexpr, ENTROPY: tl.constexpr, MEAN: tl.constexpr, N_STATS: tl.constexpr,
-    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr,
+    GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """(3) alone, from the forward's state, for the grad_output the backward receives (vocabulary parallel:
@@ -532,6 +571,8 @@ def _distribution_bwd_kernel(
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
         inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo, soft_w_hi,
         soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo, ACC)
+    s_cap, s_icap, t_cap, t_icap = _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo,
+                                              t_icap_hi, t_icap_lo, ACC)
     pid = tl.program_id(0)
     rows, row_mask = _rows(pid, n_rows, BLOCK_R)
     zero = tl.zeros([BLOCK_R], ACC)
@@ -576,32 +617,37 @@ def _distribution_bwd_kernel(
     g_h = tl.where(bad, float("nan"), g_h)
     _write_gradients(s_ptr, t_ptr, idx_ptr, gs_ptr, gt_ptr, rows * s_r, rows * t_r, rows * i_r, rows * gs_r,
                      rows * gt_r, row_mask, counted, s_v, t_v, i_k, gs_v, gt_v, n_cols, n_topk, col_offset, m_s, ld_s,
-                     m_t, ld_t, k_s, k_t, m_1, ld_1, y_safe - col_offset, g * soft_w * soft_mean * inv_t, g * hard_w, g * inv_t, g_h * inv_t, entropy,
-                     inv_t, beta, log_beta, log_1mbeta, MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT,
-                     GRAD_TEACHER, BLOCK_R, BLOCK_V, BLOCK_K, ACC)
+                     m_t, ld_t, k_s, k_t, m_1, ld_1, y_safe - col_offset, g * soft_w * soft_mean * inv_t, g * hard_w,
+                     g * inv_t, g_h * inv_t, entropy, inv_t, beta, log_beta, log_1mbeta, s_cap, s_icap, t_cap, t_icap,
+                     MODE, TEACHER, KL, HARD, HARD_OWN_LSE, GRAD_STUDENT, GRAD_TEACHER, S_CAP, T_CAP, BLOCK_R,
+                     BLOCK_V, BLOCK_K, ACC)
 
 
-@triton.jit(do_not_specialize=["st_plane", "n_rows", "col_offset", "ignore_index", "inv_t_hi", "inv_t_lo"])
+@triton.jit(do_not_specialize=["st_plane", "n_rows", "col_offset", "ignore_index", "inv_t_hi", "inv_t_lo", *_CAP_ARGS])
 def _distribution_shard_stats_kernel(
     s_ptr, t_ptr, y_ptr,  # as in the forward: this shard's columns of the student's (teacher's) logits
     stats_ptr,  # out: SHARD_STATS planes, st_plane elements apart
     s_r, s_v, t_r, t_v, y_r, st_plane,
     n_rows, n_cols, col_offset,  # this shard's columns: classes [col_offset, col_offset + n_cols)
     ignore_index, inv_t_hi, inv_t_lo,
+    s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,
     HAS_LABELS: tl.constexpr, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
-    TEACHER_LOGITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    TEACHER_LOGITS: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
 ):
     """Vocabulary parallel, launch 1: sweep (1) over this shard's columns, its row statistics written as
     the SHARD_STATS planes (sums relative to the shard's own maxima; x_y the label's logit where this
     shard holds that class, else 0), to be combined over the ranks."""
     inv_t = join_float(inv_t_hi, inv_t_lo, ACC)
+    s_cap, s_icap, t_cap, t_icap = _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo,
+                                              t_icap_hi, t_icap_lo, ACC)
     rows, row_mask = _rows(tl.program_id(0), n_rows, BLOCK_R)
     y_local = rows * 0 - 1
     if HAS_LABELS:
         y_local = tl.load(y_ptr + rows * y_r, mask=row_mask, other=ignore_index).to(tl.int64) - col_offset
     m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
-        s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, y_local, inv_t, GATHER_Y, ENTROPY,
-        HARD_OWN_LSE, TEACHER_LOGITS, BLOCK_R, BLOCK_V, ACC)
+        s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, y_local, inv_t, s_cap, s_icap, t_cap,
+        t_icap, GATHER_Y, ENTROPY, HARD_OWN_LSE, TEACHER_LOGITS, S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
     tl.store(_stat(stats_ptr, 0, st_plane, rows), m_s, mask=row_mask)
     tl.store(_stat(stats_ptr, 1, st_plane, rows), d_s, mask=row_mask)
     tl.store(_stat(stats_ptr, 2, st_plane, rows), e_s, mask=row_mask)
@@ -613,7 +659,7 @@ def _distribution_shard_stats_kernel(
 
 
 @triton.jit(do_not_specialize=["n_state", "tm_plane", "n_rows", "col_offset", "n_classes", "inv_t_hi", "inv_t_lo",
-                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo"])
+                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", *_CAP_ARGS])
 def _distribution_shard_terms_kernel(
     s_ptr, t_ptr, idx_ptr,  # as in the forward: this shard's columns; the top-k (R, K) whole
     work_ptr,  # the state (STATE) holding the whole rows' [M | log D] of z (and z')
@@ -621,7 +667,9 @@ def _distribution_shard_terms_kernel(
     s_r, s_v, t_r, t_v, i_r, i_k, tm_plane,
     n_rows, n_cols, n_topk, n_state, col_offset, n_classes,
     inv_t_hi, inv_t_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
-    TEACHER: tl.constexpr, KL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,
+    TEACHER: tl.constexpr, KL: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
 ):
     """Vocabulary parallel, launch 2 (jsd): this shard's share of the divergence's sums (2) given the whole
     rows' log-sum-exps: sweep (2) over its columns (top-k: its classes' entries, in the K' plane), to be
@@ -629,6 +677,8 @@ def _distribution_shard_terms_kernel(
     inv_t = join_float(inv_t_hi, inv_t_lo, ACC)
     log_beta = join_float(log_beta_hi, log_beta_lo, ACC)
     log_1mbeta = join_float(log_1mbeta_hi, log_1mbeta_lo, ACC)
+    s_cap, s_icap, t_cap, t_icap = _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo,
+                                              t_icap_hi, t_icap_lo, ACC)
     rows, row_mask = _rows(tl.program_id(0), n_rows, BLOCK_R)
     m_s = tl.load(_stat(work_ptr, 0, n_state, rows), mask=row_mask, other=0.0).to(ACC)
     ld_s = tl.load(_stat(work_ptr, 1, n_state, rows), mask=row_mask, other=0.0).to(ACC)
@@ -640,7 +690,8 @@ def _distribution_shard_terms_kernel(
         m_t = tl.load(_stat(work_ptr, 2, n_state, rows), mask=row_mask, other=0.0).to(ACC)
         ld_t = tl.load(_stat(work_ptr, 3, n_state, rows), mask=row_mask, other=0.0).to(ACC)
         sum_s, sum_t = _sweep_divergence(s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, m_s, ld_s,
-                                         m_t, ld_t, inv_t, log_beta, log_1mbeta, KL, BLOCK_R, BLOCK_V, ACC)
+                                         m_t, ld_t, inv_t, log_beta, log_1mbeta, s_cap, s_icap, t_cap, t_icap, KL,
+                                         S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
     tl.store(_stat(terms_ptr, 0, tm_plane, rows), sum_s, mask=row_mask)
     tl.store(_stat(terms_ptr, 1, tm_plane, rows), sum_t, mask=row_mask)
 
@@ -662,15 +713,18 @@ class Problem:
     "topk" | ""), kl kind, labels, hard target, entropy; and the per-call scalars."""
 
     __slots__ = ("mode", "teacher", "kl", "has_labels", "hard", "entropy", "ignore_index", "temperature", "beta",
-                 "soft_w", "hard_w", "soft_mean", "min_denom")
+                 "soft_w", "hard_w", "soft_mean", "min_denom", "softcap", "teacher_softcap")
 
     def __init__(self, mode, teacher="", kl="forward", has_labels=False, hard=False, entropy=False,
                  ignore_index=-100, temperature=1.0, beta=0.0, soft_w=1.0, hard_w=0.0, soft_mean=1.0,
-                 min_denom=-math.inf):
+                 min_denom=-math.inf, softcap=None, teacher_softcap=None):
         self.mode, self.teacher, self.kl, self.has_labels = mode, teacher, kl, has_labels
         self.hard, self.entropy, self.ignore_index, self.temperature = hard, entropy, ignore_index, temperature
         self.beta, self.soft_w, self.hard_w, self.soft_mean = beta, soft_w, hard_w, soft_mean
         self.min_denom = min_denom
+        if teacher == "topk" and (softcap is not None or teacher_softcap is not None):
+            raise ValueError("distribution rows: a softcap is served with teacher logits, not a top-k teacher")
+        self.softcap, self.teacher_softcap = softcap, teacher_softcap  # None: no softcap
 
     def key(self):
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -695,7 +749,17 @@ def _scalars(problem):
     log_1mbeta = math.log1p(-beta) if 0.0 < beta < 1.0 else 0.0
     return (problem.ignore_index, *split_float(1.0 / problem.temperature), *split_float(beta), *split_float(log_beta),
             *split_float(log_1mbeta), *split_float(problem.soft_w), *split_float(problem.hard_w),
-            *split_float(problem.soft_mean), float(problem.min_denom))
+            *split_float(problem.soft_mean), float(problem.min_denom), *_cap_scalars(problem))
+
+
+def _cap_scalars(problem):
+    """(cap, 1 / cap) of the student's and the teacher's softcaps as (hi, lo) pairs (1 where none)."""
+    caps = [problem.softcap or 1.0, problem.teacher_softcap or 1.0]
+    return tuple(part for cap in caps for value in (cap, 1.0 / cap) for part in split_float(value))
+
+
+def _cap_constexprs(problem):
+    return dict(S_CAP=problem.softcap is not None, T_CAP=problem.teacher_softcap is not None)
 
 
 @plan_cache
@@ -710,7 +774,7 @@ def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, 
         SAVE=save, N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse),
         WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher,
         SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk), RBLOCK=_RBLOCK,
-        ACC=accumulation_dtypes(dtype)[0])
+        ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     n_programs = triton.cdiv(n_rows, block_r)
     saved = state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature, save)
     work_size = saved + (2 * n_programs if reduction != "none" else 0)
@@ -727,7 +791,7 @@ def _bwd_plan(key, n_rows, n_cols, n_topk, dtype, mean, grad_student, grad_teach
         HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, MEAN=mean,
         N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse), GRAD_STUDENT=grad_student,
         GRAD_TEACHER=grad_teacher, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk),
-        ACC=accumulation_dtypes(dtype)[0])
+        ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, _scalars(problem)
 
 
@@ -818,7 +882,7 @@ def _shard_stats_plan(key, n_rows, n_cols, dtype):
     constexprs = dict(
         HAS_LABELS=problem.has_labels, GATHER_Y=problem.hard or problem.mode == "log_probs", ENTROPY=problem.entropy,
         HARD_OWN_LSE=problem.hard and problem.temperature != 1.0, TEACHER_LOGITS=problem.teacher == "logits",
-        BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0])
+        BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
@@ -835,6 +899,7 @@ def distribution_shard_stats(problem, student, teacher, labels, col_offset, stat
         student, teacher if teacher is not None else student, labels if labels is not None else student, stats,
         *student.stride(), *_strides(teacher), labels.stride(0) if labels is not None else 0, stats.stride(0),
         n_rows, n_cols, col_offset, problem.ignore_index, *split_float(1.0 / problem.temperature),
+        *_cap_scalars(problem),
     ), constexprs, num_warps, student.device)
     return stats
 
@@ -846,9 +911,10 @@ def _shard_terms_plan(key, n_rows, n_cols, dtype):
     if problem.teacher == "topk":  # K gathers per row, no sweep: many rows per program, few warps
         block_r, block_v, num_warps = (4 if interpreting() else 128), 16, 4
     constexprs = dict(TEACHER=problem.teacher, KL=problem.kl, BLOCK_R=block_r, BLOCK_V=block_v,
-                      ACC=accumulation_dtypes(dtype)[0])
+                      ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     scalars = _scalars(problem)
-    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, (*scalars[1:3], *scalars[5:9])
+    return (triton.cdiv(n_rows, block_r),), num_warps, constexprs, (*scalars[1:3], *scalars[5:9],
+                                                                     *_cap_scalars(problem))
 
 
 def distribution_shard_terms(problem, student, teacher, indices, state, n_state, shard, terms):

@@ -549,6 +549,53 @@ def test_linear_logit_scales(small_chunks):
             fn(*args, **{name: float("inf")})
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.3])  # the forward KL's and the generalized JSD's gradients
+def test_linear_softcaps(beta, small_chunks):
+    """softcap and teacher_softcap (Gemma 2/3's final-logit softcap, after the logit scale, before the
+    temperature), differently per head, logits large enough for the tanh to bend (|x| up to ~15 against caps
+    of 5 and 4): the Triton path (the kernels cap as they read, the slope in the gradient) against the eager
+    formulas in float64, and those against the functions of the capped logits."""
+    x, w, b, xt, wt, bt = heads(teacher_grad=True)
+    x, xt = (3 * x).detach().requires_grad_(), (3 * xt).detach().requires_grad_()
+    y = labels_for(x[:, :1].expand(-1, 300))
+    caps = dict(logit_scale=0.7, teacher_logit_scale=1.3, softcap=5.0, teacher_softcap=4.0)
+    parity(lambda x, w, xt, wt, y, b, bt, **k: FL.linear_jsd_loss(x, w, xt, wt, y, bias=b, teacher_bias=bt, **k),
+           [x.float(), w.float(), xt.float(), wt.float(), y, b.float(), bt.float()],
+           dict(beta=beta, temperature=1.7, hard_weight=0.3, **caps))
+
+    def capped(logits, cap):
+        return cap * torch.tanh(logits / cap)
+
+    with torch.no_grad():
+        student, teacher = capped((x @ w.t() + b) * 0.7, 5.0), capped((xt @ wt.t() + bt) * 1.3, 4.0)
+        expected = eager(FL.jsd_loss)(student, teacher, y, beta=beta) + 0.3 * torch.nn.functional.cross_entropy(student, y)
+        torch.testing.assert_close(eager(FL.linear_jsd_loss)(x, w, xt, wt, y, bias=b, teacher_bias=bt, beta=beta,
+                                                             hard_weight=0.3, **caps),
+                                   expected, rtol=1e-12, atol=1e-13)
+    if beta == 0.3:  # log-probabilities: one case
+        parity(lambda x, w, y, b, **k: FL.linear_log_probs(x, w, y, bias=b, **k), [x.float(), w.float(), y, b.float()],
+               dict(temperature=0.9, with_entropy=True, logit_scale=0.7, softcap=5.0))
+        with torch.no_grad():
+            torch.testing.assert_close(
+                eager(FL.linear_log_probs)(x, w, y, bias=b, logit_scale=0.7, softcap=5.0, with_entropy=True),
+                eager(FL.log_probs)(capped((x @ w.t() + b) * 0.7, 5.0), y, with_entropy=True), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("value,error", [("5", TypeError), (0.0, ValueError), (-1.0, ValueError),
+                                         (float("inf"), ValueError)])
+def test_linear_softcap_is_validated(value, error, backend):
+    x, w, b, xt, wt, bt = heads(n=5, v=30)
+    y = torch.zeros(5, dtype=torch.long, device=DEVICE)
+    with backend_context(backend):
+        for fn, args, name in ((FL.linear_log_probs, (x, w, y), "softcap"),
+                               (FL.linear_jsd_loss, (x, w, xt, wt), "teacher_softcap")):
+            with pytest.raises(error, match=name):
+                fn(*args, **{name: value})
+    with pytest.raises(error, match="softcap"):
+        FN.LinearJSDLoss(softcap=value)
+
+
 def test_linear_log_probs_three_dimensional_and_strided(small_chunks):
     x = torch.randn(2, 19, 11, dtype=torch.float64, device=DEVICE).transpose(0, 1).float().requires_grad_()
     w = torch.randn(300, 11, device=DEVICE).requires_grad_()

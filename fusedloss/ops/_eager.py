@@ -14,8 +14,7 @@ def eager_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
     if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
         input = input.float()
         weight = weight.float() if weight is not None else None
-    if softcap is not None:
-        input = softcap * torch.tanh(input / softcap)
+    input = softcapped(input, softcap)
     loss = F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
     if not z_loss:
@@ -94,6 +93,11 @@ def linear_logits(input, linear_weight, linear_bias, logit_scale=1.0):
     return logits.reshape(*input.shape[:-1], n_classes, *out_features)
 
 
+def softcapped(logits, softcap):
+    """softcap * tanh(logits / softcap), or the logits (None)."""
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
                          z_loss, softcap, process_group, loss_dtype=None, logit_scale=1.0):
     """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
@@ -131,9 +135,7 @@ def vocab_parallel_cross_entropy(input, target, weight, ignore_index, reduction,
     loss_shape = ((input.shape[0], *input.shape[2:]) if input.dim() > 1 else ()) if prob_target else target.shape
     # rows (R, C_local): the class dimension last
     x = input.reshape(1, -1) if input.dim() == 1 else input.movedim(1, -1).reshape(-1, n_local)
-    x = x.to(acc)
-    if softcap is not None:
-        x = softcap * torch.tanh(x / softcap)
+    x = softcapped(x.to(acc), softcap)
     n_rows = x.shape[0]
     # (1) the row max over every rank (a shift: not differentiated), then this rank's sums relative to it
     local_max = x.detach().amax(1) if n_local else x.new_full((n_rows,), float("-inf"))

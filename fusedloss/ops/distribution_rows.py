@@ -20,7 +20,7 @@ Saved for the backward: the inputs and the state (the kernel's state, the gradie
 grad_in_forward forward). Nothing syncs with the host.
 """
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -38,6 +38,8 @@ class DistributionOptions(NamedTuple):
     entropy: bool = False  # log_probs: the entropy too
     grad_in_forward: bool = False  # jsd: the gradient for grad_output 1 written by the forward
     process_group: str = ""  # vocabulary parallel: the group's name (fusedloss/ops/_vocab_parallel.py); "": none
+    softcap: Optional[float] = None  # the linear forms: the student's logits softcapped first (None: not)
+    teacher_softcap: Optional[float] = None  # the teacher's
 
 
 _kernels = None
@@ -63,11 +65,11 @@ def problem_of(options, teacher, indices, labels, n_classes, batch, hard_weight=
     problem = kernels().Problem
     if options.mode == "log_probs":
         return problem("log_probs", has_labels=True, entropy=options.entropy, ignore_index=options.ignore_index,
-                       temperature=options.temperature)
+                       temperature=options.temperature, softcap=options.softcap)
     return problem("jsd", "topk" if indices is not None else "logits", kl_kind(options.beta), labels is not None,
                    hard_weight != 0, False, options.ignore_index if labels is not None else 0, options.temperature,
                    options.beta, soft_weight, hard_weight, _soft_mean(options.reduction, labels, n_classes, batch),
-                   1.0 if options.reduction == "batchmean" else -math.inf)
+                   1.0 if options.reduction == "batchmean" else -math.inf, options.softcap, options.teacher_softcap)
 
 
 def _soft_mean(reduction, labels, n_classes, batch):

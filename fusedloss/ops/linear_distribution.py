@@ -30,12 +30,12 @@ Peak extra memory: the chunk buffers, CHUNK_BYTES of logits for both heads toget
 ``options.batch_chunk_size``), plus the float32 weight-gradient accumulators of 16-bit weights.
 """
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 from . import _chunks, _scaffold, _vocab_parallel
-from ._eager import distillation_loss, linear_logits, token_log_probs
+from ._eager import distillation_loss, linear_logits, softcapped, token_log_probs
 from .distribution_rows import (DistributionOptions, combine_shard_stats, count_rows, kernel_reduction, kernels,
                                 new_shard_state, problem_of, set_shard_terms, shard_rows)
 
@@ -52,6 +52,8 @@ class LinearJSDOptions(NamedTuple):
     process_group: str = ""  # vocabulary parallel: the group's name; "": none
     logit_scale: float = 1.0  # the student's logits are logit_scale * (input W^T + b), before the temperature
     teacher_logit_scale: float = 1.0  # the teacher's, likewise
+    softcap: Optional[float] = None  # the student's scaled logits softcapped, before the temperature
+    teacher_softcap: Optional[float] = None  # the teacher's
 
 
 class LinearLogProbsOptions(NamedTuple):
@@ -62,6 +64,7 @@ class LinearLogProbsOptions(NamedTuple):
     chunk_rows: int = 0
     process_group: str = ""
     logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the temperature
+    softcap: Optional[float] = None  # the scaled logits softcapped, before the temperature
 
 
 def _head(input, weight, bias, logit_scale=1.0):
@@ -75,7 +78,7 @@ def _jsd_heads(options, x, w, b, xt, wt, bt):
 
 def _distribution_options(options):
     return DistributionOptions("jsd", options.reduction, options.out_dtype, options.beta, options.temperature,
-                               options.ignore_index)
+                               options.ignore_index, softcap=options.softcap, teacher_softcap=options.teacher_softcap)
 
 
 def _flat(labels):
@@ -281,8 +284,8 @@ class LinearJSD(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, xt, wt, bt, labels):
-        logits = linear_logits(x, w, b, options.logit_scale)
-        teacher = linear_logits(xt, wt, bt, options.teacher_logit_scale)
+        logits = softcapped(linear_logits(x, w, b, options.logit_scale), options.softcap)
+        teacher = softcapped(linear_logits(xt, wt, bt, options.teacher_logit_scale), options.teacher_softcap)
         return distillation_loss(logits, teacher, None, labels, options.beta, options.temperature, options.ignore_index,
                                  options.reduction, options.hard_weight, options.soft_weight,
                                  options.process_group).to(options.out_dtype)
@@ -317,7 +320,7 @@ class LinearLogProbs(_scaffold.Family):
         n, chunk = head.x.shape[0], LinearLogProbs._chunk(options, inputs)
         flat = tokens.reshape(-1)
         problem = problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
-                                                 options.ignore_index, options.entropy), None, None, tokens, 0, 1)
+                                                 options.ignore_index, options.entropy, softcap=options.softcap), None, None, tokens, 0, 1)
 
         def visit(i, r0, rows, logits):
             scale = {}
@@ -337,7 +340,7 @@ class LinearLogProbs(_scaffold.Family):
     @staticmethod
     def _problem(options, tokens, n_classes):
         return problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
-                                              options.ignore_index, options.entropy), None, None, tokens, n_classes, 1)
+                                              options.ignore_index, options.entropy, softcap=options.softcap), None, None, tokens, n_classes, 1)
 
     @staticmethod
     def forward(options, inputs, needs_grad):
@@ -381,7 +384,7 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, tokens):
-        return token_log_probs(linear_logits(x, w, b, options.logit_scale), tokens, options.temperature,
+        return token_log_probs(softcapped(linear_logits(x, w, b, options.logit_scale), options.softcap), tokens, options.temperature,
                                options.ignore_index, options.entropy, options.process_group).to(options.out_dtype)
 
     @staticmethod
