@@ -57,11 +57,12 @@ dist_case("log_probs_entropy", "log_probs", 11, 13, with_entropy=True, upstream=
 dist_case("linear_jsd_hard", "linear_jsd_loss", 9, 13, h=5, h_teacher=4, bias=True, beta=0.3, hard_weight=0.5,
           soft_weight=0.8, temperature=1.5, chunk=4)
 dist_case("linear_jsd_none_teacher_grad", "linear_jsd_loss", 9, 13, h=5, h_teacher=4, beta=0.6, reduction="none",
-          upstream="tensor", teacher_grad=True, chunk=3)
+          upstream="tensor", teacher_grad=True, chunk=3,
+          logit_scale=1.7, teacher_logit_scale=0.6, softcap=1.5, teacher_softcap=2.5)  # heads scaled and capped
 dist_case("linear_jsd_one_chunk_hard_t1", "linear_jsd_loss", 9, 13, h=5, h_teacher=5, beta=1.0, hard_weight=1.0,
           reduction="sum", teacher_grad=True)
 dist_case("linear_log_probs", "linear_log_probs", 9, 13, h=5, bias=True, with_entropy=True, temperature=1.2, chunk=4,
-          upstream="tensor")
+          upstream="tensor", logit_scale=1.3, softcap=2.0)
 
 
 def dist_inputs(spec, seed):
