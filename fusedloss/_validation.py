@@ -187,8 +187,8 @@ def check_softcap(softcap, name="softcap"):
         return None
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
         raise TypeError(f"{name} must be None or a positive real number, got {type(softcap).__name__}")
-    if not (math.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"{name} must be None or a positive finite number, got {softcap}")
+    if not (math.isfinite(softcap) and 1e-30 < softcap < 1e30):  # the kernels take it and 1 / it in float32
+        raise ValueError(f"{name} must be None or a positive number between 1e-30 and 1e30, got {softcap}")
     return float(softcap)
 
 

@@ -6,8 +6,8 @@ teacher's logits x' or the teacher's top-k log-probabilities (R, K) with their c
 labels (R,), gradients (R, V).
 
 Math, per row, with z = x / T and z' = x' / T (T the temperature, a multiplication by 1/T here; the
-linear forms' softcap first, x <- c tanh(x / c) with x / c as x * (1 / c), per head, its slope 1 - (x / c)**2
-multiplying that head's gradient in (3); not with a top-k teacher),
+linear forms' softcap first, x <- c tanh(x / c) with x / c as x * (1 / c), per head, its slope
+1 - tanh(x / c)**2 multiplying that head's gradient in (3); not with a top-k teacher),
 s = log_softmax(z), t = log_softmax(z'), p = exp(s), q = exp(t). Every log-softmax is kept as
 (running max M, log of the sum of exp(z - M)) so that s_v = (z_v - M) - log D is exact where torch's is
 (huge logits do not cancel), and a term with a probability of 0 counts 0 (its log may be -inf).
@@ -65,7 +65,7 @@ import triton.language as tl
 
 from ._config import distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, log1p, offset64, tanh
+from ._math import div_rn, join_float, log1p, offset64, tanh_with_slope
 from ._reduce import finish_grid_mean
 
 KL_KINDS = ("forward", "reverse", "mixed")
@@ -106,8 +106,8 @@ def _capped(x, mask, cap, inv_cap, other, CAP: tl.constexpr):
     """The softcap x <- cap tanh(x / cap) on the lanes in ``mask`` (``other`` elsewhere), and its slope
     1 - tanh(x / cap)**2 (1 without CAP)."""
     if CAP:
-        capped = tanh(x * inv_cap)
-        return tl.where(mask, cap * capped, other), 1.0 - capped * capped
+        capped, slope = tanh_with_slope(x * inv_cap)
+        return tl.where(mask, cap * capped, other), slope
     else:
         return x, 1.0
 

@@ -55,20 +55,21 @@ def sweep(heads, n, chunk, visit, grads=None, kept=None):
     wanted) the gradient accumulation from its buffer, which ``visit`` overwrote with d loss / d logits.
     Returns the buffers when there was a single chunk (a later sweep may reuse them as ``kept``)."""
     buffers = kept if kept is not None else [h.x.new_empty((min(chunk, n), h.w.shape[0])) for h in heads]
+    # a scaled head's bias scaled once (C elements), so that its GEMM adds it with beta 1, in the epilogue
+    biases = [h.b * h.scale if h.b is not None and h.scale != 1.0 else h.b for h in heads]
     starts = range(0, n, chunk)
     for i, r0 in enumerate(starts):
         rows = min(chunk, n - r0)
         logits = [buffer[:rows] for buffer in buffers]
         if kept is None:
-            for head, out in zip(heads, logits):
+            for head, bias, out in zip(heads, biases, logits):
                 xc = head.x[r0:r0 + rows]
-                if head.scale != 1.0:  # alpha scales the product, beta the bias (beta 0: out not read)
-                    torch.addmm(out if head.b is None else head.b, xc, head.w.t(), out=out,
-                                beta=0.0 if head.b is None else head.scale, alpha=head.scale)
-                elif head.b is None:
+                if bias is None and head.scale != 1.0:  # alpha scales the product (beta 0: out not read)
+                    torch.addmm(out, xc, head.w.t(), out=out, beta=0.0, alpha=head.scale)
+                elif bias is None:
                     torch.mm(xc, head.w.t(), out=out)
                 else:
-                    torch.addmm(head.b, xc, head.w.t(), out=out)
+                    torch.addmm(bias, xc, head.w.t(), out=out, alpha=head.scale)
         visit(i, r0, rows, logits)
         for head, head_grads, dlogits in zip(heads, grads or (), logits):
             if head_grads is not None:
@@ -116,8 +117,8 @@ def _mixed_addmm(device, dtype):
     if key not in _MIXED_ADDMM:
         try:
             a = torch.ones(2, 3, dtype=dtype, device=device)
-            torch.addmm(torch.ones(2, 2, device=device), a, a.t(), out_dtype=torch.float32,
-                        out=torch.empty(2, 2, device=device))
+            torch.addmm(torch.ones(2, 2, device=device), a, a.t(), out_dtype=torch.float32, alpha=0.5,
+                        out=torch.empty(2, 2, device=device))  # as the real call: alpha the logit scale
             _MIXED_ADDMM[key] = True
         except (RuntimeError, TypeError, NotImplementedError):
             _MIXED_ADDMM[key] = False
