@@ -10,6 +10,7 @@ The families kept here are one per kind of head found by a survey of every *ForC
 The vocabulary (1031) is larger than every other dimension, so a tensor of tokens x vocabulary elements
 is easy to tell apart from the decoder's own activations."""
 import copy
+import math
 
 import pytest
 import torch
@@ -363,7 +364,7 @@ class _OwnCrossEntropy(transformers.LlamaForCausalLM):
     (_DoubledLogits, "_DoubledLogits transforms its logits"),
     (_ExtraLoss, "_ExtraLoss adds to or rescales its loss"),
     (_OwnCrossEntropy, "_OwnCrossEntropy calls model.loss_function 0 times"),
-    (transformers.BartForCausalLM, "BartForCausalLM transforms its logits"),  # final_logits_bias, embed scale
+    (transformers.BartForCausalLM, "BartForCausalLM does not run its decoder .model"),  # it runs .model.decoder
 ])
 def test_the_probe_refuses_what_the_fused_forward_would_change(cls, message):
     torch.manual_seed(0)
@@ -378,6 +379,74 @@ def test_the_probe_refuses_what_the_fused_forward_would_change(cls, message):
     with pytest.raises(ValueError, match=message):
         hf.use_fused_linear_cross_entropy(model)
     assert model.training == training and "forward" not in model.__dict__ and "_loss_function" not in model.__dict__
+
+
+def test_a_deep_copy_runs_itself(small_chunks):
+    """A deep copy of a patched model (TRL's frozen reference, an EMA copy) runs its own weights, fused and
+    unfused, and pickles; the original is untouched."""
+    import io
+    import pickle
+
+    model = hf.use_fused_linear_cross_entropy(make_model("cohere").train())
+    copy_ = copy.deepcopy(model)
+    with torch.no_grad():
+        copy_.lm_head.weight.zero_()
+    input_ids, labels = batch()
+    with fusedloss.backend("triton"):
+        loss = copy_(input_ids=input_ids, labels=labels).loss
+        assert copy_(input_ids=input_ids).logits.abs().max() == 0  # its own head, unfused too
+    counted = int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, torch.tensor(math.log(VOCAB)), rtol=1e-6, atol=1e-6)  # zero logits: log V
+    assert counted and model.lm_head.weight.abs().max() > 0
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    with fusedloss.backend("triton"), torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=input_ids, labels=labels).loss,
+                                   model(input_ids=input_ids, labels=labels).loss, rtol=0, atol=0)
+    assert isinstance(pickle.loads(pickle.dumps(model.forward)), type(model.forward))
+
+
+def test_changes_after_patching_are_followed_or_refused():
+    """The decoder and the head are looked up on each call: a decoder replaced after patching is the one
+    that runs; a head that stops being a plain Linear (LoRA on lm_head added afterwards, a forward hook)
+    makes the fused call raise instead of skipping it."""
+    peft = pytest.importorskip("peft")
+    model = hf.use_fused_linear_cross_entropy(make_model("llama").train())
+    input_ids, labels = batch()
+    other = make_model("llama", seed=5)
+    model.model = other.model
+    with torch.no_grad():  # the fused path against the class's own forward, both with the new decoder
+        torch.testing.assert_close(model(input_ids=input_ids, labels=labels).loss,
+                                   model(input_ids=input_ids, labels=labels, skip_logits=False).loss, rtol=1e-6,
+                                   atol=1e-6)
+        assert model(input_ids=input_ids, labels=labels).logits is None
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: 3 * output)
+    with pytest.raises(ValueError, match="forward hooks"):
+        model(input_ids=input_ids, labels=labels)
+    hook.remove()
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["lm_head"]))
+    with pytest.raises(ValueError, match="Linear LM head"):
+        lora(input_ids=input_ids, labels=labels)
+
+
+def test_call_forms_and_messages():
+    """Labels passed positionally as the class forward takes them; too many values raise as Python does;
+    a model on the meta device, a base model without a head: messages that say what to do."""
+    reference = make_model("llama").train()
+    model = hf.use_fused_linear_cross_entropy(copy.deepcopy(reference))
+    input_ids, labels = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids, None, None, None, None, labels).loss,
+                                   reference(input_ids, None, None, None, None, labels).loss, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="multiple values"):
+        model(input_ids, input_ids=input_ids)
+    with torch.device("meta"):
+        meta = transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON))
+    with pytest.raises(ValueError, match="meta device.*probe=False"):
+        hf.use_fused_linear_cross_entropy(meta)
+    with pytest.raises(ValueError, match="base model"):
+        hf.use_fused_loss(transformers.LlamaModel(transformers.LlamaConfig(**COMMON)))
 
 
 def test_head_transform_readers():

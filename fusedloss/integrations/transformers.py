@@ -44,7 +44,6 @@ patch time (its weights not yet materialised), trusting the readers above alone.
 transformers is imported by the functions that need it, never by ``import fusedloss``.
 """
 import dataclasses
-import functools
 import inspect
 import math
 import sys
@@ -85,14 +84,17 @@ def causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_i
                                                        loss_dtype=torch.float32), num_items_in_batch)
 
 
-def _check_causal_lm(model):
+def _check_causal_lm(model, caller="use_fused_loss"):
     if not hasattr(type(model), "loss_function") or not isinstance(getattr(type(model), "loss_function"), property) \
             or getattr(type(model), "loss_function").fset is None:
-        raise TypeError(f"{type(model).__name__} has no settable loss_function (transformers >= 4.46 has it on "
-                        "every PreTrainedModel)")
+        raise TypeError(f"{caller}: {type(model).__name__} has no settable loss_function (transformers >= 4.46 has "
+                        "it on every PreTrainedModel)")
     if getattr(model, "loss_type", None) not in ("ForCausalLM", None):
-        raise ValueError(f"use_fused_loss serves causal language models; {type(model).__name__} has loss_type "
+        raise ValueError(f"{caller} serves causal language models; {type(model).__name__} has loss_type "
                          f"{model.loss_type!r}")
+    if getattr(model, "loss_type", None) is None and model.get_output_embeddings() is None:
+        raise ValueError(f"{caller} serves causal language models; {type(model).__name__} has neither a causal-LM "
+                         "loss_type nor an LM head (a base model: patch its *ForCausalLM)")
 
 
 def use_fused_loss(model):
@@ -188,10 +190,11 @@ def _router(model):
 
 
 class _Plan(NamedTuple):
-    """What the fused forward runs for one model: its decoder, its head, the transform, the router loss,
-    the forward's parameter names (positional arguments map onto them) and its output class."""
+    """What the fused forward runs for one model: where its decoder is (looked up on each call: FSDP or PEFT
+    may replace it after patching), the head transform, the router loss, the forward's parameter names
+    (positional arguments map onto them) and its output class."""
 
-    decoder: torch.nn.Module
+    decoder: str
     transform: HeadTransform
     router: Optional[_Router]
     parameters: tuple
@@ -209,18 +212,36 @@ def _output_type(model, router):
     return MoeCausalLMOutputWithPast if router is not None else CausalLMOutputWithPast
 
 
+def _decoder(model, name):
+    decoder = getattr(model, name, None)
+    if not isinstance(decoder, torch.nn.Module) or decoder is model:
+        raise ValueError(f"use_fused_linear_cross_entropy needs a decoder at .{name}; {type(model).__name__} has "
+                         "another structure (use use_fused_loss)")
+    return decoder
+
+
+def _linear_head(model):
+    """The model's LM head, a plain torch.nn.Linear (its forward neither overridden nor hooked: the fused path
+    reads its weight and bias, not its forward), or a ValueError naming what it is."""
+    head = model.get_output_embeddings()
+    plain = (isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
+             and "forward" not in head.__dict__)
+    if not plain:
+        raise ValueError(f"use_fused_linear_cross_entropy needs a torch.nn.Linear LM head; {type(model).__name__}'s "
+                         f"is {type(head).__module__}.{type(head).__qualname__} (a LoRA adapter or a PEFT wrapper on "
+                         "lm_head, an overridden forward, or another head: use use_fused_loss)")
+    if head._forward_hooks or head._forward_pre_hooks:
+        raise ValueError(f"use_fused_linear_cross_entropy: {type(model).__name__}'s lm_head has forward hooks, which "
+                         "the fused path (reading its weight) would skip: use use_fused_loss")
+    return head
+
+
 def _plan(model):
     """The fused forward's plan, or a ValueError naming the class and what it does not serve."""
     name = type(model).__name__
-    decoder = getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
-    if not isinstance(decoder, torch.nn.Module) or decoder is model:
-        raise ValueError(f"use_fused_linear_cross_entropy needs a decoder at .{model.base_model_prefix}; {name} "
-                         "has another structure (use use_fused_loss)")
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
-        raise ValueError(f"use_fused_linear_cross_entropy needs a torch.nn.Linear LM head; {name}'s is "
-                         f"{type(head).__module__}.{type(head).__qualname__} (a LoRA adapter on lm_head, or another head: use "
-                         "use_fused_loss)")
+    decoder = getattr(model, "base_model_prefix", "") or "model"
+    _decoder(model, decoder)
+    _linear_head(model)
     z_loss = _number(getattr(model.config, "z_loss_coefficient", None))
     if z_loss:  # Bamba: a z-loss over every position, ignored ones included
         raise ValueError(f"use_fused_linear_cross_entropy: {name} adds a z-loss over every position "
@@ -232,11 +253,11 @@ def _plan(model):
     return _Plan(decoder, head_transform(model), router, parameters, _output_type(model, router))
 
 
-def _fused_forward(model, plan, args, kwargs, loss_fn=causal_lm_linear_loss):
-    """The model's forward with labels, the logits never whole: the decoder as the model calls it, then
-    ``loss_fn`` of the kept hidden states and the head (plus the router loss), in the model's output."""
-    given = dict(zip(plan.parameters, args))
-    given.update(kwargs)
+def _fused_forward(model, plan, given, loss_fn=causal_lm_linear_loss):
+    """The model's forward with labels (``given``: its arguments by name), the logits never whole: the
+    decoder as the model calls it, then ``loss_fn`` of the kept hidden states and the head (plus the router
+    loss), in the model's output class (``logits`` None: absent from the tuple of ``return_dict=False``)."""
+    given = dict(given)
     labels = given.pop("labels")
     logits_to_keep = given.pop("logits_to_keep", 0)
     return_dict = given.pop("return_dict", None)
@@ -247,9 +268,9 @@ def _fused_forward(model, plan, args, kwargs, loss_fn=causal_lm_linear_loss):
         if output_router_logits is None:
             output_router_logits = bool(getattr(model.config, "output_router_logits", False))
         given["output_router_logits"] = output_router_logits
-    outputs = plan.decoder(**given)
+    outputs = _decoder(model, plan.decoder)(**given)
     hidden_states = _keep(outputs.last_hidden_state, logits_to_keep)
-    loss = loss_fn(hidden_states, model.get_output_embeddings(), labels, softcap=plan.transform.softcap,
+    loss = loss_fn(hidden_states, _linear_head(model), labels, softcap=plan.transform.softcap,
                    logit_scale=plan.transform.logit_scale, **loss_kwargs)
     fields = {f.name for f in dataclasses.fields(plan.output_type)}
     result = {k: v for k, v in outputs.items() if k in fields and k not in ("loss", "logits", "last_hidden_state")}
@@ -290,6 +311,10 @@ def _refuse(model, what):
 def _probe(model, plan, original):
     """Check the plan against the model's own forward (the module docstring): raise if they differ."""
     head = model.get_output_embeddings()
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(f"use_fused_linear_cross_entropy: {type(model).__name__} has weights on the meta device, "
+                         "so the probe cannot run its forward: materialise them first, or pass probe=False to "
+                         "trust the head readers alone")
     device = head.weight.device
     vocab = head.out_features
     generator = torch.Generator().manual_seed(0)
@@ -303,7 +328,10 @@ def _probe(model, plan, original):
             # 1. the head transform, over a wide range of logits
             hidden = _wide_hidden_states(head, (*_PROBE_TOKENS, head.in_features), generator)
 
+            fired = []
+
             def replace_hidden(module, inputs, output):
+                fired.append(True)
                 size = output["last_hidden_state"].shape[-1]
                 if size != head.in_features:
                     _refuse(model, f"puts more between its decoder and its lm_head (hidden states of size {size}, "
@@ -311,12 +339,16 @@ def _probe(model, plan, original):
                 output["last_hidden_state"] = hidden
                 return output
 
-            hook = plan.decoder.register_forward_hook(replace_hidden)
+            hook = _decoder(model, plan.decoder).register_forward_hook(replace_hidden)
             try:
                 theirs = original(input_ids=input_ids, use_cache=False).logits
             finally:
                 hook.remove()
-            ours = plan.transform.apply(head(hidden))
+            if not fired:
+                _refuse(model, f"does not run its decoder .{plan.decoder} as a module in its forward (it calls "
+                               "a part of it, or another module)")
+            # the head as the fused path reads it: its weight and bias, not its forward (hooks, overrides)
+            ours = plan.transform.apply(torch.nn.functional.linear(hidden, head.weight, head.bias))
             if theirs is None or tuple(theirs.shape) != tuple(ours.shape):
                 _refuse(model, f"returns logits of shape {None if theirs is None else tuple(theirs.shape)} where "
                                f"its lm_head gives {tuple(ours.shape)} (a vocabulary slice or another head)")
@@ -347,8 +379,7 @@ def _probe(model, plan, original):
                 _refuse(model, f"calls model.loss_function {len(calls)} times with labels (transformers' causal LMs "
                                "call it once; this one computes its loss otherwise)")
             try:
-                ours = _fused_forward(model, plan, (), dict(input_ids=input_ids, labels=labels, use_cache=False,
-                                                            **router),
+                ours = _fused_forward(model, plan, dict(input_ids=input_ids, labels=labels, use_cache=False, **router),
                                       loss_fn=lambda *args, **kwargs: torch.tensor(constant, device=device))
             except Exception as error:  # e.g. a router loss with another signature
                 _refuse(model, f"fails in the fused forward ({type(error).__name__}: {error})")
@@ -368,28 +399,48 @@ def _unwrapped(model):
     return model
 
 
+class _FusedForward:
+    """The ``forward`` set on a model instance: the fused path in training with labels, the class's own
+    forward otherwise. It holds the model and a plan of plain values, so a deep copy of the model (a frozen
+    reference, an EMA copy) gets a forward of its own copy, and the model pickles; its signature is the
+    class forward's (``generate`` validates keyword arguments against it)."""
+
+    def __init__(self, model, plan):
+        self.model, self.plan = model, plan
+
+    @property
+    def __signature__(self):
+        return inspect.signature(type(self.model).forward.__get__(self.model))
+
+    def __call__(self, *args, **kwargs):
+        model = self.model
+        given = dict(zip(self.plan.parameters, args))
+        if len(args) > len(self.plan.parameters) or given.keys() & kwargs.keys():
+            raise TypeError(f"{type(model).__name__}.forward() got too many positional arguments or multiple "
+                            f"values for {sorted(given.keys() & kwargs.keys())}")
+        given.update(kwargs)
+        skip_logits = given.pop("skip_logits", None)
+        original = type(model).forward.__get__(model)
+        if given.get("labels") is None or not (model.training if skip_logits is None else skip_logits):
+            return original(**given)
+        return _fused_forward(model, self.plan, given)
+
+
 def use_fused_linear_cross_entropy(model, *, probe=True):
     """In training with labels, compute ``model``'s causal-LM loss from its last hidden states without
     the logits (see the module docstring). Returns ``model``; ``restore(model)`` undoes it. A model whose
     head or loss fusedloss cannot reproduce raises a ValueError naming it (``probe``: check the model's own
-    forward first, on 2 x 8 tokens; False only where the model cannot run yet)."""
+    forward first, on 2 x 8 tokens; False only where the model cannot run yet). The decoder and the head
+    are looked up on each call, and a head that stops being a plain Linear (a LoRA adapter added to
+    lm_head afterwards, a hook) makes the fused call raise instead of skipping it."""
     if not isinstance(probe, bool):
         raise TypeError(f"probe must be True or False, got {probe!r}")
     inner = _unwrapped(model)
-    _check_causal_lm(inner)
+    _check_causal_lm(inner, "use_fused_linear_cross_entropy")
     plan = _plan(inner)
-    original = type(inner).forward.__get__(inner)  # the class's forward, bound: what the model runs unpatched
     if probe:
-        _probe(inner, plan, original)
-
-    @functools.wraps(original)
-    def forward(*args, labels=None, skip_logits=None, **kwargs):
-        fused = labels is not None and (inner.training if skip_logits is None else skip_logits)
-        if not fused:
-            return original(*args, labels=labels, **kwargs)
-        return _fused_forward(inner, plan, args, dict(kwargs, labels=labels))
-
-    inner.forward = forward
+        _probe(inner, plan, type(inner).forward.__get__(inner))
+    inner.forward = _FusedForward(inner, plan)
     return model
 
 
