@@ -175,7 +175,7 @@ def check_logit_scale(logit_scale, name="logit_scale"):
     is not read: a tensor would need a host sync). Returns it as a float."""
     if isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
         raise TypeError(f"{name} must be a real number (a Python float or int), got {type(logit_scale).__name__}")
-    if not math.isfinite(logit_scale):
+    if not -math.inf < logit_scale < math.inf:  # comparisons, not math.isfinite: Dynamo traces these
         raise ValueError(f"{name} must be finite, got {logit_scale}")
     return float(logit_scale)
 
@@ -187,7 +187,7 @@ def check_softcap(softcap, name="softcap"):
         return None
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
         raise TypeError(f"{name} must be None or a positive real number, got {type(softcap).__name__}")
-    if not (math.isfinite(softcap) and 1e-30 < softcap < 1e30):  # the kernels take it and 1 / it in float32
+    if not 1e-30 < softcap < 1e30:  # the kernels take it and 1 / it in float32; NaN fails too
         raise ValueError(f"{name} must be None or a positive number between 1e-30 and 1e30, got {softcap}")
     return float(softcap)
 
