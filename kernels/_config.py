@@ -43,6 +43,8 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     program when C is small. The H100 sweep (bench/NOTES.md): plain cross entropy is 1-3% faster with
     16384-element blocks than 4096-8192; with label smoothing or soft targets (``per_class_sums``: two more
     running sums and a weight load per element) 4096 elements and 4 warps are 10-25% faster in the forward.
+    float64 tiles are half as wide (fusedloss/buildcheck.py: at the float32 widths its softcap, smoothing
+    and grad-in-forward kernels spilled).
     Classes strided by n_spatial (inputs (N, C, d1..dk)): consecutive spatial positions are contiguous,
     so the tile is tall (many rows) and narrow (few classes). ``gather_only`` (the NLL forward reads one
     element per row): many rows per program. Under the interpreter tiles stop at 4096 elements so that
@@ -51,6 +53,8 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     if gather_only:
         return 256, 1, 4
     max_tile = 4096 if interpreting() or per_class_sums else 16384
+    if element_size == 8 and not interpreting():  # float64: half the tile
+        max_tile //= 2
     classes_pow2 = triton.next_power_of_2(max(n_classes, 1))
     if n_spatial == 1:
         block_c = min(classes_pow2, max_tile)
@@ -81,10 +85,10 @@ def row_margin_tile(loss, n_cols, element_size):
         block_d = cols_pow2
         block_r = max(1, min(256, 2048 // block_d))
         return block_r, block_d, 1, True, num_warps_for(block_r * block_d)
-    if loss == "multilabel_margin":
-        block_t = min(8 if interpreting() else 16, cols_pow2)
-        block_d = min(cols_pow2, max(16, (1024 if interpreting() else 4096) // block_t))
-        return 1, block_d, block_t, cols_pow2 <= block_d, num_warps_for(block_t * block_d)
+    if loss == "multilabel_margin":  # 8 x 256 at 4 warps (fusedloss/buildcheck.py: 16 x 256 at 8 warps spilled)
+        block_t = min(8, cols_pow2)
+        block_d = min(cols_pow2, max(16, (1024 if interpreting() else 2048) // block_t))
+        return 1, block_d, block_t, cols_pow2 <= block_d, num_warps_for(block_t * block_d // 2)
     block_d = min(cols_pow2, max_row)
     block_r = max(1, min(16, 2048 // block_d))
     return block_r, block_d, 1, cols_pow2 <= block_d, num_warps_for(block_r * block_d)
@@ -105,9 +109,11 @@ def distribution_rows_tile(n_cols, element_size, two_rows):
 
 
 @functools.lru_cache(maxsize=1024)
-def pointwise_block(n_elements):
-    """(BLOCK, num_warps) for the flat pointwise kernels (cached: it runs on every launch)."""
-    block = min(_POINTWISE_BLOCK, triton.next_power_of_2(max(n_elements, 1)))
+def pointwise_block(n_elements, heavy=False):
+    """(BLOCK, num_warps) for the flat pointwise kernels (cached: it runs on every launch). ``heavy`` (float64,
+    or a formula of many transcendentals): half the block at the same warps, 8 elements per thread instead
+    of 16 (fusedloss/buildcheck.py: at 16 the focal loss took 170-210 registers, float64 formulas spilled)."""
+    block = min(_POINTWISE_BLOCK // (2 if heavy else 1), triton.next_power_of_2(max(n_elements, 1)))
     block = max(block, 128)
     return block, num_warps_for(block)
 

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._config import interpreting
 
-_STUB = None  # a callable(kernel, grid, args, constexprs) that replaces every launch (host-time benchmark)
+_STUB = None  # a callable(kernel, grid, args, constexprs, num_warps) that replaces every launch
 _counters = {}  # CUDA device index -> the counter of its default stream
 _counters_lock = threading.Lock()
 
@@ -59,8 +59,9 @@ def new_tensor(like, shape, dtype):
 
 
 def set_stub(stub):
-    """Replace every launch by ``stub(kernel, grid, args, constexprs)`` (None restores real launches).
-    Outputs then hold whatever their allocation held: for timing the host path only."""
+    """Replace every launch by ``stub(kernel, grid, args, constexprs, num_warps)`` (None restores real
+    launches). Outputs then hold whatever their allocation held. Users: the host-time benchmark (a no-op
+    stub) and the build check (fusedloss/buildcheck.py: it records each launch's configuration)."""
     global _STUB
     _STUB = stub
 
@@ -74,7 +75,7 @@ _QUIET = (lambda: np.errstate(all="ignore")) if interpreting() else contextlib.n
 def launch(kernel, grid, args, constexprs, num_warps, device):
     """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``device``."""
     if _STUB is not None:
-        _STUB(kernel, grid, args, constexprs)
+        _STUB(kernel, grid, args, constexprs, num_warps)
         return
     if device.type == "cuda":
         if device.index != torch._C._cuda_getDevice():  # (torch.cuda.current_device() without its Python)

@@ -700,6 +700,35 @@ def _distribution_shard_terms_kernel(
 # launchers: a plan per signature (cached), the outputs, one launch
 # ----------------------------------------------------------------------------------------------------
 
+# The build check's written exceptions (fusedloss/buildcheck.py): a budget that the configurations matching
+# ``kernel`` and ``where`` (constexpr values; a tuple: any of them) may exceed, on ``archs`` (default all),
+# and why: what it costs, on which GPUs.
+BUILD_BUDGET_EXCEPTIONS = tuple(
+    dict(kernel=kernel, budget="registers", where={"KL": "mixed", "ACC": "fp64"},
+         reason="the float64 generalized JSD (beta strictly between 0 and 1: a float64 logaddexp of both "
+                "distributions per element, libdevice's exp and log) holds 164-224 registers at 8 warps, one "
+                "256-thread block per SM; at 16 warps (128 registers a thread) it spills on sm_100 (_config). "
+                "Costs latency hiding on full-rate FP64 GPUs (A100, H100, B200; not measured); on the others the "
+                "1/64-rate FP64 pipe bounds it anyway. float64 distillation is a testing configuration.")
+    for kernel in ("_distribution_fwd_kernel", "_distribution_bwd_kernel")) + (
+    dict(kernel="_distribution_fwd_kernel", budget="spills", where={"KL": "mixed", "ACC": "fp32"}, archs=("sm_100",),
+         reason="the 16/32-bit generalized JSD forward on sm_100 only: ptxas-blackwell holds it to 80 registers "
+                "(three 256-thread blocks per SM) and spills 16 bytes per thread; sm_80 and sm_90 take 78-80 "
+                "registers and spill nothing. The spill stays in L1, against 2 x V x B bytes read per row: "
+                "negligible on B200 (not measured)."),
+    dict(kernel="_distribution_fwd_kernel", budget="registers",
+         where={"S_CAP": True, "T_CAP": True, "GRAD_TEACHER": True, "HARD_OWN_LSE": True}, archs=("sm_100",),
+         reason="linear_jsd_loss with both heads softcapped, the teacher's gradient and a hard loss at T != 1 "
+                "(every option at once) on sm_100 only: 179 registers at 8 warps (sm_80/sm_90: 80-110), one "
+                "256-thread block per SM. A half-width tile was tried: 146 registers on sm_100 and a new spill "
+                "on sm_90. The capped kernel is bound by its tanh work (bench/NOTES.md: ~21 SFU operations per "
+                "element pair), which occupancy does not relieve; costs latency hiding on B200 (not measured)."),
+    dict(kernel="_distribution_shard_terms_kernel", budget="spills", where={"S_CAP": True, "T_CAP": True},
+         archs=("sm_80",),
+         reason="vocabulary-parallel linear_jsd_loss with both heads softcapped, sweep (2) on sm_80 only: "
+                "ptxas holds it to 80 registers and spills 8 bytes a thread, in L1, against 2 x V x B bytes read "
+                "per row: negligible on A100 (not measured); sm_90/sm_100 spill nothing."),)
+
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 

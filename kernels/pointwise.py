@@ -264,8 +264,11 @@ def _sigmoid_focal(x, y, alpha, gamma):
     p, p_neg, log1p_exp = logistic(x)  # p_neg = 1 - p without cancellation
     ce = (1.0 - y) * tl.where(x > 0, x, 0.0) + y * tl.where(x < 0, -x, 0.0) + log1p_exp
     q = p * (1.0 - y) + p_neg * y
-    q_gamma = pow_runtime(q, gamma)
-    dq_gamma = tl.where(gamma == 0.0, 0.0, gamma * pow_runtime(q, gamma - 1.0))  # d(q^gamma)/dq
+    # q^gamma as q * q^(gamma-1): one pow serves both terms (no exp or log at all for gamma = 1, 2, 3;
+    # otherwise one rounding more, after an exponent smaller by one); q = 0 and gamma = 0 as torch's pow
+    q_gamma1 = pow_runtime(q, gamma - 1.0)
+    q_gamma = tl.where(gamma == 0.0, 1.0, tl.where(q == 0.0, tl.where(gamma > 0.0, 0.0, 1.0), q * q_gamma1))
+    dq_gamma = tl.where(gamma == 0.0, 0.0, gamma * q_gamma1)  # d(q^gamma)/dq
     has_alpha = alpha >= 0
     alpha_t = tl.where(has_alpha, alpha * y + (1.0 - alpha) * (1.0 - y), 1.0)
     loss = alpha_t * ce * q_gamma
@@ -478,7 +481,21 @@ def _layout(operands):
     return operands, sizes, strides
 
 
+# The build check's written exceptions (fusedloss/buildcheck.py): a budget that the configurations matching
+# ``kernel`` and ``where`` (constexpr values; a tuple: any of them) may exceed, on ``archs`` (default all),
+# and why: what it costs, on which GPUs.
+BUILD_BUDGET_EXCEPTIONS = (
+    dict(kernel="_pointwise_fwd_kernel", budget="registers",
+         where={"ACC": "fp64", "LOSS": ("bce", "bce_with_logits", "soft_margin", "sigmoid_focal")},
+         reason="float64 formulas of logarithms and exponentials (libdevice's float64 log, exp and log1p are long "
+                "polynomial code): 134-248 registers at 8 warps with 8 elements per thread, so one 256-thread "
+                "block per SM (8 of its 64 warps). That costs latency hiding on the GPUs with full-rate FP64 "
+                "(A100, H100, B200; not measured); on the others the 1/64-rate FP64 pipe bounds these formulas "
+                "whatever the occupancy. float64 is a testing dtype for these losses, not a training one."),
+)
+
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
+_HEAVY_FORMULAS = ("sigmoid_focal",)  # a sigmoid, a log1p and a pow per element: half the block (_config)
 
 
 @plan_cache
@@ -491,7 +508,7 @@ def _fwd_plan(loss, n, layout, dtype, full, has_c, has_weight, has_pos_weight, r
         present = (True, True, has_c, has_weight, has_pos_weight)
         layout = (1, 1, 1, tuple(stride for here in present for stride in ((1, 0, 0) if here else _NO_STRIDES)))
     ndim, n1, n2, strides = layout
-    block, num_warps = pointwise_block(n)
+    block, num_warps = pointwise_block(n, heavy=dtype.itemsize == 8 or loss in _HEAVY_FORMULAS)
     constexprs = dict(
         LOSS=loss, FULL=full, NDIM=ndim, HAS_C=has_c, HAS_WEIGHT=has_weight, HAS_POS_WEIGHT=has_pos_weight,
         REDUCE=reduce, GRAD_A=grads[0], GRAD_B=grads[1], GRAD_C=grads[2], DEVICE_DENOM=device_denom,

@@ -118,16 +118,18 @@ def _norm_of(total, p, P_KIND: tl.constexpr):
     elif P_KIND == "l2":
         return sqrt_rn(total)  # correctly rounded, as torch's norm (a row's, once: free)
     else:
-        return pow_runtime(total, 1.0 / p)
+        # 1 / p correctly rounded: exactly 2 for p = 0.5, pow_runtime's exact square; the GPU's div.full.f32 (2 ulp)
+        # sent it through exp(2.0000002 log(total)) instead, 13 ulp off (measured under gpu_arithmetic)
+        return pow_runtime(total, div_rn(tl.full([], 1.0, p.dtype), p))
 
 
 @triton.jit
 def _norm_scale(r, p, P_KIND: tl.constexpr):
-    """The per-row factor of grad_p (see _norm_grad): 1/r (l2), r^(1-p) (lp); 0 where r = 0."""
+    """The per-row factor of grad_p (see _norm_grad): r itself (l2), r^(1-p) (lp); 0 where r = 0."""
     if P_KIND == "l1":
         return r * 0.0  # unused: sign(u) needs no norm
     elif P_KIND == "l2":
-        return tl.where(r == 0, 0.0, 1.0 / r)
+        return r
     else:
         return tl.where(r == 0, 0.0, pow_runtime(r, 1.0 - p))
 
@@ -139,7 +141,9 @@ def _norm_grad(u, r_scale, p, P_KIND: tl.constexpr):
     if P_KIND == "l1":
         return _sign(u)
     elif P_KIND == "l2":
-        return u * r_scale
+        # u / r correctly rounded, not u * (1 / r): the GPU's 1 / r (div.full.f32, 2 ulp) made D = 1's +-1 terms
+        # unequal, so triplet's exact cancellations (swap) gave 2e-7 where torch gives 0
+        return tl.where(r_scale == 0, 0.0, div_rn(u, r_scale))
     else:
         return tl.where(u == 0, 0.0, _sign(u) * pow_runtime(tl.abs(u), p - 1.0)) * r_scale
 
@@ -625,6 +629,38 @@ def _row_margin_fwd_kernel(
 
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
+
+# The build check's written exceptions (fusedloss/buildcheck.py): a budget that the configurations matching
+# ``kernel`` and ``where`` (constexpr values; a tuple: any of them) may exceed, on ``archs`` (default all),
+# and why: what it costs, on which GPUs.
+BUILD_BUDGET_EXCEPTIONS = (
+    dict(kernel="_row_margin_fwd_kernel", budget="float64",
+         where={"LOSS": ("cosine_embedding", "cosine_similarity")},
+         reason="float32 inputs of the cosine losses accumulate in float64 on purpose (the module docstring: their "
+                "gradient subtracts two nearly equal terms; float32 left errors up to 4x torch's). Free on GPUs "
+                "with full- or half-rate FP64 (A100, H100, B200); on those with 1/64-rate FP64 (RTX 30/40, A10, L4, "
+                "L40S) the float64 products and sums per element pair put the kernel several times over its "
+                "memory bound (not measured). Compensated float32 (two-sum, two-product) would remove it."),
+    dict(kernel="_row_margin_fwd_kernel", budget="load_width", where={"LOSS": "multilabel_margin"},
+         reason="multilabel_margin's innermost loop (a block of 8 targets against a block of 256 classes) gathers "
+                "the targets' scores by index, one scalar load each by nature, and reads their int64 indices "
+                "(64-bit loads); the class scores are loaded outside it, once per class block. On every GPU the "
+                "k x C hinge terms per row, not these L1/L2-resident loads, set its time (not measured)."),
+    dict(kernel="_row_margin_fwd_kernel", budget="spills", where={"LOSS": "multilabel_margin", "ACC": "fp64"},
+         archs=("sm_80",),
+         reason="float64 multilabel_margin on sm_80 only: 16 bytes per thread of spills that stay in L1 (ptxas "
+                "keeps 80 registers there at 4 warps; sm_90 and sm_100 take 96 and spill nothing); a few percent "
+                "at most of a kernel bound by its k x C hinge terms, on A100-class GPUs (not measured)."),
+    dict(kernel="_row_margin_fwd_kernel", budget="spills", where={"LOSS": "multi_margin", "ACC": "fp64"},
+         reason="float64 multi_margin (p = 1): ptxas holds it to 48-64 registers and spills 8-16 bytes per thread "
+                "(sm_80 and sm_100 at rows of 1024, sm_90 at rows longer than one tile), in L1, against 8 bytes "
+                "of input per element: negligible (not measured). float64 is a testing dtype here."),
+    dict(kernel="_row_margin_fwd_kernel", budget="registers",
+         where={"LOSS": "multilabel_soft_margin", "ACC": "fp64"},
+         reason="float64 multilabel_soft_margin (a float64 log-sigmoid per element: libdevice's exp and log1p): "
+                "174-190 registers at 8 warps, one 256-thread block per SM. Costs latency hiding on full-rate FP64 "
+                "GPUs (A100, H100, B200; not measured); elsewhere the 1/64-rate FP64 pipe bounds it anyway."),
+)
 
 _FLOAT64_FOR_FLOAT32 = ("cosine_embedding", "cosine_similarity")  # see the module docstring (cosine losses)
 

@@ -64,15 +64,16 @@ import triton.language as tl
 
 from ._config import plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, offset64, tanh
+from ._math import div_rn, join_float, offset64, reciprocal_rn, tanh
 from ._reduce import finish_grid_mean
 
 
 @triton.jit
-def _softcapped(x, mask, softcap, HAS_SOFTCAP: tl.constexpr):
-    """x <- softcap * tanh(x / softcap) on the lanes in ``mask``; other lanes stay -inf."""
+def _softcapped(x, mask, softcap, inv_softcap, HAS_SOFTCAP: tl.constexpr):
+    """x <- softcap * tanh(x / softcap) on the lanes in ``mask`` (x / softcap as x * (1 / softcap): a
+    product per element, not a division); other lanes stay -inf."""
     if HAS_SOFTCAP:
-        x = tl.where(mask, softcap * tanh(x / softcap), float("-inf"))
+        x = tl.where(mask, softcap * tanh(x * inv_softcap), float("-inf"))
     return x
 
 
@@ -106,7 +107,7 @@ def _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_tota
 def _write_row_gradients(
     logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr,
     x_row, t_row, d_row, e_row, row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset,
-    n_total, lse, lse_lo, coef, y, y_coef, g, smoothing, softcap,
+    n_total, lse, lse_lo, coef, y, y_coef, g, smoothing, softcap, inv_softcap,
     BLOCK_C: tl.constexpr, PROB_TARGET: tl.constexpr, INPUT_IS_LOGPROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_TARGET: tl.constexpr, ACC: tl.constexpr,
@@ -139,7 +140,8 @@ def _write_row_gradients(
         else:
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
-                x = softcap * tanh(x / softcap)
+                capped = tanh(x * inv_softcap)  # the capped logit over softcap; softcap' = 1 - capped**2
+                x = softcap * capped
             x_lse = (x - lse[:, None]) - lse_lo[:, None]  # x - lse, exact where they are close
             p = tl.exp(x_lse)
             if PROB_TARGET or HAS_SMOOTHING:
@@ -165,7 +167,6 @@ def _write_row_gradients(
                 if HAS_SMOOTHING:
                     grad -= (smoothing / n_total) * w[None, :]
             if HAS_SOFTCAP:
-                capped = x / softcap
                 grad = grad * (1.0 - capped * capped)
         if GRAD_INPUT:
             if not INPUT_IS_LOGPROB:
@@ -223,6 +224,7 @@ def _softmax_rows_fwd_kernel(
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
     softcap = join_float(softcap_hi, softcap_lo, ACC)
+    inv_softcap = reciprocal_rn(softcap)  # once per program: x / softcap per element becomes a product
     pid = tl.program_id(0)
     rows, row_mask, n, s, x_row = _row_offsets(pid, n_rows, n_spatial, stride_xn, stride_xs, BLOCK_R)
     t_row = n * stride_tn + s * stride_ts
@@ -248,7 +250,7 @@ def _softmax_rows_fwd_kernel(
             mask = row_mask[:, None] & col_mask[None, :]
             x = tl.load(logits_ptr + x_row[:, None] + cols[None, :].to(tl.int64) * stride_xc,
                         mask=mask, other=float("-inf")).to(ACC)
-            x = _softcapped(x, mask, softcap, HAS_SOFTCAP)
+            x = _softcapped(x, mask, softcap, inv_softcap, HAS_SOFTCAP)
             m_new = tl.maximum(m, tl.max(x, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of only -inf so far
             d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
@@ -302,7 +304,7 @@ def _softmax_rows_fwd_kernel(
             x_y = tl.load(stats_ptr + offset64(stats_stride, 2) + rows, mask=row_mask, other=0.0).to(ACC)
         else:
             x_y = tl.load(logits_ptr + x_row + y_local * stride_xc, mask=gather, other=0.0).to(ACC)
-            x_y = tl.where(gather, _softcapped(x_y, gather, softcap, HAS_SOFTCAP), 0.0)
+            x_y = tl.where(gather, _softcapped(x_y, gather, softcap, inv_softcap, HAS_SOFTCAP), 0.0)
         y_coef = w_y  # coefficient of (p_c - [c == y]) in the gradient
         p_coef = tl.zeros([BLOCK_R], ACC)  # the further coefficient of p_c (see _write_row_gradients)
         if INPUT_IS_LOGPROB:
@@ -344,7 +346,7 @@ def _softmax_rows_fwd_kernel(
             d_row = n * stride_dn + s * stride_ds
             _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, grad_ptr, x_row, t_row, d_row, d_row,
                                  row_mask, stride_xc, stride_tc, stride_dc, stride_dc, n_classes, class_offset,
-                                 n_total, lse, lse_lo, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C,
+                                 n_total, lse, lse_lo, p_coef, y, y_coef, g, smoothing, softcap, inv_softcap, BLOCK_C,
                                  PROB_TARGET, INPUT_IS_LOGPROB, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, True, False,
                                  ACC)
 
@@ -393,6 +395,7 @@ def _softmax_rows_bwd_kernel(
 ):
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     softcap = join_float(softcap_hi, softcap_lo, ACC)
+    inv_softcap = reciprocal_rn(softcap)  # once per program: x / softcap per element becomes a product
     pid = tl.program_id(0)
     rows, row_mask, n, s, x_row = _row_offsets(pid, n_rows, n_spatial, stride_xn, stride_xs, BLOCK_R)
     t_row = n * stride_tn + s * stride_ts
@@ -426,9 +429,8 @@ def _softmax_rows_bwd_kernel(
             y_coef = (1.0 - smoothing) * w_y
     _write_row_gradients(logits_ptr, target_ptr, weight_ptr, grad_ptr, tgrad_ptr, x_row, t_row, d_row, e_row,
                          row_mask, stride_xc, stride_tc, stride_dc, stride_ec, n_classes, class_offset, n_total, lse,
-                         lse_lo, p_coef, y, y_coef, g, smoothing, softcap, BLOCK_C, PROB_TARGET, INPUT_IS_LOGPROB,
-                         HAS_WEIGHT,
-                         HAS_SMOOTHING, HAS_SOFTCAP, GRAD_INPUT, GRAD_TARGET, ACC)
+                         lse_lo, p_coef, y, y_coef, g, smoothing, softcap, inv_softcap, BLOCK_C, PROB_TARGET,
+                         INPUT_IS_LOGPROB, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, GRAD_INPUT, GRAD_TARGET, ACC)
 
 
 @triton.jit
@@ -458,6 +460,24 @@ def _softmax_rows_rescale_kernel(
 # ----------------------------------------------------------------------------------------------------
 # launchers: a plan per signature (tile, grid, constexprs, scalar arguments; cached), the outputs, one launch
 # ----------------------------------------------------------------------------------------------------
+
+# The build check's written exceptions (fusedloss/buildcheck.py): a budget that the configurations matching
+# ``kernel`` and ``where`` (constexpr values; a tuple: any of them) may exceed, on ``archs`` (default all),
+# and why: what it costs, on which GPUs.
+BUILD_BUDGET_EXCEPTIONS = tuple(
+    dict(kernel=kernel, budget="spills", where={"HAS_SOFTCAP": True, "ACC": "fp64"},
+         reason="float64 logits with a softcap: the float64 tanh of every logit (a polynomial, or an exp and a "
+                "division) at 16 warps, where a thread has at most 128 registers, spills 8-72 bytes per thread "
+                "(sm_80 and sm_100; the backward on sm_90 too): local memory that stays in L1, a few percent of a "
+                "kernel bound by FP64 throughput on every GPU but A100/H100/B200 (not measured). Softcapped "
+                "float64 logits are a testing configuration, not worth a tile of their own.")
+    for kernel in ("_softmax_rows_fwd_kernel", "_softmax_rows_bwd_kernel")) + (
+    dict(kernel="_softmax_rows_fwd_kernel", budget="spills", where={"WRITE_GRAD": True, "ACC": "fp32"},
+         archs=("sm_80", "sm_100"),
+         reason="the forward that also writes the gradient (grad_in_forward, the LM-head chunks): ptxas for sm_80 "
+                "and sm_100 holds it to 64 registers (four 256-thread blocks per SM) and spills 8 bytes per "
+                "thread rather than run three blocks; sm_90 takes 64-128 registers and spills nothing. The spill "
+                "stays in L1: negligible against the 3 x C x B bytes the kernel moves per row (not measured)."),)
 
 _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 

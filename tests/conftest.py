@@ -14,7 +14,12 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# FUSEDLOSS_GPU_ARITHMETIC=up|down|spread: the whole run with the GPU's float32 exp, log, division and sqrt
+# in the interpreter (fusedloss/bench/interpreter.py: gpu_arithmetic); unset, numpy's correctly rounded ones
+GPU_ARITHMETIC = os.environ.get("FUSEDLOSS_GPU_ARITHMETIC", "")
+
+if INTERPRETING:
     # bf16 checks judge the kernels, not the emulator's truncation (fusedloss/bench/interpreter.py)
     from fusedloss.bench.interpreter import round_bfloat16_like_the_gpu
 
@@ -28,6 +33,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _gpu_arithmetic_from_environment():
+    if not (INTERPRETING and GPU_ARITHMETIC):
+        yield
+        return
+    from fusedloss.bench.interpreter import gpu_arithmetic
+
+    with gpu_arithmetic(GPU_ARITHMETIC):
+        yield
+
+
+@pytest.fixture
+def gpu_arithmetic_mode(request):
+    """A test parametrized with ``gpu_arithmetic_mode`` ("up", "down", "spread", indirect) runs with the GPU's
+    float32 arithmetic in the interpreter, in that mode."""
+    from fusedloss.bench.interpreter import gpu_arithmetic
+
+    with gpu_arithmetic(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -3,6 +3,12 @@
 Triton 3.8's interpreter converts float32 to bfloat16 by truncation, while the GPU rounds to nearest
 even: interpreted bf16 results would look up to one ulp worse than the kernels are. The test suite
 (tests/conftest.py) and ``make demo`` patch the conversion so that bf16 figures judge the kernels.
+
+Its float32 ``exp``, ``log``, ``/`` and ``sqrt`` are numpy's, correctly rounded, where the GPU runs
+approximate instructions (``ex2.approx``, ``div.full.f32``...). ``gpu_arithmetic(mode)`` makes the
+interpreter compute them with the GPU instructions' documented error, all pushed one way or spread, so
+the tests can prove a kernel's accuracy for the GPU's arithmetic, not numpy's (tests/conftest.py:
+FUSEDLOSS_GPU_ARITHMETIC=up|down|spread runs the suite so; tests/test_gpu_arithmetic.py always does).
 """
 import numpy as np
 
@@ -42,3 +48,170 @@ def round_bfloat16_like_the_gpu():
     builder.cast_impl = rounded_cast
     builder.create_fp_trunc = rounded_cast
     builder.create_fp_to_fp = rounded_fp_to_fp
+
+
+# ------------------------------------------------------------------ the GPU's float32 arithmetic
+
+GPU_ARITHMETIC_MODES = ("up", "down", "spread")
+
+# What Triton 3.8 emits for float32 on NVIDIA GPUs (PTX of sm_80/sm_90, read from triton.compile on the
+# CPU), and each instruction's documented largest error, in ulp of the result (CUDA Programming Guide,
+# mathematical functions: exp2f and x/y without -prec-div 2, logf 1, sqrtf without -prec-sqrt 1,
+# rsqrtf 2). ``tl.div_rn`` (div.rn.f32) and ``tl.sqrt_rn`` (sqrt.rn.f32) are correctly rounded, as are
+# +, -, * (the PTX uses no .ftz on them; an a * b + c the compiler fuses into one FMA rounds once, which
+# is not modelled) and every float64 operation but exp and log (libdevice, 1 ulp: not modelled).
+EXP_ULPS = 2  # tl.exp: ex2.approx.f32 of fp32(x * fp32(log2 e)); the product's rounding is reproduced
+EXP2_ULPS = 2  # tl.exp2: ex2.approx.ftz.f32
+LOG_ULPS = 1  # tl.log, tl.log2: libdevice's __nv_logf / __nv_log2f (polynomials; subnormal inputs kept)
+DIV_ULPS = 2  # float32 /: div.full.f32
+SQRT_ULPS = 1  # tl.sqrt: sqrt.approx.ftz.f32
+RSQRT_ULPS = 2  # tl.rsqrt: rsqrt.approx.ftz.f32
+
+LOG2E_FLOAT32 = np.float32(1.4426950408889634)  # the constant the GPU multiplies by before ex2
+
+_stack = []  # the active modes' (mode, seed), innermost last
+_saved = {}  # the interpreter's own methods while a mode is active
+
+
+def _float32(handle):
+    from triton import language as tl
+
+    return handle.dtype.scalar == tl.float32
+
+
+def _push(exact, ulps, operation, operands, flush=False):
+    """float64 results -> the float32 ``ulps`` ulp away from ``exact`` (the documented bound, reached) in the
+    active mode's direction: every magnitude up ("up": x (1 + e) for every result, so that errors of
+    one sign never cancel in a sum or a square), every one down, or up or down per element ("spread").
+    Exact zeros, infinities and NaN stay exact (the instructions return them exactly); ``flush``:
+    subnormal results become zeros of the same sign (.ftz)."""
+    mode, seed = _stack[-1]
+    exact = np.asarray(exact, dtype=np.float64)
+    nearest = exact.astype(np.float32)
+    # the floats at or below and at or above exact, then ``ulps`` steps outwards from the other side:
+    # above is the largest float within ``ulps`` ulp of exact, below the smallest
+    floor = np.where(nearest.astype(np.float64) > exact, np.nextafter(nearest, np.float32(-np.inf)), nearest)
+    ceil = np.where(nearest.astype(np.float64) < exact, np.nextafter(nearest, np.float32(np.inf)), nearest)
+    above, below = floor, ceil
+    for _ in range(ulps):
+        above, below = np.nextafter(above, np.float32(np.inf)), np.nextafter(below, np.float32(-np.inf))
+    if mode == "spread":
+        larger = _coin(seed, operation, operands, exact.shape)
+    else:
+        larger = np.full(exact.shape, mode == "up")
+    pushed = np.where(larger == (exact > 0), above, below)
+    pushed = np.where(np.isfinite(exact) & (exact != 0), pushed, nearest).astype(np.float32)
+    if flush:
+        pushed = _flush(pushed)
+    return pushed.reshape(exact.shape)
+
+
+def _coin(seed, operation, operands, shape):
+    """The direction of each element in mode "spread" (True: magnitude up): a hash of the seed, the operation
+    and the operands' bits, so that it looks random across elements but, as on a GPU, the same operation
+    on the same values gives the same result (kernels stay deterministic; a recomputation matches what
+    the forward saved)."""
+    h = np.full(shape, np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(operation), dtype=np.uint64)
+    for operand in np.broadcast_arrays(*operands):
+        h = (h ^ np.asarray(operand, dtype=np.float32).view(np.uint32).astype(np.uint64)).reshape(shape)
+        for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64's mixer
+            h = (h ^ (h >> np.uint64(shift))) * np.uint64(factor)
+    return (h >> np.uint64(63)).astype(bool)
+
+
+def _flush(values):
+    """float32 subnormals to zeros of the same sign, as .ftz instructions read and write them."""
+    values = np.asarray(values, dtype=np.float32)
+    return np.where(np.abs(values) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), values), values)
+
+
+def _approximate_methods():
+    """The InterpreterBuilder methods of the float32 operations whose GPU instruction is approximate."""
+    from triton.runtime.interpreter import TensorHandle
+
+    original = {name: getattr(_builder(), name)
+                for name in ("create_exp", "create_exp2", "create_log", "create_log2", "create_fdiv",
+                             "create_sqrt", "create_rsqrt")}
+
+    def unary(name, gpu):
+        def method(self, arg):
+            if not _float32(arg):
+                return original[name](self, arg)
+            with np.errstate(all="ignore"):
+                return TensorHandle(gpu(np.asarray(arg.data, dtype=np.float32)), arg.dtype.scalar)
+        return method
+
+    def ex2(power, ulps, flush=False):
+        # ex2.approx of +-0 (and of subnormals, which it reads as 0) is exactly 1 (PTX ISA's table)
+        result = _push(np.exp2(power.astype(np.float64)), ulps, 1, (power,), flush)
+        return np.where(np.abs(power) < np.finfo(np.float32).tiny, np.float32(1), result)
+
+    def exp(x):
+        return ex2(x * LOG2E_FLOAT32, EXP_ULPS)
+
+    def exp2(x):
+        return ex2(x, EXP2_ULPS, flush=True)
+
+    def log(x):
+        return _push(np.log(x.astype(np.float64)), LOG_ULPS, 2, (x,))
+
+    def log2(x):
+        return _push(np.log2(x.astype(np.float64)), LOG_ULPS, 3, (x,))
+
+    def sqrt(x):
+        return _push(np.sqrt(_flush(x).astype(np.float64)), SQRT_ULPS, 4, (x,), flush=True)
+
+    def rsqrt(x):
+        return _push(1.0 / np.sqrt(_flush(x).astype(np.float64)), RSQRT_ULPS, 5, (x,), flush=True)
+
+    def fdiv(self, lhs, rhs):
+        if not _float32(lhs):
+            return original["create_fdiv"](self, lhs, rhs)
+        with np.errstate(all="ignore"):
+            exact = np.asarray(lhs.data, dtype=np.float64) / np.asarray(rhs.data, dtype=np.float64)
+            return TensorHandle(_push(exact, DIV_ULPS, 6, (lhs.data, rhs.data)), lhs.dtype.scalar)
+
+    patched = {"create_exp": unary("create_exp", exp), "create_exp2": unary("create_exp2", exp2),
+               "create_log": unary("create_log", log), "create_log2": unary("create_log2", log2),
+               "create_sqrt": unary("create_sqrt", sqrt), "create_rsqrt": unary("create_rsqrt", rsqrt),
+               "create_fdiv": fdiv}
+    return original, patched
+
+
+def _builder():
+    from triton.runtime import interpreter
+
+    return interpreter.InterpreterBuilder
+
+
+class gpu_arithmetic:
+    """``with gpu_arithmetic(mode):`` Triton's interpreter computes float32 ``tl.exp``, ``tl.exp2``,
+    ``tl.log``, ``tl.log2``, ``/``, ``tl.sqrt`` and ``tl.rsqrt`` as an NVIDIA GPU may: each result the
+    documented bound of its instruction away from the correctly rounded one (numpy's), in the direction
+    ``mode`` says: "up" (every magnitude up), "down", or "spread" (up or down per element, from a hash of
+    ``seed`` and the operands: the same values always move the same way, as a GPU's results are
+    deterministic). ``tl.exp`` first rounds x * log2(e) to float32, as the GPU does. ``tl.div_rn`` and
+    ``tl.sqrt_rn`` stay correctly rounded, as on the GPU. Modes nest; leaving the outermost restores the
+    interpreter's own arithmetic."""
+
+    def __init__(self, mode, seed=0):
+        if mode not in GPU_ARITHMETIC_MODES:
+            raise ValueError(f"gpu_arithmetic mode {mode!r}: expected one of {', '.join(GPU_ARITHMETIC_MODES)}")
+        self.mode, self.seed = mode, seed
+
+    def __enter__(self):
+        if not _stack:
+            original, patched = _approximate_methods()
+            _saved.update(original)
+            for name, method in patched.items():
+                setattr(_builder(), name, method)
+        _stack.append((self.mode, self.seed))
+        return self
+
+    def __exit__(self, *exc):
+        _stack.pop()
+        if not _stack:
+            for name, method in _saved.items():
+                setattr(_builder(), name, method)
+            _saved.clear()
+        return False
