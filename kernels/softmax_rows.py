@@ -64,7 +64,7 @@ import triton.language as tl
 
 from ._config import plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, offset64, reciprocal_rn, tanh
+from ._math import div_rn, join_float, offset64, reciprocal_rn, tanh, tanh_with_slope
 from ._reduce import finish_grid_mean
 
 
@@ -140,7 +140,7 @@ def _write_row_gradients(
         else:
             x = tl.load(logits_ptr + x_row[:, None] + cols64 * stride_xc, mask=mask, other=0.0).to(ACC)
             if HAS_SOFTCAP:
-                capped = tanh(x * inv_softcap)  # the capped logit over softcap; softcap' = 1 - capped**2
+                capped, slope = tanh_with_slope(x * inv_softcap)  # the capped logit over softcap, softcap'
                 x = softcap * capped
             x_lse = (x - lse[:, None]) - lse_lo[:, None]  # x - lse, exact where they are close
             p = tl.exp(x_lse)
@@ -167,7 +167,7 @@ def _write_row_gradients(
                 if HAS_SMOOTHING:
                     grad -= (smoothing / n_total) * w[None, :]
             if HAS_SOFTCAP:
-                grad = grad * (1.0 - capped * capped)
+                grad = grad * slope  # 4e / (1 + e)**2: 1 - capped**2 cancels near the cap
         if GRAD_INPUT:
             if not INPUT_IS_LOGPROB:
                 grad = grad * g[:, None]
