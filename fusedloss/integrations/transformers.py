@@ -220,6 +220,16 @@ def _decoder(model, name):
     return decoder
 
 
+def _distributed(head):
+    """Whether ``head`` is laid out by torch's tensor parallel or FSDP2 (its weight a DTensor, or an
+    FSDPModule): their hooks only move shards, and the fused path takes the DTensor weight itself
+    (vocabulary parallel over its row shards: fusedloss/_dtensor.py)."""
+    from .._dtensor import is_dtensor
+
+    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    return is_dtensor(head.weight) or (fsdp is not None and isinstance(head, fsdp))
+
+
 def _linear_head(model):
     """The model's LM head, a plain torch.nn.Linear (its forward neither overridden nor hooked: the fused path
     reads its weight and bias, not its forward), or a ValueError naming what it is."""
@@ -230,7 +240,7 @@ def _linear_head(model):
         raise ValueError(f"use_fused_linear_cross_entropy needs a torch.nn.Linear LM head; {type(model).__name__}'s "
                          f"is {type(head).__module__}.{type(head).__qualname__} (a LoRA adapter or a PEFT wrapper on "
                          "lm_head, an overridden forward, or another head: use use_fused_loss)")
-    if head._forward_hooks or head._forward_pre_hooks:
+    if (head._forward_hooks or head._forward_pre_hooks) and not _distributed(head):
         raise ValueError(f"use_fused_linear_cross_entropy: {type(model).__name__}'s lm_head has forward hooks, which "
                          "the fused path (reading its weight) would skip: use use_fused_loss")
     return head
