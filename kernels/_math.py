@@ -28,6 +28,18 @@ def _tanh_near_zero(ax):
 
 
 @triton.jit
+def _tanh_parts(x):
+    """|x|, e = exp(-2|x|), and whether |x| is below the Taylor series' range (0.55 in float32, 0.1 in
+    float64): what tanh and tanh_with_slope share."""
+    if x.dtype == tl.float64:
+        near_zero = 0.1
+    else:
+        near_zero = 0.55
+    ax = tl.abs(x)
+    return ax, tl.exp(-2.0 * ax), ax < near_zero
+
+
+@triton.jit
 def tanh(x):
     """tanh(x), max relative error 2.0e-7 in float32 with correctly rounded exp and division (the
     interpreter), up to 4.2e-7 with the GPU's ex2.approx and div.full (the GPU-arithmetic mode); about
@@ -37,14 +49,8 @@ def tanh(x):
     cancels: the odd Taylor series to x**15, used below |x| = 0.55 in float32 (truncation 1e-8 there)
     and below 0.1 in float64 (truncation 1e-20; the cancellation above it costs < 1e-15).
     """
-    if x.dtype == tl.float64:
-        near_zero = 0.1
-    else:
-        near_zero = 0.55
-    ax = tl.abs(x)
-    e = tl.exp(-2.0 * ax)
-    far = (1.0 - e) / (1.0 + e)
-    t = tl.where(ax < near_zero, _tanh_near_zero(ax), far)
+    ax, e, near = _tanh_parts(x)
+    t = tl.where(near, _tanh_near_zero(ax), (1.0 - e) / (1.0 + e))
     return tl.where(x < 0, -t, t)
 
 
@@ -54,14 +60,8 @@ def tanh_with_slope(x):
     r = 1 / (1 + e): tanh = (1 - e) r, slope = 4 e r**2, accurate to a few ulp for every |x| and never
     negative (1 - t**2 cancels where t is near 1: with the GPU's ex2.approx it lost 1.4e-2 relative at
     |x| = 5, and went below 0 past 9); near 0, as ``tanh``, with 1 - t**2 (t small: no cancellation)."""
-    if x.dtype == tl.float64:
-        near_zero = 0.1
-    else:
-        near_zero = 0.55
-    ax = tl.abs(x)
-    e = tl.exp(-2.0 * ax)
+    ax, e, near = _tanh_parts(x)
     r = 1.0 / (1.0 + e)
-    near = ax < near_zero
     t = tl.where(near, _tanh_near_zero(ax), (1.0 - e) * r)
     slope = tl.where(near, 1.0 - t * t, 4.0 * e * r * r)
     return tl.where(x < 0, -t, t), slope
