@@ -577,8 +577,8 @@ def violations(row):
 
 def exceptions(kernel_module):
     """The written exceptions of a kernel module: its ``BUILD_BUDGET_EXCEPTIONS``, entries of the form
-    dict(kernel=name, budget=one of BUDGETS, where={constexpr: value or tuple of values, ...},
-    archs=(...), reason=text); ``where`` and ``archs`` optional (every configuration, every architecture).
+    dict(kernel=name, budget=one of BUDGETS or a tuple of them, where={constexpr: value or tuple of values,
+    ...}, archs=(...), reason=text); ``where`` and ``archs`` optional (every configuration, every architecture).
     Constexpr values as the table shows them (dtypes by name: "fp64")."""
     return getattr(kernel_module, "BUILD_BUDGET_EXCEPTIONS", ())
 
@@ -588,7 +588,8 @@ def excused(row, budget):
     import importlib
 
     for entry in exceptions(importlib.import_module(row.module)):
-        if (entry["kernel"] == row.kernel and entry["budget"] == budget
+        budgets = entry["budget"] if isinstance(entry["budget"], tuple) else (entry["budget"],)
+        if (entry["kernel"] == row.kernel and budget in budgets
                 and all(row.constexprs.get(k) in (v if isinstance(v, tuple) else (v,))
                         for k, v in entry.get("where", {}).items())
                 and row.arch in entry.get("archs", ARCHS)):

@@ -71,8 +71,7 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
 def row_margin_tile(loss, n_cols, element_size):
     """(BLOCK_R, BLOCK_D, BLOCK_T, ONE_BLOCK, num_warps) for a [rows x D] tile of the row-margin kernels.
 
-    Rows of up to 8192 elements (16-bit), 4096 (32-bit) or 2048 (float64 accumulation: float64 inputs,
-    and the cosine losses of float32 inputs) are one tile (ONE_BLOCK: an embedding row is read once and
+    Rows of up to 8192 elements (16-bit), 4096 (32-bit) or 2048 (float64) are one tile (ONE_BLOCK: an embedding row is read once and
     its gradient computed from registers); small rows share a program (about 2048
     elements a tile). multilabel_margin: one row per program and a [BLOCK_T targets x BLOCK_D classes]
     tile of hinge terms, so its tile is BLOCK_T times narrower. The rank losses hold a whole group (one
@@ -89,6 +88,14 @@ def row_margin_tile(loss, n_cols, element_size):
         block_t = min(8, cols_pow2)
         block_d = min(cols_pow2, max(16, (1024 if interpreting() else 2048) // block_t))
         return 1, block_d, block_t, cols_pow2 <= block_d, num_warps_for(block_t * block_d // 2)
+    if loss == "cosine_embedding" or loss == "cosine_similarity":
+        # float-float gradients hold ~10 values per element: 8 elements per thread, 4 in float64
+        # (fusedloss/buildcheck.py: at 16, a 4096-wide tile at 8 warps, 176-228 registers; float64 at 8,
+        # 170-182); rows up to 4096 (2048 float64) in one tile
+        block_d = min(cols_pow2, max_row if interpreting() else 4096 if element_size <= 4 else 2048)
+        block_r = max(1, min(16, 2048 // block_d))
+        per_thread = 4 if element_size == 8 else 8
+        return block_r, block_d, 1, cols_pow2 <= block_d, max(2, min(16, block_r * block_d // (32 * per_thread)))
     block_d = min(cols_pow2, max_row)
     block_r = max(1, min(16, 2048 // block_d))
     return block_r, block_d, 1, cols_pow2 <= block_d, num_warps_for(block_r * block_d)

@@ -150,3 +150,91 @@ def offset64(n, k):
 def div_by_count(x, n):
     """x / n for an integer argument n (a size; a constexpr where Triton specialised it), correctly rounded."""
     return div_rn(x, tl.cast(n, x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------
+# float-float ("double-single") arithmetic: a value as an unevaluated sum hi + lo of two floats of the
+# ACC dtype, |lo| <= ulp(hi) / 2, about 48 bits in float32. Error-free transformations (Knuth's two-sum,
+# the FMA product) with no assumption the compiler could break: Triton never reassociates, and a product
+# it contracts into an FMA here is exact either way. Used where float32 loses to torch by cancellation
+# (the cosine losses' gradients) and float64 would cost the FP64 rate of consumer GPUs (1/64).
+# Under the interpreter ``tl.fma`` must round once: fusedloss/bench/interpreter.py patches it.
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def two_sum(a, b):
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly."""
+    s = a + b
+    b_part = s - a
+    return s, (a - (s - b_part)) + (b - b_part)
+
+
+@triton.jit
+def _renormalize(s, e):
+    """Fast two-sum for |s| >= |e| (or s = 0): the pair as hi + lo with |lo| <= ulp(hi) / 2."""
+    hi = s + e
+    return hi, e - (hi - s)
+
+
+@triton.jit
+def two_prod(a, b):
+    """(p, e) with p = fl(a * b) and p + e = a * b exactly (the FMA computes a * b - p rounded once: exact)."""
+    p = a * b
+    return p, tl.fma(a, b, -p)
+
+
+@triton.jit
+def ff_add(a_hi, a_lo, b_hi, b_lo):
+    """(a + b) as a float-float pair (the accurate sum: relative error ~2 ulp of 48 bits)."""
+    s, e = two_sum(a_hi, b_hi)
+    t, f = two_sum(a_lo, b_lo)
+    s, e = _renormalize(s, e + t)
+    return _renormalize(s, e + f)
+
+
+@triton.jit
+def ff_mul(a_hi, a_lo, b_hi, b_lo):
+    """(a * b) as a float-float pair."""
+    p, e = two_prod(a_hi, b_hi)
+    return _renormalize(p, e + (a_hi * b_lo + a_lo * b_hi))
+
+
+@triton.jit
+def ff_div(a_hi, a_lo, b_hi, b_lo):
+    """(a / b) as a float-float pair: the quotient of the high parts (correctly rounded) corrected by the
+    remainder. Exact when a / b is a float (equal or opposite vectors' cosines stay exactly +-1)."""
+    q = div_rn(a_hi, b_hi)
+    p, e = two_prod(q, b_hi)
+    remainder = ((a_hi - p) - e + a_lo) - q * b_lo
+    return _renormalize(q, div_rn(remainder, b_hi))
+
+
+@triton.jit
+def ff_sqrt(a_hi, a_lo):
+    """sqrt(a) as a float-float pair (0 for a = 0): the correctly rounded root corrected by the remainder.
+    Exact for an exact square: sqrt(fl(x^2)) = |x| in binary floating point."""
+    root = sqrt_rn(a_hi)
+    p, e = two_prod(root, root)
+    correction = div_rn((a_hi - p) - e + a_lo, tl.where(root == 0, 1.0, 2.0 * root))
+    return _renormalize(root, tl.where(root == 0, 0.0, correction))
+
+
+@triton.jit
+def ff_row_sum(hi, lo, WIDTH: tl.constexpr):
+    """The float-float sum of each row of [rows, WIDTH] pairs (WIDTH a power of two): a pairwise tree of
+    ff_add, adjacent elements first (fixed order: deterministic). Written as halvings, not ``tl.reduce``
+    with a combine function, which the interpreter runs one element at a time in Python."""
+    if WIDTH == 1:
+        return tl.reshape(hi, [hi.shape[0]]), tl.reshape(lo, [lo.shape[0]])
+    else:
+        even_hi, odd_hi = tl.split(tl.reshape(hi, [hi.shape[0], WIDTH // 2, 2]))
+        even_lo, odd_lo = tl.split(tl.reshape(lo, [lo.shape[0], WIDTH // 2, 2]))
+        half_hi, half_lo = ff_add(even_hi, even_lo, odd_hi, odd_lo)
+        return ff_row_sum(half_hi, half_lo, WIDTH // 2)
+
+
+@triton.jit
+def ff_mul_float(a_hi, a_lo, b):
+    """(a * b) for a pair a and a float b, as a pair."""
+    p, e = two_prod(a_hi, b)
+    return _renormalize(p, e + a_lo * b)

@@ -25,17 +25,18 @@ else 1; every gradient below is written times s; step numbers as in the kernels)
   cosine_embedding (x1 = a, x2 = b, target y per row, eps = 1e-12f as torch: the float32 value):
     (1) sums s = <a, b>, m1 = |a|^2 + eps, m2 = |b|^2 + eps;  cos = s / sqrt(m1 m2)
     (2) loss = [y == 1] (1 - cos) + [y == -1] max(0, cos - margin);  G = dloss/dcos (clamp: >= 0 passes)
-    (3) d/da = G (b / sqrt(m1 m2) - cos a / m1);  d/db = G (a / sqrt(m1 m2) - cos b / m2)
+    (3) d/da = G / sqrt(m1 m2) (b - (s / m1) a);  d/db = G / sqrt(m1 m2) (a - (s / m2) b)
   cosine_similarity (dim, eps; torch's normalise-first form with its no-grad clamp):
-    (1) s = <a, b>, n1 = |a|, n2 = |b|;  c_i = max(n_i, eps);  u = a / c1, v = b / c2;  out = <u, v>
-        (a row in one tile; longer rows s / c1 / c2)
+    (1) s = <a, b>, n1 = |a|, n2 = |b|;  c_i = max(n_i, eps);  u = a / c1, v = b / c2;  out = <u, v> = s / c1 / c2
     (3) d/da = (v - out u q1) / c1 with q1 = c1 / n1 (0 where n1 = 0);  d/db likewise. With one feature
         (D = 1) u, v and out are +-1 exactly, so the gradient is exactly 0, as torch's
-  The cosine losses of float32 inputs compute in float64 (every other loss: float32 for 16- and 32-bit
-  inputs): their gradient subtracts two nearly equal terms (b / |a||b| - cos a / |a|^2), which float32
-  leaves with an error of a few ulp of the terms, up to 4x torch's; float64 holds it below torch's. Norms
-  and the divisions by them are correctly rounded (``sqrt_rn``, ``div_rn``: the GPU's default float32
-  sqrt and division are approximate), so exact cases stay exact.
+  The cosine losses compute in float-float (kernels/_math.py: every value a pair hi + lo, ~48 bits from
+  float32, each product exact by FMA): their gradient subtracts two nearly equal terms (b / |a||b| -
+  cos a / |a|^2), which float32 leaves with an error of a few ulp of the terms, up to 4x torch's; float-float
+  holds it below torch's, and every result is rounded once. Float64 did the same at 1/64 of the float32
+  rate on most consumer GPUs; float-float costs ~60 float32 instructions per element pair, under the
+  memory bound on every GPU (bench/NOTES.md). Roots and quotients start from the correctly rounded ones
+  (``sqrt_rn``, ``div_rn``), so exact cases stay exact (parallel vectors: a cosine of exactly +-1).
   pairwise_distance (p > 0, eps):  out = |a - b + eps|_p;  d/da = grad_p(a - b + eps) = -d/db
   triplet (anchor a, positive b, negative c, margin, p, eps, swap):
     (1) d_ap = |a - b + eps|_p, d_an = |a - c + eps|_p, with swap d_pn = |b - c + eps|_p and
@@ -77,7 +78,8 @@ import triton.language as tl
 
 from ._config import plan_cache, row_margin_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_by_count, div_rn, join_float, logistic, pow_runtime, sqrt_rn
+from ._math import (div_by_count, div_rn, ff_add, ff_div, ff_mul, ff_mul_float, ff_row_sum, ff_sqrt, join_float, logistic,
+                    pow_runtime, sqrt_rn, two_prod)
 from ._reduce import finish_grid_sum
 from .pointwise import _bce_with_logits
 from .softmax_rows import softmax_rows_rescale
@@ -351,55 +353,27 @@ def _load_tile(a_ptr, b_ptr, c_ptr, a_row, b_row, c_row, row_mask, sa_d, sb_d, s
 
 @triton.jit
 def _row_sums(a, b, c, mask, eps, p, LOSS: tl.constexpr, P_KIND: tl.constexpr, SWAP: tl.constexpr):
-    """(1) the three row statistics of a tile: <a, b>, |a|^2, |b|^2 (cosine losses), or the norm terms of
-    a - b + eps, a - c + eps and b - c + eps (distances; the third with swap only)."""
-    if LOSS == "cosine_embedding" or LOSS == "cosine_similarity":
-        t0 = a * b
-        t1 = a * a
-        t2 = b * b
+    """(1) the norm terms of a tile's a - b + eps, a - c + eps and b - c + eps, summed per row (the second
+    for triplet, the third with swap only)."""
+    t0 = _norm_term(a - b + eps, p, P_KIND)
+    if LOSS == "triplet":
+        t1 = _norm_term(a - c + eps, p, P_KIND)
     else:
-        t0 = _norm_term(a - b + eps, p, P_KIND)
-        if LOSS == "triplet":
-            t1 = _norm_term(a - c + eps, p, P_KIND)
-        else:
-            t1 = t0
-        if SWAP:
-            t2 = _norm_term(b - c + eps, p, P_KIND)
-        else:
-            t2 = t0
+        t1 = t0
+    if SWAP:
+        t2 = _norm_term(b - c + eps, p, P_KIND)
+    else:
+        t2 = t0
     return (tl.sum(tl.where(mask, t0, 0.0), axis=1), tl.sum(tl.where(mask, t1, 0.0), axis=1),
             tl.sum(tl.where(mask, t2, 0.0), axis=1))
 
 
 @triton.jit
-def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr, SWAP: tl.constexpr):
-    """(2) the row's loss and the coefficients k0..k5 of its gradients (scaled for grad_output 1):
-    cosine losses: d/da = k0 b - k1 a, d/db = k0 a - k2 b (k3..k5 unused);
-    distances: k0, k1, k2 multiply the gradients of |a - b + eps|, |a - c + eps|, |b - c + eps| (by
-    _norm_grad), whose _norm_scale are k3, k4, k5."""
-    if LOSS == "cosine_embedding":
-        m1 = s1 + eps
-        m2 = s2 + eps
-        denom = sqrt_rn(m1 * m2)
-        cos = div_rn(s0, denom)
-        pos = y == 1.0
-        neg = y == -1.0
-        hinge = cos - margin
-        loss = tl.where(pos, 1.0 - cos, 0.0) + tl.where(neg, tl.where(hinge < 0, 0.0, hinge), 0.0)
-        g = (tl.where(pos, -1.0, 0.0) + tl.where(neg & (hinge >= 0), 1.0, 0.0)) * scale
-        return loss, div_rn(g, denom), div_rn(g * cos, m1), div_rn(g * cos, m2), s0, s0, s0
-    elif LOSS == "cosine_similarity":
-        # torch's normalise-first form: u = a / c1, v = b / c2 (c_i = max(|x_i|, eps), a clamp without a
-        # gradient), out = <u, v>; here out from the sums (a row in one tile recomputes it as <u, v>)
-        n1 = sqrt_rn(s1)
-        n2 = sqrt_rn(s2)
-        c1 = tl.where(n1 < eps, eps, n1)
-        c2 = tl.where(n2 < eps, eps, n2)
-        out = div_rn(div_rn(s0, c1), c2)
-        q1 = tl.where(n1 == 0, 0.0, div_rn(c1, n1))  # c1 / n1: 1 unless clamped
-        q2 = tl.where(n2 == 0, 0.0, div_rn(c2, n2))
-        return out, c1, c2, q1, q2, s0, s0
-    elif LOSS == "pairwise_distance":
+def _row_finish(s0, s1, s2, margin, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr, SWAP: tl.constexpr):
+    """(2) the row's loss and the coefficients k0..k5 of its gradients (scaled for grad_output 1): k0, k1, k2
+    multiply the gradients of |a - b + eps|, |a - c + eps|, |b - c + eps| (by _norm_grad), whose
+    _norm_scale are k3, k4, k5."""
+    if LOSS == "pairwise_distance":
         r = _norm_of(s0, p, P_KIND)
         zero = s0 * 0.0
         return r, zero + scale, zero, zero, _norm_scale(r, p, P_KIND), zero, zero
@@ -426,20 +400,10 @@ def _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND
 
 
 @triton.jit
-def _row_gradients(a, b, c, out, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr,
+def _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS: tl.constexpr, P_KIND: tl.constexpr,
                    SWAP: tl.constexpr):
-    """(3) d/da, d/db, d/dc of a tile from the row coefficients of _row_finish (``out``: the rows' loss)."""
-    if LOSS == "cosine_embedding":
-        return k0[:, None] * b - k1[:, None] * a, k0[:, None] * a - k2[:, None] * b, a
-    elif LOSS == "cosine_similarity":
-        # d out / da = (v - out (a / n1)) / c1 with v = b / c2 and a / n1 = u q1 (0 where n1 = 0): where
-        # the vectors are parallel, v = out u exactly (e.g. D = 1: u, v = +-1) and the gradient is 0
-        u = div_rn(a, k0[:, None])
-        v = div_rn(b, k1[:, None])
-        da = div_rn(v - out[:, None] * (u * k2[:, None]), k0[:, None]) * scale
-        db = div_rn(u - out[:, None] * (v * k3[:, None]), k1[:, None]) * scale
-        return da, db, a
-    elif LOSS == "pairwise_distance":
+    """(3) d/da, d/db, d/dc of a tile from the row coefficients of _row_finish."""
+    if LOSS == "pairwise_distance":
         g_ab = k0[:, None] * _norm_grad(a - b + eps, k3[:, None], p, P_KIND)
         return g_ab, -g_ab, a
     else:
@@ -465,18 +429,14 @@ def _store_gradients(ga_ptr, gb_ptr, gc_ptr, g_row, cols, mask, g_col, da, db, d
 
 
 @triton.jit
-def _embedding(a_ptr, b_ptr, c_ptr, t_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row, c_row, t_row, g_row, row_mask,
-               sa_d, sb_d, sc_d, g_col, n_cols, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr,
-               SWAP: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr,
-               ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """The embedding losses of BLOCK_R rows: (1) statistics, (2) loss and coefficients, (3) gradients.
+def _distance(a_ptr, b_ptr, c_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row, c_row, g_row, row_mask, sa_d, sb_d, sc_d,
+              g_col, n_cols, margin, eps, p, scale, LOSS: tl.constexpr, P_KIND: tl.constexpr, SWAP: tl.constexpr,
+              GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, ONE_BLOCK: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """pairwise_distance / triplet of BLOCK_R rows: (1) statistics, (2) loss and coefficients, (3) gradients.
     ONE_BLOCK: the row fits one tile, read once and kept in registers for (3)."""
     HAS_C: tl.constexpr = LOSS == "triplet"
     GRAD: tl.constexpr = GRAD_A or GRAD_B or GRAD_C
-    if LOSS == "cosine_embedding":
-        y = tl.load(t_ptr + t_row, mask=row_mask, other=0).to(ACC)
-    else:
-        y = tl.zeros([BLOCK_R], ACC)
     # (1) statistics
     if ONE_BLOCK:
         a, b, c, cols, mask = _load_tile(a_ptr, b_ptr, c_ptr, a_row, b_row, c_row, row_mask, sa_d, sb_d, sc_d, 0,
@@ -494,21 +454,154 @@ def _embedding(a_ptr, b_ptr, c_ptr, t_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row,
             s1 += t1
             s2 += t2
     # (2) the loss and the gradients' row coefficients
-    loss, k0, k1, k2, k3, k4, k5 = _row_finish(s0, s1, s2, y, margin, eps, p, scale, LOSS, P_KIND, SWAP)
-    if LOSS == "cosine_similarity" and ONE_BLOCK:  # torch's <a / c1, b / c2>: exact where the vectors are parallel
-        loss = tl.sum(tl.where(mask, div_rn(a, k0[:, None]) * div_rn(b, k1[:, None]), 0.0), axis=1)
+    loss, k0, k1, k2, k3, k4, k5 = _row_finish(s0, s1, s2, margin, p, scale, LOSS, P_KIND, SWAP)
     # (3) gradients
     if GRAD:
         if ONE_BLOCK:
-            da, db, dc = _row_gradients(a, b, c, loss, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS, P_KIND, SWAP)
+            da, db, dc = _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS, P_KIND, SWAP)
             _store_gradients(ga_ptr, gb_ptr, gc_ptr, g_row, cols, mask, g_col, da, db, dc, GRAD_A, GRAD_B, GRAD_C)
         else:
             for c0 in range(0, n_cols, BLOCK_D):
                 a, b, c, cols, mask = _load_tile(a_ptr, b_ptr, c_ptr, a_row, b_row, c_row, row_mask, sa_d, sb_d,
                                                  sc_d, c0, n_cols, HAS_C, BLOCK_D, ACC)
-                da, db, dc = _row_gradients(a, b, c, loss, k0, k1, k2, k3, k4, k5, eps, p, scale, LOSS, P_KIND, SWAP)
+                da, db, dc = _row_gradients(a, b, c, k0, k1, k2, k3, k4, k5, eps, p, LOSS, P_KIND, SWAP)
                 _store_gradients(ga_ptr, gb_ptr, gc_ptr, g_row, cols, mask, g_col, da, db, dc, GRAD_A, GRAD_B,
                                  GRAD_C)
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------
+# cosine rows, in float-float (kernels/_math.py): (1) the three sums, (2) the loss and per-row pairs,
+# (3) the gradients; every quantity a pair hi + lo, rounded once where it is stored
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _cosine_sums(a, b, BLOCK_D: tl.constexpr):
+    """(1) <a, b>, |a|^2, |b|^2 of a tile's rows as pairs: every product exact (two_prod), summed in pairs.
+    Masked elements were loaded as 0 and add 0."""
+    ab_hi, ab_lo = two_prod(a, b)
+    aa_hi, aa_lo = two_prod(a, a)
+    bb_hi, bb_lo = two_prod(b, b)
+    s0_hi, s0_lo = ff_row_sum(ab_hi, ab_lo, BLOCK_D)
+    s1_hi, s1_lo = ff_row_sum(aa_hi, aa_lo, BLOCK_D)
+    s2_hi, s2_lo = ff_row_sum(bb_hi, bb_lo, BLOCK_D)
+    return s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo
+
+
+@triton.jit
+def _cosine_finish(s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo, y, margin, eps, scale, LOSS: tl.constexpr):
+    """(2) the row's loss (rounded) and ten values for (3).
+    cosine_embedding: the pairs k0 = G / sqrt(m1 m2), k1 = s / m1, k2 = s / m2 (d/da = k0 (b - k1 a),
+    d/db = k0 (a - k2 b): the cancellation between an exact element and a pair; for equal vectors
+    b - k1 a = a eps / m1, resolved), G = dloss/dcos times the scale. cosine_similarity: out's low part, then the pairs
+    c1, c2, q1, q2 (out's high part is the returned loss)."""
+    zero = s0_hi * 0.0
+    if LOSS == "cosine_embedding":
+        m1_hi, m1_lo = ff_add(s1_hi, s1_lo, eps, zero)
+        m2_hi, m2_lo = ff_add(s2_hi, s2_lo, eps, zero)
+        m12_hi, m12_lo = ff_mul(m1_hi, m1_lo, m2_hi, m2_lo)
+        den_hi, den_lo = ff_sqrt(m12_hi, m12_lo)
+        cos_hi, cos_lo = ff_div(s0_hi, s0_lo, den_hi, den_lo)
+        one_minus, _ = ff_add(zero + 1.0, zero, -cos_hi, -cos_lo)
+        hinge, _ = ff_add(cos_hi, cos_lo, zero - margin, zero)
+        pos = y == 1.0
+        neg = y == -1.0
+        loss = tl.where(pos, one_minus, 0.0) + tl.where(neg, tl.where(hinge < 0, 0.0, hinge), 0.0)
+        g = (tl.where(pos, -1.0, 0.0) + tl.where(neg & (hinge >= 0), 1.0, 0.0)) * scale
+        k0_hi, k0_lo = ff_div(g, zero, den_hi, den_lo)
+        k1_hi, k1_lo = ff_div(s0_hi, s0_lo, m1_hi, m1_lo)
+        k2_hi, k2_lo = ff_div(s0_hi, s0_lo, m2_hi, m2_lo)
+        return loss, k0_hi, k0_lo, k1_hi, k1_lo, k2_hi, k2_lo, zero, zero, zero, zero
+    else:
+        tl.static_assert(LOSS == "cosine_similarity", "unknown LOSS")
+        # torch's normalise-first form: u = a / c1, v = b / c2 (c_i = max(|x_i|, eps), a clamp without a
+        # gradient), out = <u, v> = <a, b> / (c1 c2)
+        n1_hi, n1_lo = ff_sqrt(s1_hi, s1_lo)
+        n2_hi, n2_lo = ff_sqrt(s2_hi, s2_lo)
+        c1_hi = tl.where(n1_hi < eps, eps, n1_hi)
+        c1_lo = tl.where(n1_hi < eps, 0.0, n1_lo)
+        c2_hi = tl.where(n2_hi < eps, eps, n2_hi)
+        c2_lo = tl.where(n2_hi < eps, 0.0, n2_lo)
+        t_hi, t_lo = ff_div(s0_hi, s0_lo, c1_hi, c1_lo)
+        out_hi, out_lo = ff_div(t_hi, t_lo, c2_hi, c2_lo)
+        # q_i = c_i / n_i: 1 unless clamped, 0 where n_i = 0
+        q1_hi, q1_lo = ff_div(c1_hi, c1_lo, tl.where(n1_hi == 0, 1.0, n1_hi), n1_lo)
+        q2_hi, q2_lo = ff_div(c2_hi, c2_lo, tl.where(n2_hi == 0, 1.0, n2_hi), n2_lo)
+        q1_hi = tl.where(n1_hi == 0, 0.0, q1_hi)
+        q1_lo = tl.where(n1_hi == 0, 0.0, q1_lo)
+        q2_hi = tl.where(n2_hi == 0, 0.0, q2_hi)
+        q2_lo = tl.where(n2_hi == 0, 0.0, q2_lo)
+        return out_hi, out_lo, c1_hi, c1_lo, c2_hi, c2_lo, q1_hi, q1_lo, q2_hi, q2_lo, zero
+
+
+@triton.jit
+def _ff_scaled_difference(k_hi, k_lo, x, r_hi, r_lo, z):
+    """k (x - r z) for row pairs k, r and tile elements x, z, rounded once."""
+    t_hi, t_lo = ff_mul_float(r_hi[:, None], r_lo[:, None], z)
+    d_hi, d_lo = ff_add(x, x * 0.0, -t_hi, -t_lo)
+    g_hi, _ = ff_mul(d_hi, d_lo, k_hi[:, None], k_lo[:, None])
+    return g_hi
+
+
+@triton.jit
+def _cosine_similarity_gradient(x, z, out_hi, out_lo, cx_hi, cx_lo, cz_hi, cz_lo, qx_hi, qx_lo, scale):
+    """d out / dx = (w - out u qx) / cx with u = x / cx, w = z / cz, rounded once: where the vectors are
+    parallel w = out u exactly (D = 1: +-1), so the gradient is exactly 0, as torch's."""
+    u_hi, u_lo = ff_div(x, x * 0.0, cx_hi[:, None], cx_lo[:, None])
+    w_hi, w_lo = ff_div(z, z * 0.0, cz_hi[:, None], cz_lo[:, None])
+    uq_hi, uq_lo = ff_mul(u_hi, u_lo, qx_hi[:, None], qx_lo[:, None])
+    t_hi, t_lo = ff_mul(uq_hi, uq_lo, out_hi[:, None], out_lo[:, None])
+    d_hi, d_lo = ff_add(w_hi, w_lo, -t_hi, -t_lo)
+    g_hi, g_lo = ff_div(d_hi, d_lo, cx_hi[:, None], cx_lo[:, None])
+    gradient, _ = ff_mul_float(g_hi, g_lo, scale)
+    return gradient
+
+
+@triton.jit
+def _cosine(a_ptr, b_ptr, t_ptr, ga_ptr, gb_ptr, a_row, b_row, t_row, g_row, row_mask, sa_d, sb_d, g_col, n_cols,
+            margin, eps, scale, LOSS: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr,
+            ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """cosine_embedding / cosine_similarity of BLOCK_R rows in float-float: (1) sums, (2) loss and row pairs,
+    (3) gradients. ONE_BLOCK: the row fits one tile, read once and kept in registers for (3)."""
+    if LOSS == "cosine_embedding":
+        y = tl.load(t_ptr + t_row, mask=row_mask, other=0).to(ACC)
+    else:
+        y = tl.zeros([BLOCK_R], ACC)
+    # (1) the sums
+    if ONE_BLOCK:
+        a, b, _, cols, mask = _load_tile(a_ptr, b_ptr, a_ptr, a_row, b_row, a_row, row_mask, sa_d, sb_d, sa_d, 0,
+                                         n_cols, False, BLOCK_D, ACC)
+        s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo = _cosine_sums(a, b, BLOCK_D)
+    else:
+        s0_hi = tl.zeros([BLOCK_R], ACC)
+        s0_lo = tl.zeros([BLOCK_R], ACC)
+        s1_hi = tl.zeros([BLOCK_R], ACC)
+        s1_lo = tl.zeros([BLOCK_R], ACC)
+        s2_hi = tl.zeros([BLOCK_R], ACC)
+        s2_lo = tl.zeros([BLOCK_R], ACC)
+        for c0 in range(0, n_cols, BLOCK_D):
+            a, b, _, cols, mask = _load_tile(a_ptr, b_ptr, a_ptr, a_row, b_row, a_row, row_mask, sa_d, sb_d, sa_d,
+                                             c0, n_cols, False, BLOCK_D, ACC)
+            t0_hi, t0_lo, t1_hi, t1_lo, t2_hi, t2_lo = _cosine_sums(a, b, BLOCK_D)
+            s0_hi, s0_lo = ff_add(s0_hi, s0_lo, t0_hi, t0_lo)
+            s1_hi, s1_lo = ff_add(s1_hi, s1_lo, t1_hi, t1_lo)
+            s2_hi, s2_lo = ff_add(s2_hi, s2_lo, t2_hi, t2_lo)
+    # (2) the loss and the row pairs
+    loss, r0, r1, r2, r3, r4, r5, r6, r7, r8, r9 = _cosine_finish(s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo, y,
+                                                                  margin, eps, scale, LOSS)
+    # (3) gradients
+    if GRAD_A or GRAD_B:
+        for c0 in range(0, n_cols, BLOCK_D):
+            if not ONE_BLOCK:
+                a, b, _, cols, mask = _load_tile(a_ptr, b_ptr, a_ptr, a_row, b_row, a_row, row_mask, sa_d, sb_d,
+                                                 sa_d, c0, n_cols, False, BLOCK_D, ACC)
+            if LOSS == "cosine_embedding":  # d/da = k0 (b - k1 a), d/db = k0 (a - k2 b)
+                da = _ff_scaled_difference(r0, r1, b, r2, r3, a)
+                db = _ff_scaled_difference(r0, r1, a, r4, r5, b)
+            else:  # out = (loss, r0), c1 = (r1, r2), c2 = (r3, r4), q1 = (r5, r6), q2 = (r7, r8)
+                da = _cosine_similarity_gradient(a, b, loss, r0, r1, r2, r3, r4, r5, r6, scale)
+                db = _cosine_similarity_gradient(b, a, loss, r0, r3, r4, r1, r2, r7, r8, scale)
+            _store_gradients(ga_ptr, gb_ptr, ga_ptr, g_row, cols, mask, g_col, da, db, da, GRAD_A, GRAD_B, False)
     return loss
 
 
@@ -610,10 +703,13 @@ def _row_margin_fwd_kernel(
     elif LOSS == "rank_hinge" or LOSS == "rank_cross_entropy":
         loss = _rank(a_ptr, b_ptr, ga_ptr, a_row, b_row, g_row, row_mask, sa_d, sb_d, g_col, n_cols, margin, eps,
                      scale, LOSS, GRAD_A, BLOCK_D, ACC)
+    elif LOSS == "cosine_embedding" or LOSS == "cosine_similarity":
+        loss = _cosine(a_ptr, b_ptr, t_ptr, ga_ptr, gb_ptr, a_row, b_row, t_row, g_row, row_mask, sa_d, sb_d, g_col,
+                       n_cols, margin, eps, scale, LOSS, GRAD_A, GRAD_B, ONE_BLOCK, BLOCK_R, BLOCK_D, ACC)
     else:
-        loss = _embedding(a_ptr, b_ptr, c_ptr, t_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row, c_row, t_row, g_row,
-                          row_mask, sa_d, sb_d, sc_d, g_col, n_cols, margin, eps, p, scale, LOSS, P_KIND, SWAP,
-                          GRAD_A, GRAD_B, GRAD_C, ONE_BLOCK, BLOCK_R, BLOCK_D, ACC)
+        loss = _distance(a_ptr, b_ptr, c_ptr, ga_ptr, gb_ptr, gc_ptr, a_row, b_row, c_row, g_row, row_mask, sa_d,
+                         sb_d, sc_d, g_col, n_cols, margin, eps, p, scale, LOSS, P_KIND, SWAP, GRAD_A, GRAD_B, GRAD_C,
+                         ONE_BLOCK, BLOCK_R, BLOCK_D, ACC)
 
     # (4) the loss per row, or reduced over the grid in this launch (kernels/_reduce.py)
     if REDUCE:
@@ -634,13 +730,18 @@ _RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 # ``kernel`` and ``where`` (constexpr values; a tuple: any of them) may exceed, on ``archs`` (default all),
 # and why: what it costs, on which GPUs.
 BUILD_BUDGET_EXCEPTIONS = (
-    dict(kernel="_row_margin_fwd_kernel", budget="float64",
-         where={"LOSS": ("cosine_embedding", "cosine_similarity")},
-         reason="float32 inputs of the cosine losses accumulate in float64 on purpose (the module docstring: their "
-                "gradient subtracts two nearly equal terms; float32 left errors up to 4x torch's). Free on GPUs "
-                "with full- or half-rate FP64 (A100, H100, B200); on those with 1/64-rate FP64 (RTX 30/40, A10, L4, "
-                "L40S) the float64 products and sums per element pair put the kernel several times over its "
-                "memory bound (not measured). Compensated float32 (two-sum, two-product) would remove it."),
+    dict(kernel="_row_margin_fwd_kernel", budget="spills", where={"LOSS": ("cosine_embedding", "cosine_similarity"),
+                                                                  "ACC": "fp32"},
+         archs=("sm_80",),
+         reason="the float-float cosine losses on sm_80 only: ptxas keeps 64-80 registers at 8-16 warps and spills "
+                "8 bytes per thread, which stay in L1 (sm_90 and sm_100 spill nothing at the same tiles); against "
+                "8-16 bytes of input per element, negligible on A100-class GPUs (not measured)."),
+    dict(kernel="_row_margin_fwd_kernel", budget=("registers", "spills"),
+         where={"LOSS": ("cosine_embedding", "cosine_similarity"), "ACC": "fp64"},
+         reason="float64 inputs of the cosine losses run the same float-float code in float64 pairs (~2,000 float64 "
+                "instructions per tile row): 128-182 registers, up to 40 bytes of spills in L1 at a 2048-element "
+                "tile. float64 is a testing dtype for these losses; on consumer GPUs the 1/64-rate FP64 pipe bounds "
+                "it whatever the registers."),
     dict(kernel="_row_margin_fwd_kernel", budget="load_width", where={"LOSS": "multilabel_margin"},
          reason="multilabel_margin's innermost loop (a block of 8 targets against a block of 256 classes) gathers "
                 "the targets' scores by index, one scalar load each by nature, and reads their int64 indices "
@@ -662,26 +763,14 @@ BUILD_BUDGET_EXCEPTIONS = (
                 "GPUs (A100, H100, B200; not measured); elsewhere the 1/64-rate FP64 pipe bounds it anyway."),
 )
 
-_FLOAT64_FOR_FLOAT32 = ("cosine_embedding", "cosine_similarity")  # see the module docstring (cosine losses)
-
-
-def _accumulation(loss, dtype):
-    """(Triton, torch) dtype the kernel computes ``loss`` in for inputs of ``dtype``."""
-    if dtype == torch.float32 and loss in _FLOAT64_FOR_FLOAT32:
-        return tl.float64, torch.float64
-    return accumulation_dtypes(dtype)
-
-
 @plan_cache
 def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, reduce, grads):
     """(grid, num_warps, constexprs) of the forward kernel for one signature."""
-    acc = _accumulation(loss, dtype)[1]
-    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(
-        loss, n_cols, dtype.itemsize if acc.itemsize == 4 else acc.itemsize)
+    block_r, block_d, block_t, one_block, num_warps = row_margin_tile(loss, n_cols, dtype.itemsize)
     constexprs = dict(
         LOSS=loss, P=p_int, P_KIND=p_kind, HAS_WEIGHT=has_weight, SWAP=swap, REDUCE=reduce, GRAD_A=grads[0],
         GRAD_B=grads[1], GRAD_C=grads[2], ONE_BLOCK=one_block, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_T=block_t,
-        RBLOCK=_RBLOCK, ACC=_accumulation(loss, dtype)[0])
+        RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 
@@ -713,10 +802,7 @@ def row_margin_fwd(loss, operands, strides, target, target_strides, weight, rows
         loss, n_rows, n_cols, a.dtype, int(p) if p in (1, 2) else 0, p_kind,
         weight is not None or (loss == "multilabel_soft_margin" and operands[2] is not None), swap, reduce,
         (grads[0] is not None, grads[1] is not None, grads[2] is not None))
-    acc = _accumulation(loss, a.dtype)[1]
-    if acc != accumulation_dtypes(a.dtype)[1]:  # float32 inputs computed in float64: torch's float32 scalars
-        margin, eps = split_float(margin)[0], split_float(eps)[0]
-    partials = new_tensor(a, grid[0], acc) if reduce else out
+    partials = new_tensor(a, grid[0], accumulation_dtypes(a.dtype)[1]) if reduce else out
     ga, gb, gc = grads
     launch(_row_margin_fwd_kernel, grid, (
         *(t if t is not None else a for t in operands), target if target is not None else a,

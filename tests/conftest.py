@@ -20,10 +20,12 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 GPU_ARITHMETIC = os.environ.get("FUSEDLOSS_GPU_ARITHMETIC", "")
 
 if INTERPRETING:
-    # bf16 checks judge the kernels, not the emulator's truncation (fusedloss/bench/interpreter.py)
-    from fusedloss.bench.interpreter import round_bfloat16_like_the_gpu
+    # bf16 checks judge the kernels, not the emulator's truncation; tl.fma rounds once, as the GPU's
+    # (fusedloss/bench/interpreter.py)
+    from fusedloss.bench.interpreter import fuse_multiply_add_like_the_gpu, round_bfloat16_like_the_gpu
 
     round_bfloat16_like_the_gpu()
+    fuse_multiply_add_like_the_gpu()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -212,9 +212,9 @@ def test_cosine_similarity_one_feature_is_exact(dtype):
 
 @pytest.mark.parametrize("margin", [0.0, -0.5])
 def test_cosine_embedding_one_feature_within_torchs_error(margin):
-    """D = 1, float32: the gradient b / |a||b| - cos a / |a|^2 is a difference of nearly equal terms (the
-    exact value ~1e-12); computed in float32 it carried a few ulp of the terms, 4x torch's error. Now
-    computed in float64 (for float32 inputs), far below torch's."""
+    """D = 1, float32: the gradient G (b - (s / m1) a) / sqrt(m1 m2) is a difference of nearly equal terms
+    (the exact value ~1e-12); computed in float32 it carried a few ulp of the terms, 4x torch's error.
+    Computed in float-float, far below torch's."""
     a = normal((23, 1)).float().requires_grad_()
     b = normal((23, 1)).float().requires_grad_()
     target = torch.tensor([1, -1] * 11 + [-1], device=DEVICE)
@@ -223,6 +223,27 @@ def test_cosine_embedding_one_feature_within_torchs_error(margin):
     for mine, torchs in zip(ours, theirs):
         assert mine <= torchs, (ours, theirs)
     assert max(ours[1:]) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cosine_embedding_equal_vectors_exact_gradient(dtype):
+    """a = b: the gradient G (a - (s / m1) a) / m1 = G a eps / m1^2 (m1 = |a|^2 + eps) is 13 orders below the
+    terms it comes from; torch's float64 rounds 14 + 1e-12 and is 0.1% off, its float32 returns noise. The
+    kernel against exact rational arithmetic at the dtype's eps (1e-12 rounded to it): 1e-6 relative."""
+    from fractions import Fraction
+    a = torch.tensor([[1.0, 2.0, 3.0], [0.5, -0.25, 4.0]], dtype=dtype, device=DEVICE)
+    x1, x2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    with fusedloss.backend("triton"):
+        loss = FL.cosine_embedding_loss(x1, x2, torch.ones(2, dtype=torch.long, device=DEVICE), reduction="sum")
+    grad1, grad2 = torch.autograd.grad(loss, (x1, x2))
+    eps = Fraction(float(torch.tensor(1e-12, dtype=dtype)))
+    for row in range(2):
+        values = [Fraction(float(v)) for v in a[row].tolist()]
+        m = sum(v * v for v in values) + eps
+        for j, v in enumerate(values):
+            exact = float(-v * eps / (m * m))  # d(1 - cos)/da_j at a = b
+            for grad in (grad1, grad2):
+                assert abs(float(grad[row, j]) - exact) <= 1e-6 * abs(exact), (row, j, float(grad[row, j]), exact)
 
 
 @pytest.mark.parametrize("fn", ["cosine_similarity", "cosine_embedding_loss"])

@@ -215,3 +215,65 @@ class gpu_arithmetic:
                 setattr(_builder(), name, method)
             _saved.clear()
         return False
+
+
+# ------------------------------------------------------------------ the GPU's fused multiply-add
+
+def _fma_rounded_once(x, y, z):
+    """float32 x * y + z rounded once, as the GPU's fma.rn.f32: the product is exact in float64, the sum is
+    rounded to float64 towards odd (its error from two-sum decides), and a round-to-odd float64 rounds to
+    the correct float32 (53 >= 24 + 2 bits)."""
+    with np.errstate(all="ignore"):
+        x64, y64, z64 = (np.asarray(v, dtype=np.float32).astype(np.float64) for v in (x, y, z))
+        product = x64 * y64
+        total = product + z64
+        z_part = total - product
+        error = (product - (total - z_part)) + (z64 - z_part)
+        even = (total.view(np.int64) & 1) == 0
+        towards = np.where(error > 0, np.inf, -np.inf)
+        odd = np.where((error != 0) & even & np.isfinite(total), np.nextafter(total, towards), total)
+        return odd.astype(np.float32)
+
+
+def _split64(x):
+    """Veltkamp's split of float64 x into two halves of 26 bits (hi + lo = x exactly)."""
+    t = x * 134217729.0  # 2**27 + 1
+    hi = t - (t - x)
+    return hi, x - hi
+
+
+def _fma64(x, y, z):
+    """float64 x * y + z: the product exact as a pair (Dekker), added to z with the pair's error carried:
+    exact for x * y - fl(x * y) (what two_prod asks), within an ulp otherwise."""
+    with np.errstate(all="ignore"):
+        x, y, z = (np.asarray(v, dtype=np.float64) for v in (x, y, z))
+        product = x * y
+        x_hi, x_lo = _split64(x)
+        y_hi, y_lo = _split64(y)
+        product_error = ((x_hi * y_hi - product) + x_hi * y_lo + x_lo * y_hi) + x_lo * y_lo
+        total = product + z
+        z_part = total - product
+        sum_error = (product - (total - z_part)) + (z - z_part)
+        exact = np.where(np.isfinite(product) & (np.abs(x) < 1e300) & (np.abs(y) < 1e300),
+                         total + (sum_error + product_error), x * y + z)
+        return exact
+
+
+def fuse_multiply_add_like_the_gpu():
+    """Patch the interpreter's ``tl.fma`` (it computes x * y + z in the operands' dtype, rounding twice) to
+    round once in float32 and to carry the product's exact error in float64: the float-float helpers of
+    kernels/_math.py take the product's rounding error from it, as the GPU's fma.rn gives it."""
+    from triton import language as tl
+    from triton.runtime.interpreter import TensorHandle
+
+    builder = _builder()
+    fma = builder.create_fma
+
+    def rounded_once(self, x, y, z):
+        if _float32(x) and _float32(y) and _float32(z):
+            return TensorHandle(_fma_rounded_once(x.data, y.data, z.data), z.dtype.scalar)
+        if x.dtype.scalar == tl.float64 and y.dtype.scalar == tl.float64 and z.dtype.scalar == tl.float64:
+            return TensorHandle(_fma64(x.data, y.data, z.data), z.dtype.scalar)
+        return fma(self, x, y, z)
+
+    builder.create_fma = rounded_once
