@@ -324,8 +324,8 @@ def test_deterministic_bitwise(reduction):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_no_tensor_of_n_by_c_elements(reduction, dtype):
     """Forward and backward never make a tensor of N x C elements, nor anything larger than one chunk of
-    logits besides the weight-sized gradient (and its float32 accumulator); torch's reference path does
-    (the check can fail)."""
+    logits (its rows padded to 16 bytes) besides the weight-sized gradient (and its float32 accumulator);
+    torch's reference path does (the check can fail)."""
     n, h, c = 64, 8, 300  # N x C = 19200, the weight 2400 elements, a chunk 16 KiB / (300 x 4 or 2 bytes)
     x, w, target, b = make_inputs((n, h, c), dtype, bias=True)
     chunk = _chunks.chunk_rows(n, c, x.element_size(), 0)
@@ -337,7 +337,33 @@ def test_no_tensor_of_n_by_c_elements(reduction, dtype):
             torch.autograd.grad(loss.sum(), (x, w, b))
         assert (max(recorder.sizes) >= n * c) == expect_whole, (backend, max(recorder.sizes))
         if not expect_whole:
-            assert max(s for s in recorder.sizes if s != w.numel()) <= chunk * c
+            assert max(s for s in recorder.sizes if s != w.numel()) <= chunk * _chunks.padded_columns(c, x.element_size())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("c", [7, 300, 50257, 128256])
+def test_chunk_buffer_rows_start_16_byte_aligned(dtype, c):
+    """The chunk buffer's rows are padded to 16 bytes (at C = 50257 in bfloat16 only every eighth row of a
+    dense buffer starts aligned: cuBLAS's aligned kernels and the row kernels' 128-bit loads need every
+    one); the logits are a (rows, C) view of it."""
+    x = torch.zeros(2, 3, dtype=dtype)
+    buffer = _chunks.chunk_buffer(x, 5, c)
+    assert buffer.shape == (5, c) and buffer.stride(1) == 1
+    assert (buffer.stride(0) * buffer.element_size()) % 16 == 0 and 0 <= buffer.stride(0) - c < 16 // buffer.element_size()
+
+
+@pytest.mark.parametrize("n,c,element_size", [(8192, 128256, 2), (16384, 128256, 4), (65536, 50257, 2),
+                                              (4096, 262144, 2)])
+def test_chunk_rows_are_a_multiple_of_the_gemm_tile_within_the_budget(n, c, element_size, monkeypatch):
+    """Chunks of a multiple of 128 rows (the GEMMs' M tile) that fit CHUNK_BYTES (the package's 224 MiB, not
+    this file's 16 KiB) with their padded rows: at C = 128256 in bfloat16, 896 rows (915 fit; rounding up
+    would pass the budget)."""
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 224 << 20)
+    rows = _chunks.chunk_rows(n, c, element_size, 0)
+    assert rows % _chunks.GEMM_ROWS == 0
+    assert rows * _chunks.padded_columns(c, element_size) * element_size <= _chunks.CHUNK_BYTES
+    if (n, c, element_size) == (8192, 128256, 2):
+        assert rows == 896
 
 
 # ------------------------------------------------------------------ edge cases

@@ -14,7 +14,7 @@ the logits of one or two LM heads (``Head``: hidden states X (N, H), weight W (C
                    db_k += s_k (column sums of dlogits_k)   16-bit weights
 
 so the largest temporaries are the chunk buffers (``CHUNK_BYTES`` of logits for all heads together, or
-``chunk`` rows), every accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), and
+``chunk`` rows; each row padded to 16 bytes, so every row is aligned for the GEMMs and the row kernels), every accumulation is a GEMM or a sum into one buffer (deterministic, no atomics), and
 nothing syncs with the host. A head without gradients (a frozen teacher) costs one GEMM per chunk. A
 logit scale (Cohere's ``logit_scale``, Granite's 1 / ``logits_scaling``...) rides in the GEMMs' alpha
 and beta, so it costs no pass over the logits; the row kernels see the scaled logits.
@@ -35,17 +35,38 @@ class Head(NamedTuple):
     scale: float = 1.0  # the logits are scale * (x W^T + b)
 
 
+ROW_ALIGN_BYTES = 16  # a chunk buffer's rows start 16-byte aligned: cuBLAS's aligned kernels, 128-bit row loads
+GEMM_ROWS = 128  # chunk rows are a multiple of this (the GEMMs' M tile) where the budget holds one
+
+
 def chunk_rows(n, columns, element_size, requested):
     """Rows per chunk: ``requested``, else as many as CHUNK_BYTES of logits (``columns`` per row, all heads
-    together) hold, spread evenly over the chunks and rounded to 128 rows (GEMM tiles) when that stays
-    within the budget."""
+    together, each row padded to ROW_ALIGN_BYTES) hold, spread evenly over the chunks and rounded up to a
+    multiple of GEMM_ROWS, or down where up would pass the budget (at C = 128256 in bfloat16: 896 rows,
+    not 915)."""
     if requested:
         return max(1, min(requested, n))
-    limit = max(1, CHUNK_BYTES // max(columns * element_size, 1))
+    limit = max(1, CHUNK_BYTES // max(padded_columns(columns, element_size) * element_size, 1))
     if n <= limit:
         return max(n, 1)
     rows = -(-n // -(-n // limit))
-    return min(limit, -(-rows // 128) * 128) if rows > 128 else rows
+    if rows <= GEMM_ROWS:
+        return rows
+    up = -(-rows // GEMM_ROWS) * GEMM_ROWS
+    return up if up <= limit else max(GEMM_ROWS, limit // GEMM_ROWS * GEMM_ROWS)
+
+
+def padded_columns(columns, element_size):
+    """A chunk buffer's row stride: ``columns`` rounded up to ROW_ALIGN_BYTES (C = 50257 in bfloat16: 50264,
+    so every row, not every eighth, starts 16-byte aligned)."""
+    per = max(1, ROW_ALIGN_BYTES // element_size)
+    return -(-columns // per) * per
+
+
+def chunk_buffer(x, rows, columns):
+    """A (rows, columns) logits buffer whose rows are padded (``padded_columns``): a view of a slightly wider
+    allocation; the GEMMs write it through their leading dimension and the row kernels take its strides."""
+    return x.new_empty((rows, padded_columns(columns, x.element_size())))[:, :columns]
 
 
 def sweep(heads, n, chunk, visit, grads=None, kept=None):
@@ -54,7 +75,7 @@ def sweep(heads, n, chunk, visit, grads=None, kept=None):
     view per head), then for each head whose entry of ``grads`` is [dX, dW, db] (None entries: not
     wanted) the gradient accumulation from its buffer, which ``visit`` overwrote with d loss / d logits.
     Returns the buffers when there was a single chunk (a later sweep may reuse them as ``kept``)."""
-    buffers = kept if kept is not None else [h.x.new_empty((min(chunk, n), h.w.shape[0])) for h in heads]
+    buffers = kept if kept is not None else [chunk_buffer(h.x, min(chunk, n), h.w.shape[0]) for h in heads]
     # a scaled head's bias scaled once (C elements), so that its GEMM adds it with beta 1, in the epilogue
     biases = [h.b * h.scale if h.b is not None and h.scale != 1.0 else h.b for h in heads]
     starts = range(0, n, chunk)

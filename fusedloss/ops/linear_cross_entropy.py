@@ -70,10 +70,11 @@ class _Geometry(NamedTuple):
     d: int
     chunk: int  # rows per chunk
 
-    def chunk_rows(self, n_rows):
+    def chunk_rows(self, n_rows, row_stride):
         """(N, C, S, logits strides, target strides) of a chunk of ``n_rows`` rows, for the softmax-rows
-        kernels: the chunk buffer is (rows, C*D) contiguous, i.e. (rows, C, D) class-strided."""
-        x_strides = (self.c * self.d, self.d, 1) if self.d > 1 else (self.c, 1, 0)
+        kernels: the chunk buffer is (rows, C*D) with rows ``row_stride`` apart (padded), i.e. (rows, C, D)
+        class-strided."""
+        x_strides = (row_stride, self.d, 1) if self.d > 1 else (row_stride, 1, 0)
         t = self.target
         t_strides = t.stride() if t.dim() == 3 else (t.stride(0), 0, t.stride(1))
         return n_rows, self.c, self.d, x_strides, t_strides
@@ -118,7 +119,7 @@ def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, d
 
     def visit(i, r0, rows, buffers):
         logits = buffers[0]
-        spec = geo.chunk_rows(rows)
+        spec = geo.chunk_rows(rows, logits.stride(0))
         stats_view = stats[:, r0 * geo.d:] if stats is not None else None
         if mode == "write":
             launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none", shard=shard,
