@@ -16,7 +16,7 @@ steps=${*:-tests host quick}
 for step in $steps; do
   echo "=== $step ($(date +%T))"
   case $step in
-    tests) python3 -m pytest -q -n 8 --maxfail=30 --timeout 900 ${TEST_PATHS:-tests bench} 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+    tests) python3 -m pytest -q -n 8 --maxfail=30 --timeout 900 ${TEST_PATHS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
     host)  python3 -m fusedloss bench --host --out "$OUT/host.json" 2>&1 | tee "$OUT/host.log" ;;
     sweep) python3 bench/sweep_softmax_rows.py 2>&1 | tee "$OUT/sweep.log" ;;
     quick) python3 -m fusedloss bench --quick --no-progress --out "$OUT/quick.json" ${BENCH_ARGS:-} 2>&1 | tail -40 ;;

@@ -37,11 +37,12 @@ modes and the options each takes (any other option is an error):
       would time torch against itself; it points to what can be checked instead (make demo, --traffic, --host).
   bench --cpu-fallback [--loss] [--dtype] [--shape] [--device cpu] [--out] [--no-progress]
       times fusedloss's eager fallback (its dispatcher calling torch) against torch on the CPU, interleaved
-      rounds with torch on one thread; reports the dispatcher's overhead over torch (fusedloss / torch, best
-      of the rounds) with the range of the per-round ratios, never a speed-up.
+      rounds with torch on one thread; reports the dispatcher's overhead over torch (fusedloss / torch, the
+      median of the per-round ratios) with their range, never a speed-up.
   bench --traffic [--loss] [--dtype] [--shape] [--out]
       bytes each implementation moves, forward+backward, over the minimal, the kernels run through Triton's
-      interpreter (no GPU needed); default dtype: each loss's first.
+      interpreter (no GPU needed), every loss (the LM-head losses footnoted: they trade traffic for memory);
+      default dtype: each loss's first; --out writes the rows with the provenance a timed result records.
   bench --host [--loss] [--out]
       host time per forward+backward with the kernel launches stubbed out, against torch eager (any
       machine); --loss takes the losses it has cases for (another is an error that lists them).
@@ -217,14 +218,16 @@ def _bench(args):
         print(host.table(results))
         return _wrote(args.out, problem)
     if mode == "traffic":
-        from fusedloss.bench.traffic import run_traffic, traffic_table
+        from fusedloss.bench import traffic
 
         notes = {}
-        rows = run_traffic(args.loss, shapes=args.shape, dtypes=args.dtype, notes=notes)
+        rows = traffic.run_traffic(args.loss, shapes=args.shape, dtypes=args.dtype, notes=notes)
         if not rows:
             return _nothing_measured("no selected loss has a traffic case for these options", notes)
-        problem = _write_json(rows, args.out) if args.out else None  # before printing: `| head` keeps it
-        print(traffic_table(rows))
+        doc = traffic.document(rows, notes)  # the rows with the provenance a timed result has
+        problem = _write_json(doc, args.out) if args.out else None  # before printing: `| head` keeps it
+        print(report.header(doc) + "\n")
+        print(traffic.traffic_table(rows))
         if notes:
             print("\nNotes:\n" + "\n".join(f"- {k}: {v}" for k, v in notes.items()))
         return _wrote(args.out, problem)
@@ -317,12 +320,13 @@ def _demo(args):
     os.environ["TRITON_INTERPRET"] = "1"  # the kernels run through Triton's interpreter for the checks
     from fusedloss import dispatch
     from fusedloss.bench import demo
-    from fusedloss.bench.interpreter import round_bfloat16_like_the_gpu
+    from fusedloss.bench.interpreter import interpret_like_the_gpu
 
     dispatch.reload_environment()
-    round_bfloat16_like_the_gpu()
-    text, written = demo.run_cpu(folder if from_source else None, stem or os.path.join(folder, "cpu-demo"), args.loss)
-    print(text)
+    interpret_like_the_gpu()
+    # each section printed when it is done, flushed (stdout may be a file); progress on stderr
+    _, written = demo.run_cpu(folder if from_source else None, stem or os.path.join(folder, "cpu-demo"), args.loss,
+                              emit=lambda part: print(part, flush=True), progress=not args.no_progress)
     print("wrote " + ", ".join(written))
     if not stem and not from_source:
         print(_NOT_FROM_SOURCE)
@@ -419,7 +423,8 @@ def _main(argv=None):
                       help="write STEM.md and STEM.png (on a GPU STEM.json, .md, .png); default: cpu-demo (the GPU: "
                            "the device's name) in the source tree's bench/results/, or in the current directory "
                            "when fusedloss is not imported from its source tree")
-    demo.add_argument("--no-progress", action="store_true", help="no progress line (GPU race)")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="no progress lines on stderr (a bar on a terminal, else a line every 10%% of each section)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser(
         "bench", help="benchmark fusedloss against torch (and torch.compile, peers on GPU)",

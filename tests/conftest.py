@@ -22,10 +22,9 @@ GPU_ARITHMETIC = os.environ.get("FUSEDLOSS_GPU_ARITHMETIC", "")
 if INTERPRETING:
     # bf16 checks judge the kernels, not the emulator's truncation; tl.fma rounds once, as the GPU's
     # (fusedloss/bench/interpreter.py)
-    from fusedloss.bench.interpreter import fuse_multiply_add_like_the_gpu, round_bfloat16_like_the_gpu
+    from fusedloss.bench.interpreter import interpret_like_the_gpu
 
-    round_bfloat16_like_the_gpu()
-    fuse_multiply_add_like_the_gpu()
+    interpret_like_the_gpu()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -81,3 +80,16 @@ def fusedloss_env(monkeypatch):
     yield setenv
     monkeypatch.undo()
     dispatch.reload_environment()
+
+
+@pytest.fixture
+def fast_fallback(monkeypatch):
+    """``bench --cpu-fallback`` in a second: every benchmark entry at one small CPU shape (each dimension at
+    most 97), 3 short rounds, and a fixed copy bandwidth (tests/test_bench.py, tests/test_cli.py)."""
+    from fusedloss.bench import harness, registry
+
+    for bench in registry.REGISTRY:
+        monkeypatch.setattr(bench, "cpu_shapes", [tuple(max(1, min(s, 97)) for s in bench.cpu_shapes[0])])
+    monkeypatch.setattr(harness, "copy_bandwidth_gbps", lambda device: 10.0)
+    monkeypatch.setattr(harness, "FALLBACK_ROUNDS", 3)
+    monkeypatch.setattr(harness, "FALLBACK_ROUND_MS", 2.0)

@@ -6,7 +6,7 @@ what the inputs hold; the roofline is a device-to-device copy measured in the sa
 CPU (``bench --cpu-fallback`` only): the fused kernels need CUDA, so fusedloss runs its eager fallback
 there and both sides run torch's kernels: what is measured is the dispatcher's overhead over torch, the
 two interleaved round by round with torch on one thread (as ``bench --host``, fusedloss/bench/host.py),
-reported with its spread across rounds; no memory figures.
+reported as the median of the per-round ratios with their range (host.overhead); no memory figures.
 """
 import dataclasses
 import math
@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from . import registry
+from .entry import fusedloss_impl, torch_impl
 
 MODES = ("forward", "forward+backward")
 
@@ -162,7 +163,7 @@ def measure_fallback(bench, shape, dtype, mode, bandwidth, rounds=None, round_ms
     round_ms = round_ms or FALLBACK_ROUND_MS
     inputs = bench.make_inputs(shape, dtype, "cpu")
     flops = bench.flops(inputs, mode == "forward+backward") if bench.flops is not None else None
-    impls = {"fusedloss": registry.fusedloss_impl(bench), "torch": registry.torch_impl(bench)}
+    impls = {"fusedloss": fusedloss_impl(bench), "torch": torch_impl(bench)}
     results = {name: Result(bench.label, str(dtype).replace("torch.", ""), tuple(shape), mode, name,
                             minimal_bytes=bench.minimal_bytes(inputs, mode == "forward+backward"))
                for name in impls}
@@ -278,19 +279,31 @@ def run(losses=None, dtypes=None, quick=False, device=None, impl_filter=None, pr
             results.append(measure(bench, shape, dtype, device, impl_name, impl, mode, bandwidth))
     bar.close()
     return {
+        **provenance(device),
+        "cpu_fallback": device != "cuda",
+        "copy_bandwidth_gbps": bandwidth,
+        "quick": quick,
+        "notes": notes,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+
+
+PROVENANCE_KEYS = ("device", "device_type", "fusedloss", "torch", "triton", "python", "git_commit", "date")
+
+
+def provenance(device):
+    """Where and with what a result was measured, the header of every results file (timed runs and
+    ``--traffic``): the device, fusedloss's version and the commit of its source tree, torch, triton,
+    Python and the date."""
+    return {
         "device": device_name(device),
         "device_type": device,
-        "cpu_fallback": device != "cuda",
         "fusedloss": _fusedloss_version(),
         "torch": torch.__version__,
         "triton": _triton_version(),
         "python": platform.python_version(),
         "git_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "copy_bandwidth_gbps": bandwidth,
-        "quick": quick,
-        "notes": notes,
-        "results": [dataclasses.asdict(r) for r in results],
     }
 
 

@@ -92,22 +92,31 @@ def time_rounds(steps, rounds, calls, warmup=20, contexts=None):
 
 
 def overhead(ours, theirs):
-    """``ours`` against ``theirs`` (per-round times of ``time_rounds``, same rounds): the best-of ratio
-    min(ours) / min(theirs), the range of the per-round ratios (each round's pair ran back to back), and
-    ``noise``: True when 1.0 lies inside that range (the difference is inside the spread across rounds).
-    The best-of ratio always lies inside the range."""
-    per_round = [o / t for o, t in zip(ours, theirs)]
-    low, high = min(per_round), max(per_round)
-    return {"ratio": min(ours) / min(theirs), "low": low, "high": high, "noise": low <= 1.0 <= high,
-            "rounds": len(per_round)}
+    """``ours`` against ``theirs`` (per-round times of ``time_rounds``, same rounds). Each round's pair ran
+    back to back, so each round gives one ratio ours / theirs: ``ratio`` is their median (the figure the
+    reports print, robust to one disturbed round), ``low``-``high`` their range, ``noise`` True when 1.0
+    lies inside that range (the rounds disagree on which side is faster: this run does not resolve the
+    difference), ``best_ratio`` min(ours) / min(theirs) (the fastest round of each, from different rounds
+    in general; kept for reference, never the headline: it may sit at either end of the range)."""
+    per_round = sorted(o / t for o, t in zip(ours, theirs))
+    low, high = per_round[0], per_round[-1]
+    middle = len(per_round) // 2
+    median = per_round[middle] if len(per_round) % 2 else (per_round[middle - 1] + per_round[middle]) / 2
+    return {"ratio": median, "low": low, "high": high, "noise": low <= 1.0 <= high, "rounds": len(per_round),
+            "best_ratio": min(ours) / min(theirs)}
+
+
+STATISTIC = "median of the per-round ratios"
 
 
 def describe_overhead(summary, what="dispatcher overhead"):
-    """One phrase for an ``overhead`` summary: the ratio, its spread and what it means."""
-    figures = (f"{summary['ratio']:.3f}x, per-round range {summary['low']:.3f}-{summary['high']:.3f}x "
-               f"over {summary['rounds']} interleaved rounds")
+    """One phrase for an ``overhead`` summary: the statistic and its figure, the range, and the conclusion
+    the range allows (never more)."""
+    figures = (f"{summary['ratio']:.3f}x ({STATISTIC}; range {summary['low']:.3f}-{summary['high']:.3f}x over "
+               f"{summary['rounds']} interleaved rounds)")
     if summary["noise"]:
-        return f"{figures}: 1.0 lies inside the spread, so the difference is noise (no measurable {what})"
+        return (f"{figures}: 1.0 lies inside the range, so this run cannot tell the {what} from this machine's "
+                "noise (no conclusion either way)")
     if summary["low"] > 1.0:
         return f"{figures}: above 1.0 in every round, a measurable {what}"
     return (f"{figures}: below 1.0 in every round, an order or caching effect, not a speed-up (both sides "
@@ -117,7 +126,7 @@ def describe_overhead(summary, what="dispatcher overhead"):
 def reading(summary):
     """A short word for an ``overhead`` summary (a table cell)."""
     if summary["noise"]:
-        return "noise (1.0 inside the spread)"
+        return "not resolved (1.0 inside the range)"
     return "overhead" if summary["low"] > 1.0 else "below 1.0: order effect"
 
 

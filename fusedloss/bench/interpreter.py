@@ -2,7 +2,8 @@
 
 Triton 3.8's interpreter converts float32 to bfloat16 by truncation, while the GPU rounds to nearest
 even: interpreted bf16 results would look up to one ulp worse than the kernels are. The test suite
-(tests/conftest.py) and ``make demo`` patch the conversion so that bf16 figures judge the kernels.
+(tests/conftest.py) and ``make demo`` patch the conversion so that bf16 figures judge the kernels, and
+``tl.fma`` to round once as the GPU's does (``interpret_like_the_gpu``).
 
 Its float32 ``exp``, ``log``, ``/`` and ``sqrt`` are numpy's, correctly rounded, where the GPU runs
 approximate instructions (``ex2.approx``, ``div.full.f32``...). ``gpu_arithmetic(mode)`` makes the
@@ -277,3 +278,9 @@ def fuse_multiply_add_like_the_gpu():
         return fma(self, x, y, z)
 
     builder.create_fma = rounded_once
+
+
+def interpret_like_the_gpu():
+    """Both patches the tests and the CPU demo apply: bf16 rounded to nearest even, ``tl.fma`` rounded once."""
+    round_bfloat16_like_the_gpu()
+    fuse_multiply_add_like_the_gpu()

@@ -85,13 +85,22 @@ def _versions(doc):
     return f"{ours}commit {doc.get('git_commit')} · torch {doc['torch']} · triton {doc['triton']}"
 
 
+def provenance_line(doc):
+    """Device, versions, commit and date of a results document (timed or --traffic), one line."""
+    return f"Device: **{doc['device']}** · {_versions(doc)} · {doc['date']}"
+
+
 def header(doc):
+    if doc.get("kind") == "traffic":
+        return (f"{provenance_line(doc)}. Memory traffic, forward+backward, in bytes over the minimal (each input "
+                "read once, each gradient written once): fusedloss's kernels through Triton's interpreter, torch "
+                "eager's aten ops, each counted as it reads and writes (no GPU involved, deterministic).")
     if doc.get("cpu_fallback"):
         return (f"Device: **{doc['device']}** (no GPU: fusedloss runs torch's kernels, its eager fallback) · "
                 f"{_versions(doc)} · {doc['date']}. Both sides run torch's kernels, so this is not a race: "
-                "fusedloss / torch is the dispatcher's overhead over torch, best of interleaved rounds (torch on "
-                "one thread), with the range of the per-round ratios; where 1.0 lies inside that range the "
-                "difference is noise.")
+                "fusedloss / torch is the dispatcher's overhead over torch, interleaved rounds with torch on one "
+                "thread, each round's pair back to back: the median of the per-round ratios, with their range; "
+                "where 1.0 lies inside that range this run does not resolve the difference.")
     return (f"Device: **{doc['device']}** · {_versions(doc)} · {doc['date']} · measured copy bandwidth "
             f"{doc['copy_bandwidth_gbps']:.0f} GB/s (read + write). Times are medians; (x) is fusedloss's "
             "speedup over that implementation; % roofline is the minimal traffic (inputs read once, "
@@ -113,11 +122,13 @@ def fallback_rows(doc):
 
 
 def fallback_table(doc):
-    """The CPU fallback's table: both best-of times and the dispatcher's overhead with its spread."""
+    """The CPU fallback's table: both best-of times and the dispatcher's overhead (the median of the
+    per-round ratios) with their range."""
     from . import host
 
     lines = ["| loss | dtype | shape | mode | fusedloss ms (best) | torch ms (best) | dispatcher overhead over "
-             "torch: fusedloss / torch (per-round range) | reading |", "|---|---|---|---|---|---|---|---|"]
+             "torch: fusedloss / torch, median of the per-round ratios (range) | reading |",
+             "|---|---|---|---|---|---|---|---|"]
     for loss, dtype, shape, mode, ours, theirs, summary in fallback_rows(doc):
         if summary is None:
             lines.append(f"| {loss} | {dtype} | {_shape(shape)} | {mode} | {ours.get('status', '-')} | "
@@ -171,17 +182,17 @@ def plot_panels(doc):
                 if mode == "forward+backward" and summary]
         if not rows:
             return []
-        return [(f"dispatcher overhead over torch, forward+backward, fusedloss / torch (best of rounds; 1.0 = "
-                 f"none; both run torch's kernels), {doc['device']}", [r[0] for r in rows],
+        return [(f"dispatcher overhead over torch, forward+backward, fusedloss / torch (median of the per-round "
+                 f"ratios; 1.0 = none; both run torch's kernels), {doc['device']}", [r[0] for r in rows],
                  {"fusedloss / torch": [r[1] for r in rows]}, "linear")]
     impls = list(dict.fromkeys(name for _, by_impl in groups for name in by_impl))
     panels = []
     for title, field, scale in ((f"forward+backward, median ms (log scale), {doc['device']}", "median_ms", "log"),
                                 ("peak extra memory, MB", "peak_extra_mb", "linear")):
-        series = {name: [by_impl.get(name, {}).get(field) or 0 for _, by_impl in groups] for name in impls}
+        series = {name: [by_impl.get(name, {}).get(field) for _, by_impl in groups] for name in impls}
         series = {name: values for name, values in series.items() if any(values)}
-        if series:
-            panels.append((title, labels, series, scale))
+        if series:  # a value not measured (an error, out of memory) is no bar: the line's label says so
+            panels.append((title, labels, series, scale, {"missing": "not measured"}))
     return panels
 
 
@@ -205,9 +216,57 @@ def why_no_plot(panels):
     return matplotlib_missing() or ("nothing to plot" if not panels else None)
 
 
-def barh_panels(panels, path):
-    """Panels of grouped horizontal bars, [(title, labels, {series: values}, x scale)], to a PNG. Returns the
-    path, or None when there is nothing to draw or matplotlib is not installed."""
+def _missing_text(options, series, line):
+    """Why ``series`` has no value on ``line``: ``options["missing"]``, a text, or {series: a text, or a list
+    of texts per line}; "not measured" by default."""
+    missing = options.get("missing", "not measured")
+    if isinstance(missing, dict):
+        missing = missing.get(series, "not measured")
+    return missing[line] if isinstance(missing, (list, tuple)) else missing
+
+
+def _drawable(values, scale):
+    """The values a ``scale`` axis can draw (None where a value is missing, or not positive on a log axis)."""
+    return [v if v is not None and (scale != "log" or v > 0) else None for v in values]
+
+
+def _labels_with_gaps(labels, series, scale, options):
+    """Each line's label, followed by what is not drawn on it and why ("[torch: no CPU kernel]"; a 0 on a
+    log axis: "[fusedloss: 0]"), so that a missing value is never mistaken for a small one."""
+    out = []
+    for i, label in enumerate(labels):
+        gaps = []
+        for name, values in series.items():
+            value = values[i]
+            if value is None:
+                gaps.append(f"{name}: {_missing_text(options, name, i)}")
+            elif scale == "log" and value <= 0:
+                gaps.append(f"{name}: 0")
+        out.append(f"{label}  [{'; '.join(gaps)}]" if gaps else label)
+    return out
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _panel_height(labels, series, options, layout):
+    """Inches: a quarter inch per bar stacked (``bench``'s plot), half that side by side (the demo's many
+    lines), a quarter per line of markers."""
+    if options.get("style") == "dots":
+        return max(2.5, 0.24 * len(labels) + 1.5)
+    if layout == "columns":
+        return max(2.5, 0.13 * len(series) * len(labels) + 1.5)
+    return max(2.5, 0.25 * len(labels) * len(series) + 1)
+
+
+def barh_panels(panels, path, layout="rows"):
+    """Panels [(title, labels, {series: values}, x scale[, options])] to a PNG, a line per label: grouped
+    horizontal bars, or with ``options["style"] == "dots"`` one marker per series on each line (values
+    spanning decades on a log axis). A value of None is not drawn: the line's label says so, with
+    ``options["missing"]`` (``_missing_text``; default "not measured"); a value <= 0 on a log axis
+    likewise ("series: 0"). ``layout``: "rows" stacks the panels, "columns" sets them side by side (the
+    figure as tall as the tallest). Returns the path, or None when there is nothing to draw or matplotlib is
+    not installed."""
     if not panels:
         return None
     try:
@@ -217,19 +276,44 @@ def barh_panels(panels, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    heights = [max(2.5, 0.25 * len(labels) * len(series) + 1) for _, labels, series, _ in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.5), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, (title, labels, series, scale) in zip(axes[:, 0], panels):
-        bar = 0.8 / len(series)
-        for j, (name, values) in enumerate(series.items()):
-            ax.barh([i + j * bar for i in range(len(labels))], values, bar, label=name)
-        ax.set_yticks([i + bar * (len(series) - 1) / 2 for i in range(len(labels))])
-        ax.set_yticklabels(labels, fontsize=8)
-        ax.invert_yaxis()
+    import textwrap
+
+    panels = [(title, labels, series, scale, options[0] if options else {})
+              for title, labels, series, scale, *options in panels]
+    heights = [_panel_height(labels, series, options, layout) for _, labels, series, _, options in panels]
+    if layout == "columns":
+        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), max(heights)), squeeze=False)
+        axes, title_width = axes[0], 50
+    else:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.5), squeeze=False,
+                                 gridspec_kw={"height_ratios": heights})
+        axes, title_width = axes[:, 0], 110
+    for ax, (title, labels, series, scale, options) in zip(axes, panels):
+        lines = range(len(labels))
+        if options.get("style") == "dots":
+            step = 0.6 / max(len(series), 1)
+            for j, (name, values) in enumerate(series.items()):
+                offset = (j - (len(series) - 1) / 2) * step
+                points = [(v, i + offset) for i, v in zip(lines, _drawable(values, scale)) if v is not None]
+                ax.plot([x for x, _ in points], [y for _, y in points], _MARKERS[j % len(_MARKERS)], label=name,
+                        markersize=5, fillstyle="full" if j % 2 == 0 else "none", linestyle="none")
+            ax.set_yticks(list(lines))
+            ax.set_ylim(len(labels) - 0.5, -0.5)  # the first label on top
+            ax.grid(axis="x", which="major", alpha=0.3)
+        else:
+            bar = 0.8 / len(series)
+            for j, (name, values) in enumerate(series.items()):
+                drawn = [(i + j * bar, v) for i, v in zip(lines, _drawable(values, scale)) if v is not None]
+                ax.barh([y for y, _ in drawn], [v for _, v in drawn], bar, label=name)
+            ax.set_yticks([i + bar * (len(series) - 1) / 2 for i in lines])
+            ax.set_ylim(len(labels) - 0.1, -0.5)  # the first label on top
+        ax.set_yticklabels(_labels_with_gaps(labels, series, scale, options), fontsize=8)
         ax.set_xscale(scale)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="best")
+        ax.set_title(textwrap.fill(title, title_width), fontsize=10)
+        if options.get("style") == "dots":  # below the panel: markers fill the whole plot area
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2)
+        else:
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -237,10 +321,13 @@ def barh_panels(panels, path):
 
 
 def result_kind(doc):
-    """What a results file holds: "speed" (``bench``'s document), "traffic" (``bench --traffic``'s rows),
-    "host" (``bench --host``'s figures), or None when it is none of those."""
+    """What a results file holds: "speed" (``bench``'s document), "traffic" (``bench --traffic``'s document,
+    or the bare list of rows it wrote before it recorded its provenance), "host" (``bench --host``'s
+    figures), or None when it is none of those."""
     from . import host
 
+    if isinstance(doc, dict) and doc.get("kind") == "traffic" and isinstance(doc.get("results"), list):
+        return "traffic"
     if isinstance(doc, dict) and isinstance(doc.get("results"), list) and "device" in doc:
         return "speed"
     if (isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc)
@@ -298,8 +385,9 @@ def malformed_rows(doc, kind):
             problems += _row_problems(row, f"results[{i}]", ("loss", "dtype", "mode", "impl"), ("status",),
                                       ("median_ms",))
     elif kind == "traffic":
-        for i, row in enumerate(doc):
-            problems += _row_problems(row, f"[{i}]", ("loss", "impl"), ("dtype",),
+        rows, where = (doc["results"], "results[{}]") if isinstance(doc, dict) else (doc, "[{}]")
+        for i, row in enumerate(rows):
+            problems += _row_problems(row, where.format(i), ("loss", "impl"), ("dtype",),
                                       ("fusedloss_ratio", "fusedloss_scaled_grad_ratio", "torch_ratio"))
     return problems
 
@@ -345,11 +433,20 @@ def compare_table(old, new):
 
 def traffic_compare_table(old, new):
     """Two ``bench --traffic`` results: forward+backward bytes over the minimal, old and new, for every
-    (loss, implementation, dtype, shape) both have (traffic is deterministic: any change is real)."""
+    (loss, implementation, dtype, shape) both have (traffic is deterministic: any change is real), under
+    the provenance of each (versions and commits) where the file records it."""
+    lines = []
+    for name, doc in (("old", old), ("new", new)):
+        if isinstance(doc, dict):
+            lines.append(f"{name}: {_versions(doc)} · {doc.get('date')}")
+        else:
+            lines.append(f"{name}: no provenance recorded (a --traffic file from before it was recorded)")
+    lines.append("")
+    old, new = (doc["results"] if isinstance(doc, dict) else doc for doc in (old, new))
     key = lambda r: (r["loss"], r["impl"], r.get("dtype"), tuple(r["shape"]))  # noqa: E731
     before = {key(r): r for r in old}
-    lines = ["| loss | implementation | dtype | shape | grad_output 1: old | new | grad_output 2**16: old | new "
-             "| torch eager: old | new |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| loss | implementation | dtype | shape | grad_output 1: old | new | grad_output 2**16: old | new "
+              "| torch eager: old | new |", "|---|---|---|---|---|---|---|---|---|---|"]
     shared = 0
     for r in new:
         o = before.get(key(r))

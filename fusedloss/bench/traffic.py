@@ -5,8 +5,11 @@ masked-in lanes, each address once per launch (what a launch must move to or fro
 reuses is evicted: a weight vector read by every row counts once). Eager aten ops (torch's own path,
 and the small reductions fusedloss leaves to torch) are metered by a TorchDispatchMode: tensor
 arguments read in full, outputs written in full, views free, and the few ops that touch less than their
-arguments (gathers, fills, copies) counted as they really do. The minimal is each input read once and
-each gradient written once.
+arguments (gathers, fills, copies, ``out=`` arguments) counted as they really do. The minimal is each
+input read once and each gradient written once.
+
+A result (``bench --traffic --out``, ``document``) carries the same provenance as a timed one (device,
+fusedloss's version and commit, torch, triton, Python, date: harness.provenance) around its rows.
 """
 import collections
 import contextlib
@@ -19,7 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedloss
 
-from . import registry
+from . import harness, registry
+from .entry import fusedloss_impl, torch_impl
 
 _aten = torch.ops.aten
 # ops whose first argument is only written (its old values are not read)
@@ -74,6 +78,9 @@ class Meter(TorchDispatchMode):
             return out  # a view: no traffic
         if func in _WRITE_ONLY_FIRST:
             inputs = inputs[1:]
+        if "out" in kwargs:  # an out= argument is only written (counted with the outputs)
+            written_only = {id(t) for t in _tensors(kwargs["out"])}
+            inputs = [t for t in inputs if id(t) not in written_only]
         if func in _SHAPE_ONLY_SELF:
             inputs = [t for t in inputs if t is not args[1]]
         read = sum(_nbytes(t) for t in inputs)
@@ -150,18 +157,20 @@ def measure_traffic(impl, inputs, grad_scale=None):
     return meter
 
 
-def run_traffic(losses=None, shapes=None, dtypes=None, notes=None):
+def run_traffic(losses=None, shapes=None, dtypes=None, notes=None, on_case=None):
     """Traffic ratios (forward+backward over the minimal) for every selected entry, on the CPU (at
     ``shapes`` instead of the entries' traffic shapes when given, those with the entry's dimensions), in
     each of ``dtypes`` (names, e.g. "float32") the entry is benchmarked in, else in its first dtype.
-    ``notes``: a dict that receives why an entry gave no row."""
+    ``notes``: a dict that receives why an entry gave no row. ``on_case(i, total, label)``: called before
+    each (entry, shape, dtype) is metered (progress). A row carries its entry's ``traffic_note`` as
+    "note" when it has one."""
     notes = {} if notes is None else notes
     if "fusedloss.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the traffic meter needs Triton's interpreter from the start of the process: "
                            "run `TRITON_INTERPRET=1 python -m fusedloss bench --traffic`")
     os.environ["TRITON_INTERPRET"] = "1"
     fusedloss.dispatch.reload_environment()
-    rows = []
+    plan = []
     for bench in registry.select(losses):
         chosen = [s for s in shapes if len(s) == bench.ndim] if shapes else bench.traffic_shapes
         names = [str(d).replace("torch.", "") for d in bench.dtypes]
@@ -172,37 +181,70 @@ def run_traffic(losses=None, shapes=None, dtypes=None, notes=None):
                                                  "--shape)")
         elif not chosen_dtypes:
             notes[bench.label] = f"skipped: benchmarked in {', '.join(names)} only"
-        for shape, dtype in ((shape, dtype) for shape in chosen for dtype in chosen_dtypes):
-            torch.manual_seed(0)
-            inputs = bench.make_inputs(shape, dtype, "cpu")
-            minimal = bench.minimal_bytes(inputs, backward=True)
-            try:
-                eager = measure_traffic(registry.torch_impl(bench), inputs)
-            except (RuntimeError, NotImplementedError):  # no CPU kernel of torch's at this dtype
-                eager = None
-            variants = {"": {}, **{f" ({label})": extra for label, extra in bench.variants.items()
-                                   if "inplace" not in label}}
-            for suffix, extra in variants.items():
-                ours = registry.fusedloss_impl(bench, **extra)
-                with fusedloss.backend("triton"):
-                    unit = measure_traffic(ours, inputs)
-                    scaled = measure_traffic(ours, inputs, grad_scale=2.0**16)
-                rows.append({
-                    "loss": bench.label, "impl": "fusedloss" + suffix, "shape": list(shape),
-                    "dtype": str(dtype).replace("torch.", ""), "minimal_bytes": minimal,
-                    "fusedloss_ratio": unit.total / minimal,
-                    "fusedloss_scaled_grad_ratio": scaled.total / minimal,
-                    "torch_ratio": None if eager is None else eager.total / minimal,
-                    "fusedloss_by_op": dict(unit.by_op), "torch_by_op": None if eager is None else dict(eager.by_op),
-                })
+        plan += [(bench, shape, dtype) for shape in chosen for dtype in chosen_dtypes]
+    rows = []
+    for i, (bench, shape, dtype) in enumerate(plan, 1):
+        if on_case is not None:
+            on_case(i, len(plan), f"{bench.label} {str(dtype).replace('torch.', '')} {'x'.join(map(str, shape))}")
+        rows += _meter_case(bench, shape, dtype)
     return rows
 
 
+def _meter_case(bench, shape, dtype):
+    """The rows of one entry at one shape and dtype: fusedloss and each of its (not in-place) variants."""
+    torch.manual_seed(0)
+    inputs = bench.make_inputs(shape, dtype, "cpu")
+    minimal = bench.minimal_bytes(inputs, backward=True)
+    try:
+        eager = measure_traffic(torch_impl(bench), inputs)
+    except (RuntimeError, NotImplementedError):  # no CPU kernel of torch's at this dtype
+        eager = None
+    variants = {"": {}, **{f" ({label})": extra for label, extra in bench.variants.items()
+                           if "inplace" not in label}}
+    rows = []
+    for suffix, extra in variants.items():
+        ours = fusedloss_impl(bench, **extra)
+        with fusedloss.backend("triton"):
+            unit = measure_traffic(ours, inputs)
+            scaled = measure_traffic(ours, inputs, grad_scale=2.0**16)
+        rows.append({
+            "loss": bench.label, "impl": "fusedloss" + suffix, "shape": list(shape),
+            "dtype": str(dtype).replace("torch.", ""), "minimal_bytes": minimal,
+            "fusedloss_ratio": unit.total / minimal,
+            "fusedloss_scaled_grad_ratio": scaled.total / minimal,
+            "torch_ratio": None if eager is None else eager.total / minimal,
+            "fusedloss_by_op": dict(unit.by_op), "torch_by_op": None if eager is None else dict(eager.by_op),
+            **({"note": bench.traffic_note} if bench.traffic_note else {}),
+        })
+    return rows
+
+
+def document(rows, notes=None):
+    """A ``bench --traffic`` result: the rows with the provenance a timed result has (harness.provenance),
+    ``"kind": "traffic"``, and the notes (why an entry gave no row)."""
+    return {**harness.provenance("cpu"), "kind": "traffic", "meter": "Triton's interpreter (kernels) and a "
+            "TorchDispatchMode (aten ops), forward+backward bytes over the minimal", "notes": dict(notes or {}),
+            "results": rows}
+
+
+def rows_of(doc):
+    """The rows of a traffic result: a ``document``, or a bare list of rows (files written before the
+    provenance was recorded)."""
+    return doc["results"] if isinstance(doc, dict) else doc
+
+
 def traffic_table(rows):
+    """The Markdown table of traffic rows, then a numbered footnote per distinct row "note" (marked in the
+    implementation's cell)."""
+    footnotes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))
     lines = ["| loss | implementation | dtype | shape | minimal bytes | grad_output 1 | grad_output 2**16 "
              "| torch eager |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['impl']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['minimal_bytes']} | "
-                     f"{r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | "
+        mark = f" [{footnotes.index(r['note']) + 1}]" if r.get("note") else ""
+        lines.append(f"| {r['loss']} | {r['impl']}{mark} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
+                     f"{r['minimal_bytes']} | {r['fusedloss_ratio']:.2f}x | {r['fusedloss_scaled_grad_ratio']:.2f}x | "
                      f"{'no CPU kernel' if r['torch_ratio'] is None else format(r['torch_ratio'], '.2f') + 'x'} |")
+    for number, note in enumerate(footnotes, 1):
+        losses = ", ".join(dict.fromkeys(r["loss"] for r in rows if r.get("note") == note))
+        lines += ["", f"[{number}] {losses}: {note}"]
     return "\n".join(lines)

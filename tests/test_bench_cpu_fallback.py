@@ -5,7 +5,7 @@ difference between the two rows of a group is the dispatcher's overhead, not a s
 shared machine it is within the noise unless it exceeds the spread of the rounds (``python -m fusedloss
 bench --cpu-fallback`` reports it with that spread).
 
-    .venv/bin/python -m pytest bench/test_cpu_fallback.py --benchmark-only -p no:xdist
+    .venv/bin/python -m pytest tests/test_bench_cpu_fallback.py --benchmark-only -p no:xdist
 
 Under ``make test`` (xdist) pytest-benchmark runs each body once without timing: a smoke test.
 """
