@@ -12,8 +12,9 @@ operations pile up (a softmax over 4099 classes, a variance broadcast over 1023 
 features), each family's heaviest formulas: forward and every gradient, in float32, bfloat16 and
 float16, in every mode, with the parity harness's own tolerances (tests/helpers.check_parity: the
 tolerance table against float64, and in 16 bits no further from float64 than torch at that dtype).
-FUSEDLOSS_GPU_ARITHMETIC=up|down|spread runs the whole suite in a mode (tests/conftest.py); the family
-tests and the row-margin campaign pass in each.
+The vocabulary-parallel shard kernels run the same way through a gloo group of this one process (their
+2- and 3-rank tests run float64, which the mode leaves exact). FUSEDLOSS_GPU_ARITHMETIC=up|down|spread runs
+the whole suite in a mode (tests/conftest.py); the family tests and the row-margin campaign pass in each.
 """
 import numpy as np
 import pytest
@@ -277,3 +278,67 @@ def test_half_norm_is_an_exact_square_of_its_sum(gpu_arithmetic_mode):
         ours = FL.pairwise_distance(a.float(), b.float(), p=0.5)
     theirs = torch.nn.functional.pairwise_distance(a.float(), b.float(), p=0.5)
     assert ((ours.double() - exact).abs() / exact).max() <= ((theirs.double() - exact).abs() / exact).max()
+
+
+# ------------------------------------------------------------------ the vocabulary-parallel shard kernels
+
+@pytest.fixture(scope="module")
+def group_of_one(tmp_path_factory):
+    """A gloo group of this one process: ``process_group=`` then runs the shard kernels (statistics per
+    shard, the all-reduces, the terms) in this process, so the GPU's arithmetic reaches them (the 2- and
+    3-rank tests run float64, which the mode leaves exact)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    init_file = tmp_path_factory.mktemp("group_of_one") / "rendezvous"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=0, world_size=1)
+    try:
+        yield dist.new_group([0])
+    finally:
+        dist.destroy_process_group()
+
+
+def _sharded_cases():
+    n, c, h = 7, 300, 5
+    logits, student = 4 * _normal((n, c)), 4 * _normal((n, c))
+    tokens = torch.randint(0, c, (n,), device=DEVICE)
+    tokens[2] = -100
+    x, w, teacher_x, teacher_w = _normal((n, h)), _normal((c, h)), _normal((n, h + 2)), _normal((c, h + 2))
+    return {
+        "cross_entropy z-loss softcap smoothing": (FL.cross_entropy, (logits, tokens),
+                                                   dict(z_loss=1e-2, softcap=5.0, label_smoothing=0.1)),
+        "jsd_loss beta 0.3 T 2": (FL.jsd_loss, (student, logits), dict(beta=0.3, temperature=2.0)),
+        "log_probs with entropy": (FL.log_probs, (logits, tokens), dict(with_entropy=True)),
+        "linear_cross_entropy": (FL.linear_cross_entropy, (x, w, tokens), dict(z_loss=1e-2, logit_scale=1.5)),
+        "linear_jsd_loss softcaps": (FL.linear_jsd_loss, (x, w, teacher_x, teacher_w),
+                                     dict(beta=0.5, softcap=3.0, teacher_softcap=4.0)),
+        "linear_log_probs": (FL.linear_log_probs, (x, w, tokens), dict(with_entropy=True, temperature=0.7)),
+    }
+
+
+@pytest.mark.parametrize("gpu_arithmetic_mode", GPU_ARITHMETIC_MODES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(_sharded_cases()))
+def test_vocabulary_parallel_under_gpu_arithmetic(name, dtype, gpu_arithmetic_mode, group_of_one):
+    """Each vocabulary-parallel function through its shard kernels, forward and every gradient, in the
+    tolerance table of its dtype against the same function in float64 on one process (eager torch)."""
+    torch.manual_seed(0)
+    fn, args, kwargs = _sharded_cases()[name]
+    floats = [a for a in args if a.is_floating_point()]
+    ours_in = [a.to(dtype).requires_grad_() if a.is_floating_point() else a for a in args]
+    ref_in = [a.to(dtype).double().requires_grad_() if a.is_floating_point() else a for a in args]
+    with fusedloss.backend("triton"):
+        ours = fn(*ours_in, **kwargs, process_group=group_of_one)
+    with fusedloss.backend("torch"):
+        reference = fn(*ref_in, **kwargs)
+    ours, reference = (list(o) if isinstance(o, tuple) else [o] for o in (ours, reference))  # with_entropy: a pair
+    upstream = [torch.rand(r.shape, dtype=torch.float64, device=DEVICE) + 0.5 for r in reference]
+    grads = torch.autograd.grad(ours, [a for a in ours_in if a.is_floating_point()],
+                                [u.to(o.dtype) for u, o in zip(upstream, ours)])
+    expected = torch.autograd.grad(reference, [a for a in ref_in if a.is_floating_point()], upstream)
+    for i, (o, r) in enumerate(zip(ours, reference)):
+        helpers.assert_matches(o, r, dtype, f"{name} output {i}")
+    for i, (g, e) in enumerate(zip(grads, expected)):
+        helpers.assert_matches(g, e, dtype, f"{name} gradient {i}")
+    assert len(grads) == len(floats)
