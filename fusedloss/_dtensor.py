@@ -28,7 +28,6 @@ dimension that shards the input's rows gets a Partial(sum) gradient there (each 
 summed: the data-parallel engine's job, or redistribute's). Partial logits, or classes sharded over two
 mesh dimensions, raise a clear error.
 """
-import math
 
 import torch
 

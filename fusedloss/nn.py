@@ -21,6 +21,7 @@ from torch.nn.modules.loss import _WeightedLoss
 
 from . import _validation as check
 from . import functional as F
+from .functional.row_margin import register_pairwise_distance_forward
 
 
 class _Scriptable:
@@ -403,6 +404,9 @@ class PairwiseDistance(_Scriptable, torch.nn.PairwiseDistance):
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         return F.pairwise_distance(x1, x2, self.norm, self.eps, self.keepdim)
+
+
+register_pairwise_distance_forward(PairwiseDistance.forward)  # a default distance of the fused triplet loss
 
 
 class CosineSimilarity(_Scriptable, torch.nn.CosineSimilarity):

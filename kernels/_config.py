@@ -25,6 +25,9 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+RBLOCK = 1024  # partial sums the last program of a grid reduction reads per step (kernels/_reduce.py)
+
+
 def num_warps_for(tile_elements):
     """Warps per program: about 8-16 elements per thread."""
     if tile_elements >= 8192:

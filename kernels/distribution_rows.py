@@ -63,7 +63,7 @@ import math
 import triton
 import triton.language as tl
 
-from ._config import distribution_rows_tile, interpreting, plan_cache, split_float
+from ._config import RBLOCK, distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import div_rn, join_float, log1p, offset64, tanh_with_slope
 from ._reduce import finish_grid_mean
@@ -729,7 +729,6 @@ BUILD_BUDGET_EXCEPTIONS = tuple(
                 "ptxas holds it to 80 registers and spills 8 bytes a thread, in L1, against 2 x V x B bytes read "
                 "per row: negligible on A100 (not measured); sm_90/sm_100 spill nothing."),)
 
-_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
 def _block_k(n_topk):
@@ -802,7 +801,7 @@ def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, 
         HARD_OWN_LSE=hard_own_lse, ENTROPY=problem.entropy, REDUCTION=reduction, DENOM_GIVEN=denom_given,
         SAVE=save, N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse),
         WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher,
-        SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk), RBLOCK=_RBLOCK,
+        SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk), RBLOCK=RBLOCK,
         ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     n_programs = triton.cdiv(n_rows, block_r)
     saved = state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature, save)

@@ -54,7 +54,7 @@ per BLOCK elements):
 import triton
 import triton.language as tl
 
-from ._config import plan_cache, pointwise_block, split_float
+from ._config import RBLOCK, plan_cache, pointwise_block, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import join_float, log1p, logistic, pow_runtime
 from ._reduce import finish_grid_sum
@@ -494,7 +494,6 @@ BUILD_BUDGET_EXCEPTIONS = (
                 "whatever the occupancy. float64 is a testing dtype for these losses, not a training one."),
 )
 
-_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 _HEAVY_FORMULAS = ("sigmoid_focal",)  # a sigmoid, a log1p and a pow per element: half the block (_config)
 
 
@@ -512,7 +511,7 @@ def _fwd_plan(loss, n, layout, dtype, full, has_c, has_weight, has_pos_weight, r
     constexprs = dict(
         LOSS=loss, FULL=full, NDIM=ndim, HAS_C=has_c, HAS_WEIGHT=has_weight, HAS_POS_WEIGHT=has_pos_weight,
         REDUCE=reduce, GRAD_A=grads[0], GRAD_B=grads[1], GRAD_C=grads[2], DEVICE_DENOM=device_denom,
-        BLOCK=block, RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
+        BLOCK=block, RBLOCK=RBLOCK, ACC=accumulation_dtypes(dtype)[0])
     scalars = (*strides, n, n1, n2, *split_float(p), *split_float(q), *split_float(grad_scale),
                *split_float(divisor or 1.0))
     return (triton.cdiv(n, block),), num_warps, constexprs, scalars

@@ -72,13 +72,12 @@ targets, the loss, the partial sums):
   forward+backward over the minimal (read each input once, write each gradient once): 1.0x at
   grad_output 1; (I + 3G) / (I + G) for another grad_output (I input bytes, G gradient bytes).
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._config import plan_cache, row_margin_tile, split_float
+from ._config import RBLOCK, plan_cache, row_margin_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import (div_by_count, div_rn, ff_add, ff_div, ff_mul, ff_mul_float, ff_row_sum, ff_sqrt, join_float, logistic,
+from ._math import (div_by_count, div_rn, ff_add, ff_div, ff_mul, ff_mul_float, ff_row_sum, ff_sqrt, join_float,
                     pow_runtime, sqrt_rn, two_prod)
 from ._reduce import finish_grid_sum
 from .pointwise import _bce_with_logits
@@ -723,7 +722,6 @@ def _row_margin_fwd_kernel(
 # launchers
 # ----------------------------------------------------------------------------------------------------
 
-_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
 # The build check's written exceptions (fusedloss/buildcheck.py): a budget that the configurations matching
@@ -770,7 +768,7 @@ def _fwd_plan(loss, n_rows, n_cols, dtype, p_int, p_kind, has_weight, swap, redu
     constexprs = dict(
         LOSS=loss, P=p_int, P_KIND=p_kind, HAS_WEIGHT=has_weight, SWAP=swap, REDUCE=reduce, GRAD_A=grads[0],
         GRAD_B=grads[1], GRAD_C=grads[2], ONE_BLOCK=one_block, BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_T=block_t,
-        RBLOCK=_RBLOCK, ACC=accumulation_dtypes(dtype)[0])
+        RBLOCK=RBLOCK, ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 
 

@@ -62,7 +62,7 @@ Memory traffic (B bytes per logit, C classes per row, on top of a few bytes per 
 import triton
 import triton.language as tl
 
-from ._config import plan_cache, softmax_rows_tile, split_float
+from ._config import RBLOCK, plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
 from ._math import div_rn, join_float, offset64, reciprocal_rn, tanh, tanh_with_slope
 from ._reduce import finish_grid_mean
@@ -479,7 +479,6 @@ BUILD_BUDGET_EXCEPTIONS = tuple(
                 "thread rather than run three blocks; sm_90 takes 64-128 registers and spills nothing. The spill "
                 "stays in L1: negligible against the 3 x C x B bytes the kernel moves per row (not measured)."),)
 
-_RBLOCK = 1024  # partial sums the last program of a reduction reads per step
 
 
 def saved_rows(n_rows, save_for_backward, input_is_logprob, stats_mode=""):
@@ -510,7 +509,7 @@ def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, 
                                                                  or stats_mode == "read" and not write_grad),
                                                     per_class_sums=per_class_sums)
     constexprs = dict(
-        BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=_RBLOCK, PROB_TARGET=prob_target,
+        BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=RBLOCK, PROB_TARGET=prob_target,
         INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=smoothing > 0,
         HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, SAVE_FOR_BACKWARD=save_for_backward,
         WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, STATS=stats_mode,

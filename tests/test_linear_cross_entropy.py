@@ -10,7 +10,6 @@ Shapes (N tokens, H features, C classes) and why:
   (0, 8, 13)        no tokens
   (6, 5, 7 x 3)     a K-dimensional loss: linear_weight (C, d1, H), target (N, d1)
 """
-import inspect
 import os
 import subprocess
 import sys
@@ -433,16 +432,6 @@ def test_errors_match_torch(case, backend):
 
 
 # ------------------------------------------------------------------ the drop-in API
-
-
-@needs_torchs
-def test_functional_signature_matches_torch():
-    ours = list(inspect.signature(FL.linear_cross_entropy).parameters.values())
-    theirs = list(inspect.signature(F.linear_cross_entropy).parameters.values())
-    assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
-        [(p.name, p.default, p.kind) for p in theirs]
-    assert [p.name for p in ours[len(theirs):]] == ["z_loss", "softcap", "logit_scale", "loss_dtype", "process_group"]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
 @needs_torchs

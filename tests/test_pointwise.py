@@ -10,7 +10,6 @@ Shapes of the parity harness and why:
 Broadcasting (a weight, pos_weight, var or target smaller than the input, or an input smaller than the
 target) has its own tests, as have shapes that coalesce to more than the kernel's three dimensions.
 """
-import inspect
 import warnings
 
 import pytest
@@ -541,22 +540,6 @@ def test_traffic_forward_backward(bench):
 
 
 # ------------------------------------------------------------------ drop-in API
-
-
-TORCHVISION_FOCAL_SIGNATURE = [("inputs", inspect.Parameter.empty), ("targets", inspect.Parameter.empty),
-                               ("alpha", 0.25), ("gamma", 2), ("reduction", "none")]
-
-
-@pytest.mark.parametrize("name", sorted({case.fn for case in CASES.values()}))
-def test_functional_signature_matches_torch(name):
-    ours = list(inspect.signature(getattr(FL, name)).parameters.values())
-    if name == "sigmoid_focal_loss":
-        assert [(p.name, p.default) for p in ours] == TORCHVISION_FOCAL_SIGNATURE
-        return
-    theirs = list(inspect.signature(getattr(F, name)).parameters.values())
-    assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
-        [(p.name, p.default, p.kind) for p in theirs]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
 MODULES = {

@@ -738,24 +738,6 @@ def test_traffic_forward_backward(bench):
 # ------------------------------------------------------------------ drop-in API
 
 
-TORCH_SIGNATURES = {  # builtins: torch documents them as
-    "pairwise_distance": [("x1", inspect.Parameter.empty), ("x2", inspect.Parameter.empty), ("p", 2.0),
-                          ("eps", 1e-6), ("keepdim", False)],
-    "cosine_similarity": [("x1", inspect.Parameter.empty), ("x2", inspect.Parameter.empty), ("dim", 1),
-                          ("eps", 1e-8)],
-}
-
-
-@pytest.mark.parametrize("name", sorted({case.fn for case in CASES.values()} | {"ctc_loss"}))
-def test_functional_signature_matches_torch(name):
-    ours = list(inspect.signature(getattr(FL, name)).parameters.values())
-    if name in TORCH_SIGNATURES:
-        assert [(p.name, p.default) for p in ours] == TORCH_SIGNATURES[name]
-        return
-    theirs = list(inspect.signature(getattr(F, name)).parameters.values())
-    assert [(p.name, p.default, p.kind) for p in ours] == [(p.name, p.default, p.kind) for p in theirs]
-
-
 MODULES = {
     # module: (constructor kwargs, value makers of the forward's tensors, given the input's shape)
     "MultiMarginLoss": (dict(p=2, margin=0.5, weight=torch.rand(7) + 0.5, reduction="sum"), (scores, class_index)),

@@ -653,15 +653,6 @@ def test_no_gradient_work_without_grad():
 # ------------------------------------------------------------------ drop-in API
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss"])
-def test_functional_signature_matches_torch(name):
-    ours = list(inspect.signature(getattr(FL, name)).parameters.values())
-    theirs = list(inspect.signature(getattr(F, name)).parameters.values())
-    assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == \
-        [(p.name, p.default, p.kind) for p in theirs]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
-
-
 @pytest.mark.parametrize("module", ["CrossEntropyLoss", "NLLLoss"])
 def test_module_drop_in(module):
     theirs_cls, ours_cls = getattr(torch.nn, module), getattr(FN, module)

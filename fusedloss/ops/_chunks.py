@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._scaffold import accumulation_dtype
+
 # Bytes of the chunks' logits buffers together, the one large temporary: 224 MiB keeps the peak extra
 # memory (the buffers, a float32 column-sum for the bias, the kernels' workspaces) under 256 MiB.
 CHUNK_BYTES = 224 << 20
@@ -144,10 +146,6 @@ def _mixed_addmm(device, dtype):
         except (RuntimeError, TypeError, NotImplementedError):
             _MIXED_ADDMM[key] = False
     return _MIXED_ADDMM[key]
-
-
-def accumulation_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def new_grads(head, input, want):

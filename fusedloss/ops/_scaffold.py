@@ -37,6 +37,7 @@ under torch.func), the gradient is computed as the vector-Jacobian product of ``
 ``torch.func.vjp``: differentiable by autograd and by functorch, so gradient penalties and Hessians are
 exact. Otherwise the fused backward runs.
 """
+import importlib
 import typing
 
 import torch
@@ -45,7 +46,6 @@ import torch
 # torch's reduction semantics
 # ----------------------------------------------------------------------------------------------------
 
-REDUCTIONS = ("none", "mean", "sum")
 
 
 def reduction_divisor(reduction, n_elements, batch):
@@ -69,6 +69,21 @@ class Family:
     @staticmethod
     def assert_inputs_intact(options, state):
         """Nothing of the caller's is ever overwritten."""
+
+
+def lazy_kernels(family):
+    """A function returning ``fusedloss.kernels.<family>``, imported on its first call (the first Triton-backed
+    call: the module imports Triton), then kept: one attribute read per call after that."""
+    module = None
+
+    def kernels():
+        nonlocal module
+        if module is None:
+            module = importlib.import_module("fusedloss.kernels." + family)
+        return module
+
+    kernels.__doc__ = f"fusedloss.kernels.{family}, imported on the first Triton-backed call (it imports Triton)."
+    return kernels
 
 
 def accumulation_dtype(dtype):

@@ -23,8 +23,10 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from . import _scaffold, _vocab_parallel
+from ._scaffold import accumulation_dtype, lazy_kernels
 from ._eager import distillation_loss, token_log_probs
 
 
@@ -42,17 +44,9 @@ class DistributionOptions(NamedTuple):
     teacher_softcap: Optional[float] = None  # the teacher's
 
 
-_kernels = None
 
 
-def kernels():
-    """fusedloss.kernels.distribution_rows, imported on the first Triton-backed call (it imports Triton)."""
-    global _kernels
-    if _kernels is None:
-        from fusedloss.kernels import distribution_rows
-
-        _kernels = distribution_rows
-    return _kernels
+kernels = lazy_kernels("distribution_rows")
 
 
 def kl_kind(beta):
@@ -125,8 +119,6 @@ def _batch(input):
     return input.shape[0]
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class DistributionRows(_scaffold.Family):
@@ -150,7 +142,7 @@ class DistributionRows(_scaffold.Family):
             if needs_grad[1] and indices is None:
                 grads[1] = extra["teacher_grad"] = torch.empty_like(teacher, memory_format=torch.contiguous_format)
             if reduction == "mean":
-                extra["denom"] = count_rows(flat_labels, options.ignore_index, rows.shape[0], _acc(input.dtype),
+                extra["denom"] = count_rows(flat_labels, options.ignore_index, rows.shape[0], accumulation_dtype(input.dtype),
                                             input.device, options.reduction)
         out, work = kernels().distribution_fwd(problem, rows, teacher, top, flat_labels, reduction,
                                                options.out_dtype, save, **extra)
@@ -214,7 +206,7 @@ class DistributionRows(_scaffold.Family):
         size = kernels().state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature,
                                     any(needs_grad[:2]))
         out = input.new_empty(out_shape(options, input), dtype=options.out_dtype)
-        return out, (input.new_empty(size, dtype=_acc(input.dtype)), None, None)
+        return out, (input.new_empty(size, dtype=accumulation_dtype(input.dtype)), None, None)
 
 
 def _shard(options, rows):
@@ -342,7 +334,7 @@ def _sharded_forward(options, input, rows, teacher, top, labels, save):
     shard = _vocab_parallel.shard_layout(group, rows.shape[1], rows.device)
     flat_labels = _flat(labels)
     problem = problem_of(options, teacher, top, labels, shard[1], _batch(input))
-    acc = _acc(input.dtype)
+    acc = accumulation_dtype(input.dtype)
     k = kernels()
     stats = k.distribution_shard_stats(problem, rows, teacher if top is None else None, flat_labels, shard[0],
                                        rows.new_empty((len(k.SHARD_STATS), n_rows), dtype=acc))
@@ -385,3 +377,21 @@ FAMILY = _scaffold.register(DistributionRows())
 def distribution_loss(options, input, target=None, indices=None, labels=None):
     """jsd_loss / log_probs of validated arguments, in their output shape."""
     return _scaffold.run(FAMILY, options, (input, target, indices, labels))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported_jsd(input, target, indices, labels, *unused):
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        return "a non-tensor input or target"
+    if indices is not None and target.requires_grad and torch.is_grad_enabled():
+        return "top-k teacher log-probabilities that require grad"
+    return None
+
+
+def unsupported_log_probs(input, tokens, *unused):
+    if not isinstance(input, Tensor) or not isinstance(tokens, Tensor):
+        return "a non-tensor input or tokens"
+    return None

@@ -40,9 +40,13 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from . import _chunks, _scaffold, _vocab_parallel
+from .. import _validation as check
+from ._scaffold import accumulation_dtype
 from ._eager import linear_logits
+from .softmax_rows import unsupported as unsupported_softmax_rows
 from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
 
 class MatmulRowsOptions(NamedTuple):
@@ -91,8 +95,6 @@ def _geometry(input, linear_weight, target, bias, options):
     return _Geometry(x, w, b, t, n, c, d, _chunks.chunk_rows(n, c * d, x.element_size(), options.chunk_rows))
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _loss_shape(input, target, options):
@@ -155,7 +157,7 @@ class LinearCrossEntropy(_scaffold.Family):
         input, linear_weight, target, bias, weight = inputs
         with torch.autocast(input.device.type, enabled=False):  # the GEMMs run in the inputs' dtype
             geo = _geometry(input, linear_weight, target, bias, options)
-            acc = _acc(input.dtype)
+            acc = accumulation_dtype(input.dtype)
             shard = shard_of(options, geo.c, weight, input.device)
             reduced = options.reduction != "none"
             want = (needs_grad[0], needs_grad[1], needs_grad[3])
@@ -203,7 +205,7 @@ class LinearCrossEntropy(_scaffold.Family):
             return grads[0], grads[1], None, grads[2], None
         with torch.autocast(input.device.type, enabled=False):
             geo = _geometry(input, linear_weight, target, bias, options)
-            acc = _acc(input.dtype)
+            acc = accumulation_dtype(input.dtype)
             shard = shard_of(options, geo.c, weight, input.device)
             grads = _chunks.new_grads(_chunks.Head(geo.x, geo.w, geo.b), input, want)
             denom = (mean_denominator(geo.target, weight, options, geo.n * geo.d, shard[1] if shard else geo.c, acc)
@@ -233,7 +235,7 @@ class LinearCrossEntropy(_scaffold.Family):
         dw = linear_weight.new_empty(linear_weight.shape) if reduced and needs_grad[1] else None
         db = bias.new_empty(bias.shape) if reduced and needs_grad[3] else None
         n_rows = (input.shape[0] if input.dim() == 2 else 1) * math.prod(linear_weight.shape[1:-1])
-        stats = input.new_empty((5, n_rows), dtype=_acc(input.dtype)) if options.process_group else None
+        stats = input.new_empty((5, n_rows), dtype=accumulation_dtype(input.dtype)) if options.process_group else None
         return out, (dx, dw, db, stats)
 
 
@@ -243,3 +245,32 @@ FAMILY = _scaffold.register(LinearCrossEntropy())
 def linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, options):
     """linear_cross_entropy of validated arguments, in torch's output shape."""
     return _scaffold.run(FAMILY, options, (input, linear_weight, target, linear_bias, weight))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported(input, linear_weight, target, linear_bias, weight, *unused):
+    tensors = (input, linear_weight, target)
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return "a non-tensor input, linear_weight or target"
+    if not input.is_floating_point():
+        return f"a {check.c10_name(input.dtype)} input"
+    operands = [t for t in (input, linear_weight, linear_bias) if t is not None]
+    if not torch.is_autocast_enabled(input.device.type) and any(t.dtype != input.dtype for t in operands):
+        return "operands of different dtypes (torch's linear raises on the eager path)"
+    if target.requires_grad and target.is_floating_point() and torch.is_grad_enabled():
+        return "probability targets that require grad"
+    return unsupported_softmax_rows(input, target, weight)
+
+
+def autocast_linear(input, linear_weight, linear_bias):
+    """torch.autocast's casts of the linear's operands (16-bit GEMMs), or the operands as they are."""
+    device_type = input.device.type
+    if input.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return input, linear_weight, linear_bias
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = [t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (input, linear_weight, linear_bias)]
+    return tuple(cast)

@@ -33,8 +33,10 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from . import _chunks, _scaffold, _vocab_parallel
+from ._scaffold import accumulation_dtype
 from ._eager import distillation_loss, linear_logits, softcapped, token_log_probs
 from .distribution_rows import (DistributionOptions, combine_shard_stats, count_rows, kernel_reduction, kernels,
                                 new_shard_state, problem_of, set_shard_terms, shard_rows)
@@ -85,8 +87,6 @@ def _flat(labels):
     return None if labels is None else labels.reshape(-1)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _sharded_statistics(problem, heads, n, chunk, flat, group, shard, acc):
@@ -168,7 +168,7 @@ class LinearJSD(_scaffold.Family):
             grads = [_chunks.new_grads(head, t, wanted) if reduced and any(wanted) else None
                      for head, t, wanted in zip(heads, (x, xt), want)]
             n = heads[0].x.shape[0]
-            acc = _chunks.accumulation_dtype(x.dtype)
+            acc = accumulation_dtype(x.dtype)
             mean = kernel_reduction(options.reduction, labels) == "mean"
             denom = (count_rows(_flat(labels), options.ignore_index, n, acc, x.device, options.reduction)
                      if mean else None)
@@ -202,7 +202,7 @@ class LinearJSD(_scaffold.Family):
         whole rows' statistics for the backward of 'none'."""
         x, w, b, xt, wt, bt, labels = inputs
         problem, shard, n, chunk, heads, flat = LinearJSD._sharded_problem(options, inputs)
-        group, acc = options.process_group, _acc(x.dtype)
+        group, acc = options.process_group, accumulation_dtype(x.dtype)
         combined, state, kept = _sharded_statistics(problem, heads, n, chunk, flat, group, shard, acc)
         terms = x.new_empty((2, n), dtype=acc)
 
@@ -266,7 +266,7 @@ class LinearJSD(_scaffold.Family):
             grads = [_chunks.new_grads(head, t, wanted) if any(wanted) else None
                      for head, t, wanted in zip(heads, (x, xt), want)]
             n = heads[0].x.shape[0]
-            acc = _chunks.accumulation_dtype(x.dtype)
+            acc = accumulation_dtype(x.dtype)
             if options.reduction == "none":
                 g = grad_output.reshape(-1)
                 scale, denom = (g, g.stride(0)), None
@@ -301,7 +301,7 @@ class LinearJSD(_scaffold.Family):
         if options.process_group and x.numel():
             n = x.numel() // x.shape[-1]
             planes = kernels().n_stats("jsd", "logits", options.hard_weight != 0 and options.temperature != 1.0)
-            saved = x.new_empty(planes * n + 1, dtype=_acc(x.dtype))
+            saved = x.new_empty(planes * n + 1, dtype=accumulation_dtype(x.dtype))
         return out, (*grads, saved)
 
 
@@ -354,7 +354,7 @@ class LinearLogProbs(_scaffold.Family):
                 flat = tokens.reshape(-1)
                 combined, state, _ = _sharded_statistics(problem, [_head(x, w, b, options.logit_scale)], n,
                                                          LinearLogProbs._chunk(options, inputs), flat,
-                                                         options.process_group, shard, _acc(x.dtype))
+                                                         options.process_group, shard, accumulation_dtype(x.dtype))
                 lp, entropy = shard_rows(problem, combined, state, None, flat, None, n, shard[1])
                 out = (torch.stack([lp, entropy]) if options.entropy else lp).to(options.out_dtype)
                 return out.view((2, *lead) if options.entropy else lead), (state,)
@@ -394,7 +394,7 @@ class LinearLogProbs(_scaffold.Family):
         out = x.new_empty((2, *lead) if options.entropy else lead, dtype=options.out_dtype)
         if options.process_group and tokens.numel():
             return out, (x.new_empty(kernels().n_stats("log_probs", "", False) * tokens.numel() + 1,
-                                     dtype=_acc(x.dtype)),)
+                                     dtype=accumulation_dtype(x.dtype)),)
         return out, ()
 
 
@@ -409,3 +409,22 @@ def linear_jsd_loss(options, input, weight, bias, teacher_input, teacher_weight,
 
 def linear_log_probs(options, input, weight, bias, tokens):
     return _scaffold.run(LOG_PROBS_FAMILY, options, (input, weight, bias, tokens))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported_head(input, weight, bias):
+    """Why the chunked path cannot take one LM head (None when it can)."""
+    if not all(isinstance(t, Tensor) for t in (input, weight)):
+        return "a non-tensor input or weight"
+    operands = [t for t in (input, weight, bias) if t is not None]
+    if not torch.is_autocast_enabled(input.device.type) and any(t.dtype != input.dtype for t in operands):
+        return "operands of different dtypes (torch's linear raises on the eager path)"
+    return None
+
+
+def unsupported_jsd(input, weight, teacher_input, teacher_weight, labels, bias, teacher_bias, *unused):
+    return (unsupported_head(input, weight, bias)
+            or unsupported_head(teacher_input, teacher_weight, teacher_bias))

@@ -15,12 +15,13 @@ Saved for the backward: the inputs, and the state: the three gradient buffers of
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from .._torch import F
 from .. import _validation as check
 from . import _scaffold
 from ._eager import gaussian_nll_loss, sigmoid_focal_loss
-from ._scaffold import accumulation_dtype as _acc, sum_to_operand as _reduce_to
+from ._scaffold import accumulation_dtype, autocast_policy, lazy_kernels, sum_to_operand as _reduce_to
 
 
 class PointwiseOptions(NamedTuple):
@@ -34,17 +35,9 @@ class PointwiseOptions(NamedTuple):
     full: bool = False  # Poisson NLL's Stirling term, Gaussian NLL's constant
 
 
-_kernels = None
 
 
-def kernels():
-    """fusedloss.kernels.pointwise, imported on the first Triton-backed call (it imports Triton)."""
-    global _kernels
-    if _kernels is None:
-        from fusedloss.kernels import pointwise
-
-        _kernels = pointwise
-    return _kernels
+kernels = lazy_kernels("pointwise")
 
 
 def _broadcast_shape(inputs):
@@ -66,7 +59,7 @@ def _state_dtype(operand, full_shape):
     buffer (summed down later). The backward casts to the operand's dtype after applying grad_output."""
     if full_shape and operand.dtype != torch.float16:
         return operand.dtype
-    return _acc(operand.dtype)
+    return accumulation_dtype(operand.dtype)
 
 
 class Pointwise(_scaffold.Family):
@@ -86,7 +79,7 @@ class Pointwise(_scaffold.Family):
         reduction = options.reduction
         denom, divisor = None, 1
         if reduction == "weight_mean":
-            denom = weight.sum(dtype=_acc(a.dtype))  # torch.sum(weight): over the weight's own shape
+            denom = weight.sum(dtype=accumulation_dtype(a.dtype))  # torch.sum(weight): over the weight's own shape
         elif reduction != "none" and reduction != "sum":
             divisor = _scaffold.reduction_divisor(reduction, shape.numel(), a.shape[0] if a.dim() else 1)
         grad_dtypes = [None if not need else _state_dtype(t, t.shape == shape) for t, need in zip((a, b, c), needs_grad)]
@@ -182,3 +175,37 @@ FAMILY = _scaffold.register(Pointwise())
 def pointwise_loss(options, a, b, c=None, weight=None, pos_weight=None):
     """The loss of operands a (input), b (target or input2), c (var or target), validated by the caller."""
     return _scaffold.run(FAMILY, options, (a, b, c, weight, pos_weight))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported(op, input, target, others=(), *, integer_target, trainable_weight=None):
+    """Why the pointwise kernel cannot run this call (None when it can).
+
+    ``others``: tensors that must share the input's dtype (weight, pos_weight, var, input2), unless
+    autocast computes this loss in float32 (then each is read in its own 16- or 32-bit dtype).
+    ``integer_target``: torch promotes an integer target for this loss (the kernel reads any real dtype).
+    ``trainable_weight``: a weight torch differentiates (l1, mse, huber); the kernel gives it no gradient.
+    """
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        return "a non-tensor input or target"
+    if not input.is_floating_point():
+        return f"a {check.c10_name(input.dtype)} input (the kernel computes in floating point)"
+    policy = autocast_policy(op, input)
+    if policy == "refused":
+        return f"{op} under autocast (torch refuses it there)"
+    dtype = input.dtype
+    for t in (target, *others):
+        if not isinstance(t, Tensor) or t is target and not t.is_floating_point():
+            continue  # an integer target is read as it is (torch promotes it)
+        if policy == "float32" and (t.dtype == torch.float64 or dtype == torch.float64):
+            return "a float64 operand under autocast (torch's type promotion runs on the eager path)"
+        if policy != "float32" and t.dtype != dtype:
+            return "operands of different dtypes (torch's type promotion runs on the eager path)"
+    if not target.is_floating_point() and (target.is_complex() or not integer_target):
+        return f"a {check.c10_name(target.dtype)} target"
+    if trainable_weight is not None and trainable_weight.requires_grad and torch.is_grad_enabled():
+        return "a weight that requires grad"
+    return None

@@ -18,11 +18,12 @@ import functools
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from .._torch import F
 from .. import _validation as check
 from . import _eager, _scaffold
-from ._scaffold import accumulation_dtype as _acc, sum_to_operand as _reduce_to
+from ._scaffold import accumulation_dtype, autocast_policy, lazy_kernels, sum_to_operand as _reduce_to
 
 # every operand in its order: a, b, c (row tensors), t (targets), w (class weights)
 N_INPUTS = 5
@@ -41,17 +42,9 @@ class RowMarginOptions(NamedTuple):
     group: int = 1  # rank losses: the group size, num_neg + 1
 
 
-_kernels = None
 
 
-def kernels():
-    """fusedloss.kernels.row_margin, imported on the first Triton-backed call (it imports Triton)."""
-    global _kernels
-    if _kernels is None:
-        from fusedloss.kernels import row_margin
-
-        _kernels = row_margin
-    return _kernels
+kernels = lazy_kernels("row_margin")
 
 
 class Layout(NamedTuple):
@@ -202,7 +195,7 @@ def layout(options, inputs):
 
 
 def _grad_dtypes(inputs, needs_grad, shape):
-    return [None if not need else t.dtype if tuple(t.shape) == shape else _acc(t.dtype)
+    return [None if not need else t.dtype if tuple(t.shape) == shape else accumulation_dtype(t.dtype)
             for t, need in zip(inputs[:3], needs_grad[:3])]
 
 
@@ -293,3 +286,80 @@ FAMILY = _scaffold.register(RowMargin())
 def row_margin_loss(options, a, b=None, c=None, t=None, w=None):
     """The loss of validated operands (see kernels/row_margin.py for what a, b, c, t, w are per loss)."""
     return _scaffold.run(FAMILY, options, (a, b, c, t, w))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported(op, tensors, *, integer_ok=(), promoted=()):
+    """Why the row-margin kernel cannot run this call (None when it can, or when torch itself raises).
+
+    ``tensors``: the floating operands that must share the first one's dtype (unless autocast computes
+    ``op`` in float32: then 16- and 32-bit operands mix). ``integer_ok``: operands the kernel reads in any
+    dtype. ``promoted``: operands whose integer dtype torch promotes (the call is valid, the kernels take
+    floats only); other non-floating operands are torch's errors, raised by the checks.
+    """
+    if not all(isinstance(t, Tensor) for t in tensors if t is not None):
+        return "a non-tensor operand"
+    if any(t is not None and t.dim() == 0 for t in promoted):
+        return "0-d operands (a norm over no dimension)"
+    if any(t is not None and not t.is_floating_point() and not t.is_complex() for t in promoted):
+        return "integer operands (torch promotes them to floating point)"
+    policy = autocast_policy(op, tensors[0])
+    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+    if policy == "float32":
+        if any(t.dtype == torch.float64 for t in floats):
+            return "a float64 operand under autocast (torch runs it in float64 on the eager path)"
+    elif any(t.dtype != floats[0].dtype for t in floats):
+        return "operands of different dtypes (torch's type promotion runs on the eager path)"
+    for t in integer_ok:
+        if t is not None and t.is_floating_point() and floats and t.dtype != floats[0].dtype and policy != "float32":
+            return "operands of different dtypes (torch's type promotion runs on the eager path)"
+    return None
+
+
+def unsupported_norm(p):
+    if not 0 < p < float("inf"):
+        return f"p={p} (the kernels compute the p-norm for 0 < p < inf)"
+    return None
+
+
+def unsupported_multilabel_soft_margin(input, target, weight, *unused):
+    problem = unsupported("multilabel_soft_margin_loss", (input,), integer_ok=(target, weight))
+    if problem is not None or not input.is_floating_point():
+        return problem
+    if _enlarges(input, target) or _enlarges(input, weight):
+        return "a target or weight that broadcasts the input to a larger shape"
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        return "a weight that requires grad"
+    return None
+
+
+def _enlarges(input, tensor):
+    """True when ``tensor`` broadcasts with the input to a larger shape than the input's (torch's loss then
+    has that shape); False when it broadcasts to the input's, or not at all (torch's error: the checks)."""
+    if tensor is None or tensor.shape == input.shape:
+        return False
+    try:
+        return check.broadcast_shapes(input.shape, tensor.shape) != input.shape
+    except RuntimeError:
+        return False
+
+
+def unsupported_cosine_similarity(x1, x2, *unused):
+    if isinstance(x1, Tensor) and isinstance(x2, Tensor) and not x1.is_floating_point() and not x2.is_floating_point():
+        return None  # torch's error: no floating common dtype
+    return unsupported("cosine_similarity", (x1, x2), promoted=(x1, x2))
+
+
+def unsupported_rank(y_pred, y_true, num_neg, labels):
+    if not isinstance(y_pred, Tensor) or not y_pred.is_floating_point():
+        return "a non-floating y_pred"
+    if isinstance(num_neg, int) and num_neg >= 4096:
+        return f"num_neg={num_neg} (a group must fit one tile of at most 4096 scores)"
+    if labels and isinstance(y_true, Tensor):
+        if y_true.requires_grad and torch.is_grad_enabled():
+            return "a y_true that requires grad"
+        return unsupported("rank_cross_entropy_loss", (y_pred,), integer_ok=(y_true,))
+    return None

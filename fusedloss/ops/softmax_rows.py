@@ -24,9 +24,11 @@ first backward).
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from .._torch import F
 from . import _scaffold, _vocab_parallel
+from ._scaffold import accumulation_dtype, lazy_kernels
 from ._eager import eager_cross_entropy, vocab_parallel_cross_entropy
 
 
@@ -44,17 +46,9 @@ class SoftmaxRowsOptions(NamedTuple):
     process_group: str = ""  # vocabulary-parallel: the group's name (fusedloss/ops/_vocab_parallel.py); "": none
 
 
-_kernels = None
 
 
-def kernels():
-    """fusedloss.kernels.softmax_rows, imported on the first Triton-backed call (it imports Triton)."""
-    global _kernels
-    if _kernels is None:
-        from fusedloss.kernels import softmax_rows
-
-        _kernels = softmax_rows
-    return _kernels
+kernels = lazy_kernels("softmax_rows")
 
 
 def _rows(input, target, prob_target):
@@ -110,8 +104,6 @@ def _loss_shape(input, target, options):
     return target.shape
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class SoftmaxRows:
@@ -127,7 +119,7 @@ class SoftmaxRows:
         extra = {}  # the launcher's extras this call uses
         shard = shard_of(options, rows[1], weight, input.device)
         if shard is not None:  # this rank's statistics, combined over the ranks (two collectives)
-            stats = input.new_empty((5, rows[0] * rows[2]), dtype=_acc(input.dtype))
+            stats = input.new_empty((5, rows[0] * rows[2]), dtype=accumulation_dtype(input.dtype))
             launch_forward(logits, rows_target, weight, rows, options, False, reduction="none", shard=shard,
                            stats=stats, stats_mode="write")
             _vocab_parallel.combine_statistics(stats, options.process_group, per_class_sums(options))
@@ -141,7 +133,7 @@ class SoftmaxRows:
             extra["grad"] = grad
             if options.reduction == "mean":
                 extra["denom"] = mean_denominator(rows_target, weight, options, rows[0] * rows[2],
-                                                  shard[1] if shard else rows[1], _acc(input.dtype))
+                                                  shard[1] if shard else rows[1], accumulation_dtype(input.dtype))
         out, work = launch_forward(logits, rows_target, weight, rows, options, needs_grad[0] or needs_grad[1],
                                    _loss_shape(input, target, options), **extra)
         if grad is not None and options.inplace_backward:
@@ -208,7 +200,7 @@ class SoftmaxRows:
         out = input.new_empty(shape, dtype=options.out_dtype)
         # the state the launcher returns, sized by the launcher's own functions (inductor checks the sizes)
         n_saved = kernels().saved_rows(n * s, needs_grad[0] or needs_grad[1], options.input_is_logprob)
-        return out, (input.new_empty(kernels().state_size(n_saved), dtype=_acc(input.dtype)), None)
+        return out, (input.new_empty(kernels().state_size(n_saved), dtype=accumulation_dtype(input.dtype)), None)
 
 
 def mean_denominator(target, weight, options, n_rows, n_classes, acc):
@@ -281,3 +273,23 @@ FAMILY = _scaffold.register(SoftmaxRows())
 def softmax_rows_loss(input, target, weight, options):
     """Cross entropy / NLL of validated arguments, in torch's output shape."""
     return _scaffold.run(FAMILY, options, (input, target, weight))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the kernels' reach: why they cannot serve a call (None when they can), asked by fusedloss.functional's routes
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported(input, target, weight, *unused):
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        return "a non-tensor input or target"
+    if weight is not None and weight.requires_grad and target.is_floating_point() and torch.is_grad_enabled():
+        # torch differentiates the weight only with probability targets (class indices: it raises)
+        return "a class weight that requires grad, with probability targets"
+    return None
+
+
+def overlapping(tensor):
+    """True for a view whose elements share memory (stride 0 along a dimension of size > 1: an expanded
+    tensor), which ``inplace_backward`` cannot overwrite with a gradient per element (torch's in-place ops
+    refuse such a tensor); the gradient then gets its own buffer, as without the option."""
+    return any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride()))

@@ -1,0 +1,155 @@
+"""Distillation and token log-probabilities over large vocabularies (fusedloss.ops.distribution_rows)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _dtensor, _validation as check
+from .. import dispatch
+from ..dispatch import Route
+from ..ops import distribution_rows as distribution_op
+from ..ops import _eager
+from ..ops.distribution_rows import DistributionOptions, distribution_loss
+from ._common import group_and_classes, require_classes, requested_out_dtype
+
+
+def jsd_loss(
+    input: Tensor,
+    target,
+    labels: Optional[Tensor] = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    grad_in_forward: bool = False,
+    loss_dtype: Optional[torch.dtype] = None,
+    process_group=None,
+) -> Tensor:
+    """Knowledge-distillation divergence between a student's logits ``input`` and a teacher's ``target``,
+    (..., V) each (rows: every leading dimension), with s = log_softmax(input / T), t = log_softmax(target / T):
+
+      beta = 0        sum_v exp(t_v) (t_v - s_v)           forward KL(teacher || student)
+      beta = 1        sum_v exp(s_v) (s_v - t_v)           reverse KL(student || teacher)
+      0 < beta < 1    m = log(beta exp(t) + (1 - beta) exp(s)),
+                      beta sum exp(t) (t - m) + (1 - beta) sum exp(s) (s - m)   the generalized JSD (GKD)
+
+    per row, no T**2 factor (TRL's ``GKDTrainer.generalized_jsd_loss``); a term whose probability is 0
+    counts 0. ``labels`` (the rows' shape, optional): rows labelled ``ignore_index`` count nothing and get
+    no gradient. ``reduction``: 'batchmean' (sum / counted rows, at least 1 as TRL's: a batch with no
+    counted row gives 0; all rows count without labels), 'sum', 'mean' (sum / (counted rows x V), torch's
+    kl_div 'mean'), 'none' (the rows' losses, shaped as the leading dimensions). Gradients for ``input``, and for ``target`` when it requires grad.
+
+    Offline distillation: ``target`` may be the teacher's stored top-k, a pair ``(log_probs (..., K),
+    classes (..., K))``: then beta must be 0 and the loss is sum_j exp(t_j) (t_j - s_{class_j}) over the
+    teacher's support (the student's softmax over its whole vocabulary; the log-probabilities are taken as
+    given, without T). A class outside [0, V) makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+
+    Keyword-only extras: ``grad_in_forward`` (as cross_entropy's: the gradient for grad_output 1 written in
+    the forward, rescaled on the device when it is not 1); ``loss_dtype`` (the loss's dtype; default the
+    input's, float32 under autocast); ``process_group``: vocabulary parallel over a ``torch.distributed``
+    group, as cross_entropy's: ``input`` and a logits ``target`` hold this rank's block of the classes,
+    labels and top-k classes are global; every rank gets the global loss and the gradient of its block
+    (collectives: an all_reduce MAX of 2R floats and SUMs of 2R and 2R, R the rows; none in the backward;
+    ``grad_in_forward`` does not apply). DTensor logits sharded on the classes take this path by themselves.
+    """
+    indices = None
+    if isinstance(target, (tuple, list)):
+        if len(target) != 2:
+            raise ValueError(f"jsd_loss: a top-k target is a pair (log_probs, classes), got {len(target)} items")
+        target, indices = target
+    if process_group is not None:
+        require_classes(process_group, input, -1)
+    return dispatch.call(_JSD, input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                         grad_in_forward, loss_dtype, process_group)
+
+
+def _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction, loss_dtype, process_group):
+    """The validated call: (out dtype, the group's name, the vocabulary's classes)."""
+    check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
+    out_dtype = requested_out_dtype("jsd_loss", input, loss_dtype)
+    group, n_classes = group_and_classes(input, process_group)
+    if dispatch.debug_enabled():
+        check.check_distribution_targets(indices, labels, n_classes, ignore_index, False)
+    return out_dtype, group
+
+
+def _eager_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
+               loss_dtype, process_group):
+    out_dtype, group = _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                                 loss_dtype, process_group)
+    if out_dtype != input.dtype:
+        input = input.to(out_dtype)
+        target = target.to(out_dtype)
+    return _eager.distillation_loss(input, target, indices, labels, float(beta), float(temperature), ignore_index,
+                                    reduction, group=group).to(out_dtype)
+
+
+def _fused_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction, grad_in_forward,
+               loss_dtype, process_group):
+    out_dtype, group = _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, reduction,
+                                 loss_dtype, process_group)
+    options = DistributionOptions("jsd", reduction, out_dtype, float(beta), float(temperature), int(ignore_index),
+                                  False, bool(grad_in_forward) and not group, group)
+    return distribution_loss(options, input, target, indices, labels)
+
+
+_JSD = Route("jsd_loss", _eager_jsd, _fused_jsd, distribution_op.unsupported_jsd, (0, 1, 2, 3), (),
+             dtensor=lambda *args: _dtensor.jsd_loss(jsd_loss, *args))
+
+
+def log_probs(
+    input: Tensor,
+    tokens: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    dtype: Optional[torch.dtype] = None,
+    process_group=None,
+):
+    """Per row of the (..., V) logits ``input``: ``log_softmax(input / T)[token]`` (``tokens``: the rows'
+    shape), 0 with no gradient where the token is ``ignore_index``; with ``with_entropy`` also the row's
+    entropy ``-sum p log p`` (p = softmax(input / T); 0 with no gradient for ignored rows), returned as
+    ``(log_probs, entropy)``. Both differentiable (the backward takes a gradient per row of each), in one
+    pass over the logits: the per-token log-probabilities of RL (GRPO/PPO ratios, the entropy bonus) and
+    preference training (DPO/KTO sum them per sequence). ``dtype``: the outputs' dtype (default the
+    input's; float32 under autocast); float32 from 16-bit logits equals ``log_softmax(input.float() / T)``'s.
+    A token outside [0, V) that is not ignore_index makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+    ``process_group``: vocabulary parallel, as cross_entropy's (``input`` this rank's block of the classes,
+    ``tokens`` global; collectives: an all_reduce MAX of R floats and a SUM of 2R, 3R with the entropy; none
+    in the backward); DTensor logits sharded on the classes take this path by themselves.
+    """
+    if process_group is not None:
+        require_classes(process_group, input, -1)
+    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype, process_group)
+    return (out[0], out[1]) if with_entropy else out
+
+
+def _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group):
+    """The validated call: (out dtype, the group's name)."""
+    check.check_log_probs(input, tokens, temperature, ignore_index)
+    out_dtype = requested_out_dtype("log_probs", input, dtype, "dtype")
+    group, n_classes = group_and_classes(input, process_group)
+    if dispatch.debug_enabled():
+        check.check_class_targets(tokens, n_classes, ignore_index)
+    return out_dtype, group
+
+
+def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+    out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
+    if out_dtype != input.dtype:
+        input = input.to(out_dtype)
+    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy),
+                                  group).to(out_dtype)
+
+
+def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+    out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
+    options = DistributionOptions("log_probs", "none", out_dtype, 0.0, float(temperature), int(ignore_index),
+                                  bool(with_entropy), False, group)
+    return distribution_loss(options, input, None, None, tokens)
+
+
+_LOG_PROBS = Route("log_probs", _eager_log_probs, _fused_log_probs, distribution_op.unsupported_log_probs, (0, 1), (),
+                   dtensor=lambda *args: _dtensor.log_probs(log_probs, *args))
