@@ -197,12 +197,16 @@ def check_label_smoothing(label_smoothing):
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
 
 
-def check_class_targets(target, n_classes, ignore_index):
-    """Host-side check of class-index values (debug mode only: it synchronises)."""
+def check_class_targets(target, n_classes, ignore_index, name=None):
+    """Host-side check of class-index values (where it costs no GPU sync: fusedloss.functional._common.
+    values_checked_here). IndexError: torch's message for a loss's target, or one naming ``name``
+    (fusedloss's own functions: ``tokens``, ``labels``)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
     if bool(bad.any()):
         value = int(target[bad].flatten()[0])
-        raise IndexError(f"Target {value} is out of bounds.")
+        if name is None:
+            raise IndexError(f"Target {value} is out of bounds.")
+        raise IndexError(f"{name} holds {value}, outside [0, {n_classes}) and not ignore_index ({ignore_index})")
 
 
 def warn_size_mismatch(input, target, op):
@@ -708,9 +712,10 @@ def check_distribution_targets(indices, labels, n_classes, ignore_index, hard):
         if labels is not None:  # an ignored row's classes are not read
             bad = bad & (labels != ignore_index).unsqueeze(-1)
         if bool(bad.any()):
-            raise IndexError(f"Target {int(indices[bad].flatten()[0])} is out of bounds.")
+            raise IndexError(f"the top-k teacher's classes hold {int(indices[bad].flatten()[0])}, outside "
+                             f"[0, {n_classes})")
     if hard and labels is not None:
-        check_class_targets(labels, n_classes, ignore_index)
+        check_class_targets(labels, n_classes, ignore_index, "labels")
 
 
 def _check_head(op, prefix, input, weight, bias):

@@ -202,8 +202,12 @@ def test_jsd_top_k_bad_classes_and_beta(fusedloss_env):
         FL.jsd_loss(x, (values, classes), beta=0.5)
     bad = classes.clone()
     bad[1, 2] = 40
+
+    def rows_of(x, values, classes):  # compiled: no host check of the classes (as on a GPU): NaN for the row
+        return FL.jsd_loss(x, (values, classes), beta=0.0, reduction="none")
+
     with fusedloss.backend("triton"):
-        rows = FL.jsd_loss(x, (values, bad), beta=0.0, reduction="none")
+        rows = torch.compile(rows_of, backend="aot_eager", fullgraph=True)(x, values, bad)
     assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2]]).all()
     fusedloss_env("FUSEDLOSS_DEBUG", "1")
     with fusedloss.backend("triton"), pytest.raises(IndexError, match="40"):
@@ -296,15 +300,54 @@ def test_log_probs_float32_from_16_bit_logits():
 
 
 def test_log_probs_ignored_and_bad_tokens():
-    """Ignored rows: 0 and no gradient for both outputs; a token outside [0, V): NaN (no host sync)."""
+    """Ignored rows: 0 and no gradient for both outputs; a token outside [0, V) where values cannot be checked
+    on the host without a sync (a GPU; here torch.compile, which cannot branch on them either): NaN."""
     x = logits((4, 20)).float().requires_grad_()
     y = torch.tensor([3, -100, 25, 0], device=DEVICE)
+
+    def both(x, y):
+        return FL.log_probs(x, y, with_entropy=True)
+
     with fusedloss.backend("triton"):
-        lp, entropy = FL.log_probs(x, y, with_entropy=True)
+        lp, entropy = torch.compile(both, backend="aot_eager", fullgraph=True)(x, y)
     grad, = torch.autograd.grad(lp.sum() + entropy.sum(), x)
     assert lp[1] == 0 and entropy[1] == 0 and torch.equal(grad[1], torch.zeros_like(grad[1]))
     assert torch.isnan(lp[2]) and torch.isnan(grad[2]).all()
     assert torch.isfinite(lp[[0, 3]]).all() and torch.isfinite(grad[[0, 3]]).all()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU tensors: on a GPU the check would synchronise (NaN rows there)")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("fn", ["log_probs", "linear_log_probs", "jsd_loss top-k", "linear_jsd_loss labels"])
+def test_out_of_range_classes_raise_on_cpu(fn, backend):
+    """A token, top-k class or hard label outside [0, V) (not ignore_index): IndexError naming it on CPU
+    tensors, on both backends (the check costs no GPU sync there), where NaN rows would hide the bug."""
+    x, w = logits((4, 20)).float(), logits((20, 6)).float()
+    h = logits((4, 6)).float()
+    bad = torch.tensor([3, -100, 25, 0], device=DEVICE)
+    calls = {
+        "log_probs": (lambda: FL.log_probs(x, bad), "tokens holds 25"),
+        "linear_log_probs": (lambda: FL.linear_log_probs(h, w, bad), "tokens holds 25"),
+        "jsd_loss top-k": (lambda: FL.jsd_loss(x, (x[:, :3].log_softmax(-1), torch.tensor(
+            [[0, 1, 2]] * 3 + [[0, 1, 20]], device=DEVICE)), beta=0.0), "classes hold 20"),
+        "linear_jsd_loss labels": (lambda: FL.linear_jsd_loss(h, w, h, w, bad, hard_weight=0.5), "labels holds 25"),
+    }
+    call, message = calls[fn]
+    with fusedloss.backend(backend), pytest.raises(IndexError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32], ids=str)
+def test_log_probs_tokens_of_any_integer_width(dtype, backend):
+    """uint8/int16/int32 tokens: the same values as int64 tokens on both backends (the eager path's gather
+    once raised 'Expected dtype int32/int64' for uint8)."""
+    x = logits((5, 30)).float()
+    y = torch.tensor([3, 0, 29, 7, 12], device=DEVICE)
+    with fusedloss.backend(backend):
+        got = FL.log_probs(x, y.to(dtype), with_entropy=True)
+        expected = FL.log_probs(x, y, with_entropy=True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

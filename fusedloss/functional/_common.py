@@ -40,6 +40,16 @@ def require_classes(process_group, tensor, class_dim):
         _vocab_parallel.require_classes(process_group, tensor.shape[min(class_dim, tensor.dim() - 1)], tensor.device)
 
 
+def values_checked_here(tensor):
+    """Whether a host-side check of ``tensor``'s values costs nothing here: with FUSEDLOSS_DEBUG=1 always;
+    otherwise for a CPU tensor in an eager call (no GPU to synchronise with; torch.compile and the torch.func
+    transforms cannot branch on values, so they keep the NaN a bad value gives, as on a GPU)."""
+    if dispatch.debug_enabled():
+        return True
+    return (tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
 def check_extras(z_loss, softcap):
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be a positive number or None, got {softcap}")

@@ -10,7 +10,7 @@ from ..dispatch import Route
 from ..ops import distribution_rows as distribution_op
 from ..ops import _eager
 from ..ops.distribution_rows import DistributionOptions, distribution_loss
-from ._common import group_and_classes, require_classes, requested_out_dtype
+from ._common import group_and_classes, require_classes, requested_out_dtype, values_checked_here
 
 
 def jsd_loss(
@@ -69,7 +69,7 @@ def _jsd_call(input, target, indices, labels, beta, temperature, ignore_index, r
     check.check_jsd(input, target, indices, labels, beta, temperature, ignore_index, reduction)
     out_dtype = requested_out_dtype("jsd_loss", input, loss_dtype)
     group, n_classes = group_and_classes(input, process_group)
-    if dispatch.debug_enabled():
+    if n_classes is not None and any(t is not None and values_checked_here(t) for t in (indices, labels)):
         check.check_distribution_targets(indices, labels, n_classes, ignore_index, False)
     return out_dtype, group
 
@@ -115,7 +115,9 @@ def log_probs(
     pass over the logits: the per-token log-probabilities of RL (GRPO/PPO ratios, the entropy bonus) and
     preference training (DPO/KTO sum them per sequence). ``dtype``: the outputs' dtype (default the
     input's; float32 under autocast); float32 from 16-bit logits equals ``log_softmax(input.float() / T)``'s.
-    A token outside [0, V) that is not ignore_index makes its row NaN (``FUSEDLOSS_DEBUG=1``: IndexError).
+    A token outside [0, V) that is not ignore_index raises IndexError naming ``tokens`` where the check costs
+    nothing (CPU tensors in eager calls; ``FUSEDLOSS_DEBUG=1`` everywhere); on a GPU its row is NaN instead
+    (a check would synchronise). Integer tokens of any width (uint8 included), on both backends.
     ``process_group``: vocabulary parallel, as cross_entropy's (``input`` this rank's block of the classes,
     ``tokens`` global; collectives: an all_reduce MAX of R floats and a SUM of 2R, 3R with the entropy; none
     in the backward); DTensor logits sharded on the classes take this path by themselves.
@@ -131,8 +133,8 @@ def _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_gro
     check.check_log_probs(input, tokens, temperature, ignore_index)
     out_dtype = requested_out_dtype("log_probs", input, dtype, "dtype")
     group, n_classes = group_and_classes(input, process_group)
-    if dispatch.debug_enabled():
-        check.check_class_targets(tokens, n_classes, ignore_index)
+    if n_classes is not None and values_checked_here(tokens):
+        check.check_class_targets(tokens, n_classes, ignore_index, "tokens")
     return out_dtype, group
 
 

@@ -16,7 +16,8 @@ from ..ops.linear_distribution import LinearJSDOptions, LinearLogProbsOptions
 from ..ops.linear_distribution import linear_jsd_loss as linear_jsd_loss_op
 from ..ops.linear_distribution import linear_log_probs as linear_log_probs_op
 from ..ops.linear_cross_entropy import MatmulRowsOptions, linear_cross_entropy_loss
-from ._common import check_extras, group_and_classes, out_dtype_of, require_classes, requested_out_dtype
+from ._common import (check_extras, group_and_classes, out_dtype_of, require_classes, requested_out_dtype,
+                      values_checked_here)
 
 
 def linear_cross_entropy(
@@ -212,8 +213,8 @@ def _linear_jsd_args(input, weight, teacher_input, teacher_weight, labels, bias,
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_jsd_loss")
     out_dtype = requested_out_dtype("linear_jsd_loss", input, loss_dtype)
     group, n_classes = group_and_classes(input, process_group, weight.shape[0])
-    if hard_weight and dispatch.debug_enabled():
-        check.check_class_targets(labels, n_classes, ignore_index)
+    if hard_weight and n_classes is not None and values_checked_here(labels):
+        check.check_class_targets(labels, n_classes, ignore_index, "labels")
     return teacher_weight, teacher_bias, out_dtype, chunk, group
 
 
@@ -296,8 +297,8 @@ def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_inde
     chunk = check.linear_cross_entropy_chunk_rows(options, input, weight, op="linear_log_probs")
     out_dtype = requested_out_dtype("linear_log_probs", input, dtype, "dtype")
     group, n_classes = group_and_classes(input, process_group, weight.shape[0])
-    if dispatch.debug_enabled():
-        check.check_class_targets(tokens, n_classes, ignore_index)
+    if n_classes is not None and values_checked_here(tokens):
+        check.check_class_targets(tokens, n_classes, ignore_index, "tokens")
     return chunk, out_dtype, group
 
 

@@ -335,6 +335,8 @@ class _Classes:
 
     def pick(self, values, classes):
         """``values`` (R, V_local) at the global ``classes`` (R, K): where this block holds the class, else 0."""
+        if classes.dtype != torch.int64 and classes.dtype != torch.int32:
+            classes = classes.long()  # uint8/int16 tokens, as the kernels take them (gather takes int32/int64)
         local = classes - self.offset
         here = (local >= 0) & (local < self.n_local)
         if not self.n_local:
