@@ -196,6 +196,19 @@ def _row_margin_cases(FL):
                 ("cosine_similarity", FL.cosine_similarity, (x(), x()), {}),
             ]
             cases += [Case(f"{label} {_name(dtype)} {n}x{d}", fn, args, kwargs) for label, fn, args, kwargs in calls]
+        # the cosine losses at the embedding widths where a tile holds several rows (100: small heads; 300:
+        # word vectors; 384: MiniLM; 512; 768: BERT-base): their float-float finish runs once per row. A row
+        # counts as aligned for the load-width budget when D is a multiple of 16 elements: Triton vectorises
+        # a masked load only when it can prove the mask uniform over the vector (D = 100, 300: 32-bit loads)
+        if dtype != torch.float64:
+            for d in (100, 300, 384, 512, 768):
+                def e(grad=True):
+                    return _meta(4096, d, dtype=dtype, grad=grad)
+
+                cases += [Case(f"cosine_embedding_loss {_name(dtype)} 4096x{d}", FL.cosine_embedding_loss,
+                               (e(), e(), _meta(4096, dtype=dtype)), {}, aligned=d % 16 == 0),
+                          Case(f"cosine_similarity {_name(dtype)} 4096x{d}", FL.cosine_similarity, (e(), e()), {},
+                               aligned=d % 16 == 0)]
         # a group of 5 scores is a 10-20-40 byte row: not 16-byte aligned
         scores = _meta(4096 * 5, 1, dtype=dtype, grad=True)
         cases += [Case(f"rank_hinge_loss {_name(dtype)} 4096 groups of 5", FL.rank_hinge_loss, (scores, None, 4),

@@ -94,9 +94,11 @@ def row_margin_tile(loss, n_cols, element_size):
     if loss == "cosine_embedding" or loss == "cosine_similarity":
         # float-float gradients hold ~10 values per element: 8 elements per thread, 4 in float64
         # (fusedloss/buildcheck.py: at 16, a 4096-wide tile at 8 warps, 176-228 registers; float64 at 8,
-        # 170-182); rows up to 4096 (2048 float64) in one tile
+        # 170-182); rows up to 4096 (2048 float64) in one tile; at most 2 rows a tile (with 4-16, Triton laid
+        # the warps along the row and every thread ran every row's float-float finish: 178-255 registers at
+        # D = 100-512)
         block_d = min(cols_pow2, max_row if interpreting() else 4096 if element_size <= 4 else 2048)
-        block_r = max(1, min(16, 2048 // block_d))
+        block_r = max(1, min(2, 2048 // block_d))
         per_thread = 4 if element_size == 8 else 8
         return block_r, block_d, 1, cols_pow2 <= block_d, max(2, min(16, block_r * block_d // (32 * per_thread)))
     block_d = min(cols_pow2, max_row)

@@ -155,9 +155,13 @@ def div_by_count(x, n):
 # ----------------------------------------------------------------------------------------------------
 # float-float ("double-single") arithmetic: a value as an unevaluated sum hi + lo of two floats of the
 # ACC dtype, |lo| <= ulp(hi) / 2, about 48 bits in float32. Error-free transformations (Knuth's two-sum,
-# the FMA product) with no assumption the compiler could break: Triton never reassociates, and a product
-# it contracts into an FMA here is exact either way. Used where float32 loses to torch by cancellation
-# (the cosine losses' gradients) and float64 would cost the FP64 rate of consumer GPUs (1/64).
+# the FMA product). Triton never reassociates, but it contracts a product and an add that reads it into
+# one FMA (fp fusion is on by default): a rounded product p = a * b that two_prod's error term describes
+# must never be an fmul, or every add of p becomes fma(a, b, .) and the error is counted twice (compiled
+# for sm_90 the cosine gradients fell back to plain float32 accuracy). two_prod therefore makes p with
+# fma(a, b, 0), which LLVM cannot turn back into an fmul (it differs for a product of -0).
+# Used where float32 loses to torch by cancellation (the cosine losses' gradients) and float64 would cost
+# the FP64 rate of consumer GPUs (1/64).
 # Under the interpreter ``tl.fma`` must round once: fusedloss/bench/interpreter.py patches it.
 # ----------------------------------------------------------------------------------------------------
 
@@ -178,8 +182,9 @@ def _renormalize(s, e):
 
 @triton.jit
 def two_prod(a, b):
-    """(p, e) with p = fl(a * b) and p + e = a * b exactly (the FMA computes a * b - p rounded once: exact)."""
-    p = a * b
+    """(p, e) with p = fl(a * b) and p + e = a * b exactly (the FMA computes a * b - p rounded once: exact).
+    p as fma(a, b, 0), not a * b: the compiler cannot contract it into the adds that read it (see above)."""
+    p = tl.fma(a, b, tl.zeros_like(a))
     return p, tl.fma(a, b, -p)
 
 

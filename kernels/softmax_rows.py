@@ -548,6 +548,9 @@ def _bwd_plan(rows, dtype, prob_target, input_is_logprob, has_weight, smoothing,
 @plan_cache
 def _rescale_plan(n_rows, n_classes, n_spatial, element_size, dtype):
     block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, element_size)
+    # at most 16 elements per thread (fusedloss/buildcheck.py: [16 x 128] bfloat16 at 2 warps, 32 per thread,
+    # spilled 32 bytes on sm_80: the row-margin losses' rescale at D = 100)
+    num_warps = max(num_warps, min(16, block_r * block_c // (32 * 16)))
     constexprs = dict(BLOCK_R=block_r, BLOCK_C=block_c, ACC=accumulation_dtypes(dtype)[0])
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs
 

@@ -1,4 +1,4 @@
-"""The build check (fusedloss/buildcheck.py, issue 24): every kernel configuration fusedloss launches at its
+"""The build check (fusedloss/buildcheck.py): every kernel configuration fusedloss launches at its
 written realistic shapes, compiled for real GPU targets on this CPU-only machine, within its budgets.
 
 Per family (one test each, so that pytest-xdist spreads them): every configuration compiled for sm_90; the
@@ -158,3 +158,38 @@ def test_the_command_rejects_unknown_names_listing_the_valid_ones(argv, message,
         cli.main(["buildcheck", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ float-float under fp fusion
+
+_FUSION_PROBE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedloss.kernels._math import two_prod
+
+@triton.jit
+def probe(a_ptr, b_ptr, c_ptr, out_ptr, err_ptr):
+    a, b, c = tl.load(a_ptr), tl.load(b_ptr), tl.load(c_ptr)
+    p, e = two_prod(a, b)
+    tl.store(out_ptr, p - c)  # an add that reads p: were p a rounded fmul, LLVM would fuse it into fma(a, b, -c)
+    tl.store(err_ptr, e)
+
+signature = {name: "*fp32" for name in ("a_ptr", "b_ptr", "c_ptr", "out_ptr", "err_ptr")}
+print(triton.compile(ASTSource(probe, signature), target=GPUTarget("cuda", 90, 32)).asm["ptx"])
+"""
+
+
+def test_two_prod_survives_fp_fusion_compiled_for_the_gpu(tmp_path):
+    """Triton compiles with fp fusion on: an fmul p = a * b read by an add becomes fma(a, b, .), which uses the
+    exact product where the float-float code expects the rounded p (its error e counted twice). Compiled for
+    sm_90 (in a process without the interpreter): p comes from an FMA, never a mul, and the add that reads it
+    stays a rounded subtraction."""
+    script = tmp_path / "probe.py"
+    script.write_text(_FUSION_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    ptx = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    instructions = buildcheck._PTX_INSTRUCTION.findall(ptx)
+    assert not [i for i in instructions if i.startswith("mul.") and i.endswith("f32")], instructions
+    assert sum(i.startswith("fma.rn.f32") for i in instructions) == 2, instructions  # p and its error
+    assert any(i.startswith(("sub.f32", "add.f32", "sub.rn.f32", "add.rn.f32")) for i in instructions), instructions

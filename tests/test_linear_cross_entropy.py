@@ -24,7 +24,8 @@ import fusedloss.functional as FL
 import fusedloss.nn as FN
 from fusedloss.ops import _chunks
 from helpers import (DEVICE, DTYPES, AllocationRecorder as _AllocationRecorder, assert_matches,
-                     assert_matches_torch, assert_twice_rounded_matches_torch, backend_context)
+                     assert_matches_torch, assert_twice_rounded_matches_torch, backend_context, class_targets,
+                     probability_targets)
 
 BACKENDS = ["triton", "torch"]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -59,12 +60,9 @@ def make_inputs(shape, dtype, bias=False, out_features=(), ignore_fraction=0.2, 
     b = torch.randn(c, *out_features, device=DEVICE) if bias else None
     batch = () if n is None else (n, *out_features)
     if prob:
-        target = torch.softmax(3 * torch.randn(*batch[:1], c, *out_features, device=DEVICE), dim=0 if n is None else 1)
-        target = target.to(dtype)
+        target = probability_targets((*batch[:1], c, *out_features), dtype)
     else:
-        target = torch.randint(0, c, batch, device=DEVICE)
-        ignored = torch.rand(batch, device=DEVICE) < ignore_fraction
-        target = torch.where(ignored, torch.full_like(target, ignore_index), target)
+        target = class_targets(batch, c, ignore_fraction, ignore_index)
     cast = [t.to(dtype).requires_grad_() if t is not None else None for t in (x, w, b)]
     return cast[0], cast[1], target, cast[2]
 
@@ -280,7 +278,8 @@ def test_chunk_size_does_not_change_the_result(chunk):
     with fusedloss.backend("triton"), _AllocationRecorder() as recorder:
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, options=options)
         grads = torch.autograd.grad(loss, (x, w, b))
-    assert max(s for s in recorder.sizes if s != w.numel()) <= max(chunk * 300, x.numel()), "one chunk of logits"
+    one_chunk = chunk * _chunks.padded_columns(300, x.element_size())  # rows padded to 16 elements
+    assert max(s for s in recorder.sizes if s != w.numel()) <= max(one_chunk, x.numel()), "one chunk of logits"
     ref = torch_reference(x, w, target, linear_bias=b)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
     for got, expected in zip(grads, torch.autograd.grad(ref, (x, w, b))):
@@ -342,27 +341,31 @@ def test_no_tensor_of_n_by_c_elements(reduction, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("c", [7, 300, 50257, 128256])
 def test_chunk_buffer_rows_start_16_byte_aligned(dtype, c):
-    """The chunk buffer's rows are padded to 16 bytes (at C = 50257 in bfloat16 only every eighth row of a
-    dense buffer starts aligned: cuBLAS's aligned kernels and the row kernels' 128-bit loads need every
-    one); the logits are a (rows, C) view of it."""
+    """The chunk buffer's row stride is a multiple of 16 elements (at C = 50257 in bfloat16 only every eighth
+    row of a dense buffer starts 16-byte aligned; cuBLAS's aligned kernels need every one, and Triton proves
+    alignment only for strides divisible by 16); the logits are a (rows, C) view of it."""
     x = torch.zeros(2, 3, dtype=dtype)
     buffer = _chunks.chunk_buffer(x, 5, c)
     assert buffer.shape == (5, c) and buffer.stride(1) == 1
-    assert (buffer.stride(0) * buffer.element_size()) % 16 == 0 and 0 <= buffer.stride(0) - c < 16 // buffer.element_size()
+    assert buffer.stride(0) % 16 == 0 and 0 <= buffer.stride(0) - c < 16
 
 
 @pytest.mark.parametrize("n,c,element_size", [(8192, 128256, 2), (16384, 128256, 4), (65536, 50257, 2),
                                               (4096, 262144, 2)])
-def test_chunk_rows_are_a_multiple_of_the_gemm_tile_within_the_budget(n, c, element_size, monkeypatch):
-    """Chunks of a multiple of 128 rows (the GEMMs' M tile) that fit CHUNK_BYTES (the package's 224 MiB, not
-    this file's 16 KiB) with their padded rows: at C = 128256 in bfloat16, 896 rows (915 fit; rounding up
-    would pass the budget)."""
+def test_chunk_rows_fewest_chunks_then_the_gemm_tile(n, c, element_size, monkeypatch):
+    """Chunks within CHUNK_BYTES (the package's 224 MiB, not this file's 16 KiB) with their padded rows, as few
+    as fit, evenly split, and a multiple of 128 rows (the GEMMs' M tile) where that adds no chunk: at
+    C = 128256 in bfloat16 9 chunks of 911 rows (896 would make 10: W and dW read again)."""
     monkeypatch.setattr(_chunks, "CHUNK_BYTES", 224 << 20)
     rows = _chunks.chunk_rows(n, c, element_size, 0)
-    assert rows % _chunks.GEMM_ROWS == 0
-    assert rows * _chunks.padded_columns(c, element_size) * element_size <= _chunks.CHUNK_BYTES
+    row_bytes = _chunks.padded_columns(c, element_size) * element_size
+    assert rows * row_bytes <= _chunks.CHUNK_BYTES
+    fewest = -(-n // (_chunks.CHUNK_BYTES // row_bytes))
+    assert -(-n // rows) == fewest
+    rounded = -(-rows // _chunks.GEMM_ROWS) * _chunks.GEMM_ROWS
+    assert rows % _chunks.GEMM_ROWS == 0 or rounded * row_bytes > _chunks.CHUNK_BYTES
     if (n, c, element_size) == (8192, 128256, 2):
-        assert rows == 896
+        assert rows == 911
 
 
 # ------------------------------------------------------------------ edge cases
