@@ -117,10 +117,15 @@ def test_cli_info(capsys):
 
 def test_every_fused_function_is_benchmarked():
     """Each function of fusedloss.functional with kernels has a benchmark entry (ctc_loss has none: it is
-    torch's on every backend)."""
+    torch's on every backend); the other entries are objectives on an LM head (fusedloss.objectives: not in
+    fusedloss.functional), with their function given."""
     import fusedloss.functional as FL
+    import fusedloss.objectives as O
 
-    assert {b.name for b in registry.REGISTRY} == set(FL.__all__) - {"ctc_loss"}
+    objectives = [b for b in registry.REGISTRY if b.family == "objectives"]
+    assert {b.name for b in registry.REGISTRY} - {b.name for b in objectives} == set(FL.__all__) - {"ctc_loss"}
+    assert {b.name for b in objectives} == {"linear_grpo_loss", "linear_dpo_loss"} <= set(O.__all__)
+    assert all(b.implementation is not None for b in objectives)
 
 
 def test_unknown_loss_is_an_error():

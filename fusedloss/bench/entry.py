@@ -50,6 +50,8 @@ class LossBench:
     variants: Dict[str, dict] = dataclasses.field(default_factory=dict)
     # the eager torch implementation when torch.nn.functional has no ``name`` (``eager_reference``)
     reference: Optional[Callable] = None
+    # fusedloss's function when fusedloss.functional has no ``name`` (the objectives: fusedloss.objectives)
+    implementation: Optional[Callable] = None
     # floating-point operations of one call (forward, or forward+backward): the compute-bound losses
     flops: Optional[Callable[[Inputs, bool], int]] = None
     # bytes the largest implementation needs at a shape and element size (default: 3 x the shape's elements)
@@ -96,7 +98,7 @@ def torch_impl(bench):
 
 
 def fusedloss_impl(bench, **extra):
-    fn = getattr(FL, bench.name)
+    fn = bench.implementation or getattr(FL, bench.name)
     return summed(bench, lambda *args, **kwargs: fn(*args, **bench.kwargs, **bench.fusedloss_kwargs, **extra,
                                                     **kwargs))
 

@@ -7,12 +7,13 @@ its minimal traffic, and any peer implementations from ``peers``). The harness, 
 reports need no change. ``Inputs``, ``LossBench``, ``torch_impl`` and ``fusedloss_impl`` (``entry``) are
 importable from here as well.
 """
-from . import cases_distribution, cases_matmul_rows, cases_pointwise, cases_row_margin, cases_softmax_rows, peers
+from . import (cases_distribution, cases_matmul_rows, cases_objectives, cases_pointwise, cases_row_margin,
+               cases_softmax_rows, peers)
 from .entry import Inputs, LossBench, Shape, fusedloss_impl, torch_impl  # noqa: F401  (the registry's API)
 
 # In the order the reports list them: the families from the logits' rows to the LM head's GEMMs.
 REGISTRY = [*cases_softmax_rows.ENTRIES, *cases_distribution.ENTRIES, *cases_pointwise.ENTRIES,
-            *cases_row_margin.ENTRIES, *cases_matmul_rows.ENTRIES]
+            *cases_row_margin.ENTRIES, *cases_matmul_rows.ENTRIES, *cases_objectives.ENTRIES]
 
 
 def select(names=None):

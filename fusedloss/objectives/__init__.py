@@ -10,3 +10,8 @@ from .preference import (CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCE_TYPES, KTO
 __all__ = ["ObjectiveResult", "ImportanceSamplingRatio", "grpo_loss", "vllm_importance_sampling_ratio",
            "dpo_loss", "kto_loss", "orpo_loss", "cpo_loss", "simpo_loss", "DPO_LOSS_TYPES", "KTO_LOSS_TYPES",
            "CPO_LOSS_TYPES", "F_DIVERGENCE_TYPES", "GRPO_LOSS_TYPES"]
+from .linear import (linear_cpo_loss, linear_dpo_loss, linear_grpo_loss, linear_kto_loss,  # noqa: E402
+                     linear_orpo_loss, linear_simpo_loss)
+
+__all__ += ["linear_grpo_loss", "linear_dpo_loss", "linear_kto_loss", "linear_orpo_loss", "linear_cpo_loss",
+            "linear_simpo_loss"]
