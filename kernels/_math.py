@@ -163,21 +163,28 @@ def div_by_count(x, n):
 # Used where float32 loses to torch by cancellation (the cosine losses' gradients) and float64 would cost
 # the FP64 rate of consumer GPUs (1/64).
 # Under the interpreter ``tl.fma`` must round once: fusedloss/bench/interpreter.py patches it.
+# A result that overflows is (inf, 0), as a plain float would be: an error term of an infinite value
+# (inf - inf) would otherwise turn it into NaN where torch returns a number.
 # ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _finite(x):
+    return x - x == 0  # False for +-inf and NaN
+
 
 @triton.jit
 def two_sum(a, b):
     """(s, e) with s = fl(a + b) and s + e = a + b exactly."""
     s = a + b
     b_part = s - a
-    return s, (a - (s - b_part)) + (b - b_part)
+    return s, tl.where(_finite(s), (a - (s - b_part)) + (b - b_part), 0.0)
 
 
 @triton.jit
 def _renormalize(s, e):
     """Fast two-sum for |s| >= |e| (or s = 0): the pair as hi + lo with |lo| <= ulp(hi) / 2."""
     hi = s + e
-    return hi, e - (hi - s)
+    return hi, tl.where(_finite(hi), e - (hi - s), 0.0)
 
 
 @triton.jit
@@ -185,7 +192,7 @@ def two_prod(a, b):
     """(p, e) with p = fl(a * b) and p + e = a * b exactly (the FMA computes a * b - p rounded once: exact).
     p as fma(a, b, 0), not a * b: the compiler cannot contract it into the adds that read it (see above)."""
     p = tl.fma(a, b, tl.zeros_like(a))
-    return p, tl.fma(a, b, -p)
+    return p, tl.where(_finite(p), tl.fma(a, b, -p), 0.0)
 
 
 @triton.jit
@@ -201,7 +208,7 @@ def ff_add(a_hi, a_lo, b_hi, b_lo):
 def ff_mul(a_hi, a_lo, b_hi, b_lo):
     """(a * b) as a float-float pair."""
     p, e = two_prod(a_hi, b_hi)
-    return _renormalize(p, e + (a_hi * b_lo + a_lo * b_hi))
+    return _renormalize(p, e + tl.where(_finite(p), a_hi * b_lo + a_lo * b_hi, 0.0))
 
 
 @triton.jit
@@ -210,7 +217,7 @@ def ff_div(a_hi, a_lo, b_hi, b_lo):
     remainder. Exact when a / b is a float (equal or opposite vectors' cosines stay exactly +-1)."""
     q = div_rn(a_hi, b_hi)
     p, e = two_prod(q, b_hi)
-    remainder = ((a_hi - p) - e + a_lo) - q * b_lo
+    remainder = tl.where(_finite(q) & _finite(b_hi), ((a_hi - p) - e + a_lo) - q * b_lo, 0.0)
     return _renormalize(q, div_rn(remainder, b_hi))
 
 
@@ -221,7 +228,7 @@ def ff_sqrt(a_hi, a_lo):
     root = sqrt_rn(a_hi)
     p, e = two_prod(root, root)
     correction = div_rn((a_hi - p) - e + a_lo, tl.where(root == 0, 1.0, 2.0 * root))
-    return _renormalize(root, tl.where(root == 0, 0.0, correction))
+    return _renormalize(root, tl.where((root == 0) | ~_finite(root), 0.0, correction))
 
 
 @triton.jit
@@ -242,4 +249,4 @@ def ff_row_sum(hi, lo, WIDTH: tl.constexpr):
 def ff_mul_float(a_hi, a_lo, b):
     """(a * b) for a pair a and a float b, as a pair."""
     p, e = two_prod(a_hi, b)
-    return _renormalize(p, e + a_lo * b)
+    return _renormalize(p, e + tl.where(_finite(p), a_lo * b, 0.0))

@@ -498,8 +498,9 @@ def _cosine_finish(s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo, y, margin, eps, sca
     if LOSS == "cosine_embedding":
         m1_hi, m1_lo = ff_add(s1_hi, s1_lo, eps, zero)
         m2_hi, m2_lo = ff_add(s2_hi, s2_lo, eps, zero)
-        m12_hi, m12_lo = ff_mul(m1_hi, m1_lo, m2_hi, m2_lo)
-        den_hi, den_lo = ff_sqrt(m12_hi, m12_lo)
+        n1_hi, n1_lo = ff_sqrt(m1_hi, m1_lo)  # sqrt(m1) sqrt(m2), not sqrt(m1 m2): no overflow of the product
+        n2_hi, n2_lo = ff_sqrt(m2_hi, m2_lo)  # (torch's m1 m2 overflows from norms of ~4e9: cos 0 there)
+        den_hi, den_lo = ff_mul(n1_hi, n1_lo, n2_hi, n2_lo)
         cos_hi, cos_lo = ff_div(s0_hi, s0_lo, den_hi, den_lo)
         one_minus, _ = ff_add(zero + 1.0, zero, -cos_hi, -cos_lo)
         hinge, _ = ff_add(cos_hi, cos_lo, zero - margin, zero)
@@ -523,13 +524,17 @@ def _cosine_finish(s0_hi, s0_lo, s1_hi, s1_lo, s2_hi, s2_lo, y, margin, eps, sca
         c2_lo = tl.where(n2_hi < eps, 0.0, n2_lo)
         t_hi, t_lo = ff_div(s0_hi, s0_lo, c1_hi, c1_lo)
         out_hi, out_lo = ff_div(t_hi, t_lo, c2_hi, c2_lo)
-        # q_i = c_i / n_i: 1 unless clamped, 0 where n_i = 0
+        # a norm that overflows: torch's u = a / inf is 0, and so is <u, v> (its gradients too, below)
+        overflow = ~(c1_hi - c1_hi == 0) | ~(c2_hi - c2_hi == 0)
+        out_hi = tl.where(overflow & (n1_hi == n1_hi) & (n2_hi == n2_hi), 0.0, out_hi)
+        out_lo = tl.where(overflow, 0.0, out_lo)
+        # q_i = c_i / n_i: exactly 1 unless clamped (also for an infinite norm), eps / n_i if clamped, 0 where n_i = 0
         q1_hi, q1_lo = ff_div(c1_hi, c1_lo, tl.where(n1_hi == 0, 1.0, n1_hi), n1_lo)
         q2_hi, q2_lo = ff_div(c2_hi, c2_lo, tl.where(n2_hi == 0, 1.0, n2_hi), n2_lo)
-        q1_hi = tl.where(n1_hi == 0, 0.0, q1_hi)
-        q1_lo = tl.where(n1_hi == 0, 0.0, q1_lo)
-        q2_hi = tl.where(n2_hi == 0, 0.0, q2_hi)
-        q2_lo = tl.where(n2_hi == 0, 0.0, q2_lo)
+        q1_hi = tl.where(n1_hi == 0, 0.0, tl.where(n1_hi < eps, q1_hi, 1.0))
+        q1_lo = tl.where(n1_hi < eps, q1_lo, 0.0) * (n1_hi != 0)
+        q2_hi = tl.where(n2_hi == 0, 0.0, tl.where(n2_hi < eps, q2_hi, 1.0))
+        q2_lo = tl.where(n2_hi < eps, q2_lo, 0.0) * (n2_hi != 0)
         return out_hi, out_lo, c1_hi, c1_lo, c2_hi, c2_lo, q1_hi, q1_lo, q2_hi, q2_lo, zero
 
 

@@ -27,6 +27,17 @@ if INTERPRETING:
     interpret_like_the_gpu()
 
 
+def pytest_configure(config):
+    from fusedloss.bench.interpreter import GPU_ARITHMETIC_MODES
+
+    if GPU_ARITHMETIC and GPU_ARITHMETIC not in GPU_ARITHMETIC_MODES:
+        raise pytest.UsageError(f"FUSEDLOSS_GPU_ARITHMETIC={GPU_ARITHMETIC!r}: expected one of "
+                                f"{', '.join(GPU_ARITHMETIC_MODES)} (lower case), or unset")
+    if GPU_ARITHMETIC and not INTERPRETING:
+        raise pytest.UsageError("FUSEDLOSS_GPU_ARITHMETIC models the GPU in Triton's interpreter: it needs "
+                                "TRITON_INTERPRET=1 (on a GPU the GPU's own arithmetic runs the tests)")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -160,6 +160,14 @@ def test_the_command_rejects_unknown_names_listing_the_valid_ones(argv, message,
     assert message in capsys.readouterr().err
 
 
+def test_the_command_refuses_losses_outside_the_chosen_families(capsys):
+    """--loss naming only losses that the chosen --family has no cases for: an error (exit 2), not an empty
+    table that exits 0."""
+    status = cli.main(["buildcheck", "--arch", "sm_90", "--family", "row_margin", "--loss", "nll_loss"])
+    assert status == 2
+    assert "argument --loss: none of nll_loss has cases in the families row_margin" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ float-float under fp fusion
 
 _FUSION_PROBE = """

@@ -257,3 +257,28 @@ def test_cosine_losses_no_further_from_float64_than_torch(fn, features):
     ours, theirs, _, _ = _error_vs_float64(fn, args, {} if fn == "cosine_similarity" else {"reduction": "none"})
     for mine, torchs in zip(ours, theirs):
         assert mine <= torchs * 1.01 + 1e-12, (ours, theirs)
+
+
+@pytest.mark.parametrize("scale", [5e9, 1e15, 1e19, 1e25])
+def test_cosine_losses_of_huge_vectors(scale):
+    """Norms whose squares or products overflow float32: the float-float code gives a value where torch
+    gives one (its m1 m2 overflows from norms of ~4e9 to a cosine of 0; ours takes sqrt(m1) sqrt(m2) and
+    stays right until |a|^2 itself overflows), NaN only where torch's is NaN too, and finite gradients where
+    torch's are (an infinite norm: torch's a / inf = 0)."""
+    torch.manual_seed(0)
+    a = (normal((3, 5)).float() * scale).requires_grad_()
+    b = (normal((3, 5)).float() * scale).requires_grad_()
+    y = torch.tensor([1, -1, 1], device=DEVICE)
+    for fn, args, kwargs in ((FL.cosine_embedding_loss, (a, b, y), {"reduction": "none"}),
+                             (FL.cosine_similarity, (a, b), {})):
+        with fusedloss.backend("triton"):
+            ours = fn(*args, **kwargs)
+        grads = torch.autograd.grad(ours.sum(), (a, b))
+        theirs = getattr(F, fn.__name__)(*args, **kwargs)
+        their_grads = torch.autograd.grad(theirs.sum(), (a, b))
+        exact = getattr(F, fn.__name__)(*[t.double() if t.is_floating_point() else t for t in args], **kwargs)
+        assert not (torch.isnan(ours) & ~torch.isnan(theirs)).any(), (fn.__name__, ours, theirs)
+        for g, t in zip(grads, their_grads):
+            assert not (torch.isnan(g) & ~torch.isnan(t)).any(), (fn.__name__, g, t)
+        if scale < 1e19:  # no float32 square overflows: ours is right (torch's embedding loss is not)
+            torch.testing.assert_close(ours.double(), exact.detach(), rtol=2e-6, atol=2e-6)

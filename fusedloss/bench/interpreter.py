@@ -201,6 +201,8 @@ class gpu_arithmetic:
         self.mode, self.seed = mode, seed
 
     def __enter__(self):
+        if not _patched:
+            interpret_like_the_gpu()  # the GPU's bf16 rounding and single-rounding fma, as the tests have them
         if not _stack:
             original, patched = _approximate_methods()
             _saved.update(original)
@@ -280,7 +282,14 @@ def fuse_multiply_add_like_the_gpu():
     builder.create_fma = rounded_once
 
 
+_patched = []  # non-empty once interpret_like_the_gpu has run in this process
+
+
 def interpret_like_the_gpu():
-    """Both patches the tests and the CPU demo apply: bf16 rounded to nearest even, ``tl.fma`` rounded once."""
+    """Both patches the tests and the CPU demo apply: bf16 rounded to nearest even, ``tl.fma`` rounded once.
+    Once per process (a second call does nothing)."""
+    if _patched:
+        return
     round_bfloat16_like_the_gpu()
     fuse_multiply_add_like_the_gpu()
+    _patched.append(True)
