@@ -782,3 +782,30 @@ def check_linear_log_probs(input, weight, tokens, bias, temperature, ignore_inde
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     _check_class_indices("tokens", tokens, input.shape[:-1], op)
     check_same_device(*(t for t in (input, weight, bias, tokens) if t is not None))
+
+
+TOKEN_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # log_probs' statistics, in output order
+
+
+def check_token_stats(stats, with_entropy, op="log_probs"):
+    """log_probs' / linear_log_probs' ``stats`` (names among TOKEN_STATS, TRL's ``outputs`` names; one name
+    may be given as a string; None: none) with ``with_entropy`` (adds "entropy"): the names asked for, in
+    TOKEN_STATS' order, each once. TypeError for a non-string name or a non-iterable; ValueError naming the
+    option for an unknown name."""
+    if stats is None or (type(stats) is tuple and not stats):  # the common call: nothing to check
+        return ("entropy",) if with_entropy else ()
+    if isinstance(stats, str):
+        stats = (stats,)
+    try:
+        names = list(stats)
+    except TypeError:
+        raise TypeError(f"{op}: stats must be a sequence of names among {TOKEN_STATS}, got "
+                        f"{type(stats).__name__}") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{op}: stats must be names (strings) among {TOKEN_STATS}, got {type(name).__name__}")
+        if name not in TOKEN_STATS:
+            raise ValueError(f"{op}: stats takes names among {TOKEN_STATS}, got {name!r}")
+    if with_entropy:
+        names.append("entropy")
+    return tuple(name for name in TOKEN_STATS if name in names)

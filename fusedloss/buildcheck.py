@@ -218,6 +218,16 @@ def _row_margin_cases(FL):
     return cases
 
 
+_ALL_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # log_probs' per-token statistics
+
+
+def _present(fn):
+    """``fn`` returning only the outputs asked for (a TokenStats' fields that are not None)."""
+    def call(*args, **kwargs):
+        return tuple(o for o in fn(*args, **kwargs) if o is not None)
+    return call
+
+
 def _distribution_rows_cases(FL, group):
     # distillation and token log-probabilities at 8192 tokens of the Llama-3 vocabulary: forward KL,
     # reverse KL, the generalized JSD, labels, a temperature, the teacher's stored top-64, a teacher that
@@ -239,12 +249,18 @@ def _distribution_rows_cases(FL, group):
              {"beta": 0.0}),
             ("log_probs", FL.log_probs, (s(), _labels(n)), {}),
             ("log_probs entropy", FL.log_probs, (s(), _labels(n)), {"with_entropy": True}),
+            ("log_probs stats=all", _present(FL.log_probs), (s(), _labels(n)), {"stats": _ALL_STATS}),
+            ("log_probs stats=is_top1", _present(FL.log_probs), (s(), _labels(n)), {"stats": ("is_top1",)}),
+            ("log_probs stats=log_sum_sq,mean T=0.7", _present(FL.log_probs), (s(), _labels(n)),
+             {"stats": ("log_sum_sq_probs", "mean_logits"), "temperature": 0.7}),
         ]
         if dtype != torch.float64:
             calls += [("jsd_loss vocab-parallel", FL.jsd_loss, (s(v=v // 2), s(False, v=v // 2)),
                        {"process_group": group(v)}),
                       ("log_probs vocab-parallel entropy", FL.log_probs, (s(v=v // 2), _labels(n)),
-                       {"with_entropy": True, "process_group": group(v)})]
+                       {"with_entropy": True, "process_group": group(v)}),
+                      ("log_probs vocab-parallel stats=all", _present(FL.log_probs), (s(v=v // 2), _labels(n)),
+                       {"stats": _ALL_STATS, "process_group": group(v)})]
         cases += [Case(f"{label} {_name(dtype)} {n}x{v}", fn, args, kwargs) for label, fn, args, kwargs in calls]
     return cases
 
@@ -268,6 +284,8 @@ def _matmul_rows_cases(FL, group):
         ("linear_cross_entropy vocab-parallel", FL.linear_cross_entropy, (hidden(), head(v // 2), _labels(n)),
          {"process_group": group(v)}),
         ("linear_log_probs entropy", FL.linear_log_probs, (hidden(), head(), _labels(n)), {"with_entropy": True}),
+        ("linear_log_probs stats=all softcap", _present(FL.linear_log_probs), (hidden(), head(), _labels(n)),
+         {"stats": _ALL_STATS, "logit_scale": 0.0625, "softcap": 30.0}),
         ("linear_jsd_loss hard_weight", FL.linear_jsd_loss,
          (hidden(), head(), hidden(False), head(grad=False), _labels(n)), {"hard_weight": 0.5}),
         # the heads of Cohere/Granite (a logit scale) and Gemma 2/3 (a softcap), as the HF integration passes

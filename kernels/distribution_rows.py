@@ -14,6 +14,12 @@ s = log_softmax(z), t = log_softmax(z'), p = exp(s), q = exp(t). Every log-softm
 
   (1) one sweep: online (M, D) of z, of z' and (a hard target at T != 1) of x; for log-probabilities
       also E = sum exp(z - M)(z - M), relative to the running max, for the entropy H = log D - E / D
+      (= -sum p s: both terms >= 0, no cancellation), and the per-token statistics asked for:
+      Q = sum exp(z - M)**2 (moved by exp(M - M')**2 as the max grows) for log sum p**2 = log Q - 2 log D;
+      Z = sum z for the mean logit Z / V (of z: after the softcap and the temperature, TRL's
+      ``mean_logits``); B = the max of z over the columns before the token, for is_top1 =
+      (z_token >= M) and (z_token > B): the token is the first maximum (torch.argmax's tie rule, TRL's
+      ``is_top1``). None of these three has a gradient.
   (2) the row's divergence, a second sweep over both rows (``KL`` constexpr):
         "forward"  (beta = 0)     L = sum_v q_v (t_v - s_v)                      KL(teacher || student)
         "reverse"  (beta = 1)     L = sum_v p_v (s_v - t_v)                      KL(student || teacher)
@@ -21,7 +27,7 @@ s = log_softmax(z), t = log_softmax(z'), p = exp(s), q = exp(t). Every log-softm
                                   K' = sum q (t - mix), K = sum p (s - mix),  L = beta K' + (1 - beta) K
       top-k teacher (stored (t_j, c_j), j < K; forward KL only): L = sum_j exp(t_j) (t_j - s_{c_j}),
       from K gathers after (1), no second sweep
-      log-probabilities: lp = s_token (a gather), H from (1)
+      log-probabilities: lp = s_token (a gather), H and the statistics from (1)
       hard target y (linear_jsd_loss's hard loss, at T = 1): ce = (M1 - x_y) + log D1
       A row's total is soft_w * L * soft_mean + hard_w * ce (soft_mean: 1/V for 'mean', else 1).
   (3) gradients, a sweep over the row, each times the row's scale (grad_output over the denominator,
@@ -42,8 +48,9 @@ its row NaN, loss and gradient: no host sync, no out-of-bounds access.
 
 STATE. The forward saves, per row, N_STATS floats in planes of n_state (= R) elements: [M | log D]
 of z, then of z' and the row's divergence coefficients (jsd), then [M1 | log D1] at T = 1 (a hard target
-at T != 1); log-probabilities [M | log D | H]. Then one slot: the denominator; then the reduction's
-partial sums (2 per program; not part of the state the backward reads).
+at T != 1); log-probabilities [M | log D | H] (their other statistics are outputs only, not state). Then
+one slot: the denominator; then the reduction's partial sums (2 per program; not part of the state the
+backward reads).
 
 Memory traffic per row (B bytes per logit, V logits per row, each operand read once per sweep that
 needs it; a program re-reads a row it swept right before: from L2 at small V, from HBM at large V, since a
@@ -53,7 +60,7 @@ needs it; a program re-reads a row it swept right before: from L2 at small V, fr
                   each gradient
   jsd backward    sweep (3): reads both rows, writes each gradient
   top-k           reads the student row (and K entries) per sweep; log-probabilities one sweep forward,
-                  one backward
+                  one backward; each statistic asked for adds one write of R values (no read)
 Forward + backward, as the interpreter's meter counts (each address once per launch): both rows read
 twice and each gradient written once (5/3 of the minimal for a frozen teacher, 6/4 with a teacher
 gradient); with the gradient written in the forward for grad_output 1: 1.0x.
@@ -63,9 +70,9 @@ import math
 import triton
 import triton.language as tl
 
-from ._config import RBLOCK, distribution_rows_tile, interpreting, plan_cache, split_float
+from ._config import RBLOCK, _round_to_float32, distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, log1p, offset64, tanh_with_slope
+from ._math import div_by_count, div_rn, join_float, log1p, offset64, tanh_with_slope
 from ._reduce import finish_grid_mean
 
 KL_KINDS = ("forward", "reverse", "mixed")
@@ -87,18 +94,23 @@ def _online(m, d, z):
 
 
 @triton.jit
-def _online_entropy(m, d, e, z):
-    """(1) ``_online`` plus e = sum exp(z - m)(z - m), moved to the new max as the max grows:
-    e <- exp(m - m') (e - (m' - m) d). Lanes of -inf add nothing (their 0 * -inf would be NaN)."""
+def _online_stats(m, d, e, q, z, ENTROPY: tl.constexpr, SQ_SUM: tl.constexpr):
+    """(1) ``_online`` plus, with ENTROPY, e = sum exp(z - m)(z - m), moved to the new max as the max grows:
+    e <- exp(m - m') (e - (m' - m) d) (lanes of -inf add nothing: their 0 * -inf would be NaN); with SQ_SUM,
+    q = sum exp(z - m)**2, moved by exp(m - m')**2 (the row's max adds 1: q >= 1, no underflow that counts).
+    Without either, ``_online``."""
     m_new = tl.maximum(m, tl.max(z, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m - m_safe)
-    shift = tl.where(d > 0, (m_safe - m) * d, 0.0)
     w = tl.exp(z - m_safe[:, None])
-    terms = tl.where(w > 0, w * (z - m_safe[:, None]), 0.0)
-    e = alpha * (e - shift) + tl.sum(terms, axis=1)
+    if ENTROPY:
+        shift = tl.where(d > 0, (m_safe - m) * d, 0.0)
+        terms = tl.where(w > 0, w * (z - m_safe[:, None]), 0.0)
+        e = alpha * (e - shift) + tl.sum(terms, axis=1)
+    if SQ_SUM:
+        q = (alpha * alpha) * q + tl.sum(w * w, axis=1)
     d = alpha * d + tl.sum(w, axis=1)
-    return m_new, d, e
+    return m_new, d, e, q
 
 
 @triton.jit
@@ -211,13 +223,15 @@ def _stat(work_ptr, k, n_state, rows):
 
 @triton.jit
 def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_local, inv_t, s_cap, s_icap, t_cap,
-                        t_icap, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
+                        t_icap, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, SQ_SUM: tl.constexpr,
+                        Z_SUM: tl.constexpr, TOP1: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
                         TEACHER_LOGITS: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
     """(1) One sweep over the row's (a shard's) V columns: online (M, D) of z = x / T, with ENTROPY also E
-    (``_online_entropy``), with HARD_OWN_LSE of x, with TEACHER_LOGITS of z'; with GATHER_Y the logit x at
-    column ``y_local`` (0 where no column of the row is it: a label on another shard). Returns
-    (m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y), each [BLOCK_R]."""
+    and with SQ_SUM Q (``_online_stats``), with Z_SUM the sum of z, with TOP1 the max of z over the columns
+    before ``y_local`` (B), with HARD_OWN_LSE (M, D) of x, with TEACHER_LOGITS of z'; with GATHER_Y the logit
+    x at column ``y_local`` (0 where no column of the row is it: a label on another shard). Returns
+    (m_s, d_s, e_s, q_s, z_s, b_s, m_t, d_t, m_1, d_1, x_y), each [BLOCK_R]."""
     zero = tl.zeros([BLOCK_R], ACC)
     m_s = zero + float("-inf")
     d_s = zero
@@ -226,6 +240,9 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
     m_1 = zero + float("-inf")
     d_1 = zero
     e_s = zero
+    q_s = zero
+    z_s = zero
+    b_s = zero + float("-inf")
     x_y = zero
     for c0 in range(0, n_cols, BLOCK_V):
         cols = (c0 + tl.arange(0, BLOCK_V)).to(tl.int64)
@@ -234,17 +251,19 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
         x, _ = _capped(x, mask, s_cap, s_icap, float("-inf"), S_CAP)
         if GATHER_Y:
             x_y += tl.sum(tl.where(mask & (cols[None, :] == y_local[:, None]), x, 0.0), axis=1)
-        if ENTROPY:
-            m_s, d_s, e_s = _online_entropy(m_s, d_s, e_s, x * inv_t)
-        else:
-            m_s, d_s = _online(m_s, d_s, x * inv_t)
+        z = x * inv_t  # masked lanes -inf
+        if Z_SUM:
+            z_s += tl.sum(tl.where(mask, z, 0.0), axis=1)
+        if TOP1:
+            b_s = tl.maximum(b_s, tl.max(tl.where(cols[None, :] < y_local[:, None], z, float("-inf")), axis=1))
+        m_s, d_s, e_s, q_s = _online_stats(m_s, d_s, e_s, q_s, z, ENTROPY, SQ_SUM)
         if HARD_OWN_LSE:
             m_1, d_1 = _online(m_1, d_1, x)
         if TEACHER_LOGITS:
             xt = tl.load(t_ptr + t_row[:, None] + cols[None, :] * t_v, mask=mask, other=float("-inf")).to(ACC)
             xt, _ = _capped(xt, mask, t_cap, t_icap, float("-inf"), T_CAP)
             m_t, d_t = _online(m_t, d_t, xt * inv_t)
-    return m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y
+    return m_s, d_s, e_s, q_s, z_s, b_s, m_t, d_t, m_1, d_1, x_y
 
 
 @triton.jit
@@ -398,7 +417,8 @@ def _distribution_fwd_kernel(
     t_ptr,  # (R, V) teacher logits (TEACHER "logits"); (R, K) teacher log-probabilities (TEACHER "topk")
     idx_ptr,  # (R, K) int teacher classes (TEACHER "topk")
     y_ptr,  # (R,) int labels (HAS_LABELS: the mask, and the hard targets with HARD; log-probabilities: tokens)
-    out_ptr,  # REDUCTION "none": the rows' totals (R,) (log-probabilities: [lp (R) | H (R)]); else () the loss
+    out_ptr,  # REDUCTION "none": the rows' totals (R,) (log-probabilities: planes out_plane apart, [lp | H |
+    #           log sum p^2 | mean logit | is_top1 (0/1)], the ones asked for, in this order); else () the loss
     work_ptr,  # float state and partial sums (STATE)
     gs_ptr, gt_ptr,  # (R, V) gradients of the student's and the teacher's logits (WRITE_GRAD)
     denom_ptr,  # () the denominator computed before the launch (DENOM_GIVEN)
@@ -410,7 +430,7 @@ def _distribution_fwd_kernel(
     # sizes
     n_rows, n_cols, n_topk,
     n_state,  # the state's plane size: R when SAVE, else 0
-    out_plane,  # log-probabilities with the entropy: the distance from out's lp plane to its H plane
+    out_plane,  # log-probabilities with statistics: the distance between out's planes (lp's to H's)
     # per-call scalars; floats as fp32 (hi, lo) pairs
     ignore_index, inv_t_hi, inv_t_lo, beta_hi, beta_lo, log_beta_hi, log_beta_lo, log_1mbeta_hi, log_1mbeta_lo,
     soft_w_hi, soft_w_lo, hard_w_hi, hard_w_lo, soft_mean_hi, soft_mean_lo,
@@ -425,6 +445,8 @@ def _distribution_fwd_kernel(
     DENOM_GIVEN: tl.constexpr, SAVE: tl.constexpr, N_STATS: tl.constexpr,
     WRITE_GRAD: tl.constexpr, GRAD_STUDENT: tl.constexpr, GRAD_TEACHER: tl.constexpr, SCALE_GRAD: tl.constexpr,
     S_CAP: tl.constexpr, T_CAP: tl.constexpr,  # the student's (the teacher's) logits softcapped first
+    SQ_PLANE: tl.constexpr, MEAN_PLANE: tl.constexpr, TOP1_PLANE: tl.constexpr,  # log-probabilities: out's plane of
+    #                      log sum p^2, of the mean logit, of is_top1 (0: not asked for; H's is 1 with ENTROPY)
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, RBLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     inv_t, beta, log_beta, log_1mbeta, soft_w, hard_w, soft_mean = _join_scalars(
@@ -443,9 +465,10 @@ def _distribution_fwd_kernel(
 
     # (1) online log-sum-exps (and the entropy's sum); the label's (token's) logit picked up on the way:
     # sweep (3) may overwrite the row
-    m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
+    m_s, d_s, e_s, q_s, z_s, b_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
         s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, y_safe, inv_t, s_cap, s_icap, t_cap, t_icap,
-        HARD or MODE == "log_probs", ENTROPY, HARD_OWN_LSE, TEACHER == "logits", S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
+        HARD or MODE == "log_probs", ENTROPY, SQ_PLANE > 0, MEAN_PLANE > 0, TOP1_PLANE > 0, HARD_OWN_LSE,
+        TEACHER == "logits", S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
     ld_s = tl.log(d_s)
     ld_t = tl.log(d_t)
     ld_1 = tl.log(d_1)
@@ -458,10 +481,20 @@ def _distribution_fwd_kernel(
     k_s = zero
     k_t = zero
     entropy = zero
+    log_sum_sq = zero
+    mean_logit = zero
+    top1 = zero
     if MODE == "log_probs":
         value = (x_y * inv_t - m_s) - ld_s  # lp
         if ENTROPY:
-            entropy = ld_s - e_s / d_s
+            entropy = ld_s - div_rn(e_s, d_s)
+        if SQ_PLANE > 0:
+            log_sum_sq = tl.log(q_s) - 2.0 * ld_s
+        if MEAN_PLANE > 0:
+            mean_logit = div_by_count(z_s, n_cols)
+        if TOP1_PLANE > 0:
+            z_y = x_y * inv_t  # the product the sweep compared
+            top1 = tl.where((z_y >= m_s) & (z_y > b_s), 1.0, 0.0).to(ACC)
     elif TEACHER == "topk":
         value, in_range = _top_k_value(s_ptr, t_ptr, idx_ptr, s_row, t_row, i_row, row_mask, s_v, t_v, i_k, n_cols,
                                        n_topk, 0, n_cols, m_s, ld_s, inv_t, ACC)
@@ -495,6 +528,9 @@ def _distribution_fwd_kernel(
     bad = counted & ~valid
     total = tl.where(bad, float("nan"), total)
     entropy = tl.where(bad, float("nan"), entropy)
+    log_sum_sq = tl.where(bad, float("nan"), tl.where(counted, log_sum_sq, 0.0))
+    mean_logit = tl.where(bad, float("nan"), tl.where(counted, mean_logit, 0.0))
+    top1 = tl.where(counted & valid, top1, 0.0)  # a boolean: False for ignored and bad rows
 
     if SAVE:
         tl.store(_stat(work_ptr, 0, n_state, rows), m_s, mask=row_mask)
@@ -533,7 +569,16 @@ def _distribution_fwd_kernel(
     if REDUCTION == "none":
         tl.store(out_ptr + rows, total.to(out_ptr.dtype.element_ty), mask=row_mask)
         if ENTROPY:
-            tl.store(out_ptr + out_plane + rows, entropy.to(out_ptr.dtype.element_ty), mask=row_mask)
+            tl.store(out_ptr + offset64(out_plane, 1) + rows, entropy.to(out_ptr.dtype.element_ty), mask=row_mask)
+        if SQ_PLANE > 0:
+            tl.store(out_ptr + offset64(out_plane, SQ_PLANE) + rows, log_sum_sq.to(out_ptr.dtype.element_ty),
+                     mask=row_mask)
+        if MEAN_PLANE > 0:
+            tl.store(out_ptr + offset64(out_plane, MEAN_PLANE) + rows, mean_logit.to(out_ptr.dtype.element_ty),
+                     mask=row_mask)
+        if TOP1_PLANE > 0:
+            tl.store(out_ptr + offset64(out_plane, TOP1_PLANE) + rows, top1.to(out_ptr.dtype.element_ty),
+                     mask=row_mask)
     else:
         finish_grid_mean(tl.sum(tl.where(row_mask, total, 0.0), axis=0),
                          tl.sum(tl.where(counted, 1.0, 0.0).to(ACC), axis=0), out_ptr,
@@ -631,13 +676,16 @@ def _distribution_shard_stats_kernel(
     n_rows, n_cols, col_offset,  # this shard's columns: classes [col_offset, col_offset + n_cols)
     ignore_index, inv_t_hi, inv_t_lo,
     s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo, t_icap_hi, t_icap_lo,
-    HAS_LABELS: tl.constexpr, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
+    HAS_LABELS: tl.constexpr, GATHER_Y: tl.constexpr, ENTROPY: tl.constexpr, SQ_SUM: tl.constexpr,
+    Z_SUM: tl.constexpr, TOP1: tl.constexpr, HARD_OWN_LSE: tl.constexpr,
     TEACHER_LOGITS: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr, ACC: tl.constexpr,
 ):
     """Vocabulary parallel, launch 1: sweep (1) over this shard's columns, its row statistics written as
     the SHARD_STATS planes (sums relative to the shard's own maxima; x_y the label's logit where this
-    shard holds that class, else 0), to be combined over the ranks."""
+    shard holds that class, else 0; b_s the max of z over this shard's columns before the label's class,
+    -inf when the label lies on an earlier shard), to be combined over the ranks. The planes of q_s, z_s and
+    b_s are written only with SQ_SUM, Z_SUM, TOP1."""
     inv_t = join_float(inv_t_hi, inv_t_lo, ACC)
     s_cap, s_icap, t_cap, t_icap = _join_caps(s_cap_hi, s_cap_lo, s_icap_hi, s_icap_lo, t_cap_hi, t_cap_lo,
                                               t_icap_hi, t_icap_lo, ACC)
@@ -645,9 +693,10 @@ def _distribution_shard_stats_kernel(
     y_local = rows * 0 - 1
     if HAS_LABELS:
         y_local = tl.load(y_ptr + rows * y_r, mask=row_mask, other=ignore_index).to(tl.int64) - col_offset
-    m_s, d_s, e_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
+    m_s, d_s, e_s, q_s, z_s, b_s, m_t, d_t, m_1, d_1, x_y = _sweep_log_sum_exps(
         s_ptr, t_ptr, rows * s_r, rows * t_r, row_mask, s_v, t_v, n_cols, y_local, inv_t, s_cap, s_icap, t_cap,
-        t_icap, GATHER_Y, ENTROPY, HARD_OWN_LSE, TEACHER_LOGITS, S_CAP, T_CAP, BLOCK_R, BLOCK_V, ACC)
+        t_icap, GATHER_Y, ENTROPY, SQ_SUM, Z_SUM, TOP1, HARD_OWN_LSE, TEACHER_LOGITS, S_CAP, T_CAP, BLOCK_R,
+        BLOCK_V, ACC)
     tl.store(_stat(stats_ptr, 0, st_plane, rows), m_s, mask=row_mask)
     tl.store(_stat(stats_ptr, 1, st_plane, rows), d_s, mask=row_mask)
     tl.store(_stat(stats_ptr, 2, st_plane, rows), e_s, mask=row_mask)
@@ -656,6 +705,12 @@ def _distribution_shard_stats_kernel(
     tl.store(_stat(stats_ptr, 5, st_plane, rows), m_1, mask=row_mask)
     tl.store(_stat(stats_ptr, 6, st_plane, rows), d_1, mask=row_mask)
     tl.store(_stat(stats_ptr, 7, st_plane, rows), x_y, mask=row_mask)
+    if SQ_SUM:
+        tl.store(_stat(stats_ptr, 8, st_plane, rows), q_s, mask=row_mask)
+    if Z_SUM:
+        tl.store(_stat(stats_ptr, 9, st_plane, rows), z_s, mask=row_mask)
+    if TOP1:
+        tl.store(_stat(stats_ptr, 10, st_plane, rows), b_s, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["n_state", "tm_plane", "n_rows", "col_offset", "n_classes", "inv_t_hi", "inv_t_lo",
@@ -738,14 +793,18 @@ def _block_k(n_topk):
 
 class Problem:
     """What a launch computes, independent of tensors: mode ("jsd" | "log_probs"), teacher ("logits" |
-    "topk" | ""), kl kind, labels, hard target, entropy; and the per-call scalars."""
+    "topk" | ""), kl kind, labels, hard target, entropy; and the per-call scalars. Log-probabilities' other
+    per-token statistics (outputs without gradient): ``log_sum_sq`` (log sum p**2), ``mean_logits``,
+    ``is_top1``."""
 
     __slots__ = ("mode", "teacher", "kl", "has_labels", "hard", "entropy", "ignore_index", "temperature", "beta",
-                 "soft_w", "hard_w", "soft_mean", "min_denom", "softcap", "teacher_softcap")
+                 "soft_w", "hard_w", "soft_mean", "min_denom", "softcap", "teacher_softcap", "log_sum_sq",
+                 "mean_logits", "is_top1")
 
     def __init__(self, mode, teacher="", kl="forward", has_labels=False, hard=False, entropy=False,
                  ignore_index=-100, temperature=1.0, beta=0.0, soft_w=1.0, hard_w=0.0, soft_mean=1.0,
-                 min_denom=-math.inf, softcap=None, teacher_softcap=None):
+                 min_denom=-math.inf, softcap=None, teacher_softcap=None, log_sum_sq=False, mean_logits=False,
+                 is_top1=False):
         self.mode, self.teacher, self.kl, self.has_labels = mode, teacher, kl, has_labels
         self.hard, self.entropy, self.ignore_index, self.temperature = hard, entropy, ignore_index, temperature
         self.beta, self.soft_w, self.hard_w, self.soft_mean = beta, soft_w, hard_w, soft_mean
@@ -753,9 +812,32 @@ class Problem:
         if teacher == "topk" and (softcap is not None or teacher_softcap is not None):
             raise ValueError("distribution rows: a softcap is served with teacher logits, not a top-k teacher")
         self.softcap, self.teacher_softcap = softcap, teacher_softcap  # None: no softcap
+        if mode != "log_probs" and (log_sum_sq or mean_logits or is_top1):
+            raise ValueError("distribution rows: the per-token statistics are log-probabilities' outputs")
+        self.log_sum_sq, self.mean_logits, self.is_top1 = log_sum_sq, mean_logits, is_top1
 
     def key(self):
         return tuple(getattr(self, name) for name in self.__slots__)
+
+
+def out_planes(problem):
+    """The planes of a log-probabilities launch's per-row output, in order: "log_probs", then those asked
+    for among "entropy", "log_sum_sq_probs", "mean_logits", "is_top1" (TRL's names). jsd: ("loss",)."""
+    if problem.mode != "log_probs":
+        return ("loss",)
+    flags = (problem.entropy, problem.log_sum_sq, problem.mean_logits, problem.is_top1)
+    return ("log_probs",) + tuple(name for name, on in zip(STAT_PLANES, flags) if on)
+
+
+STAT_PLANES = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # out_planes' order after log_probs
+
+
+def _plane_constexprs(problem):
+    """The fwd kernel's SQ_PLANE, MEAN_PLANE, TOP1_PLANE: each statistic's plane of out (0: not asked for)."""
+    planes = out_planes(problem)
+    return {constexpr: planes.index(name) if name in planes else 0
+            for constexpr, name in (("SQ_PLANE", "log_sum_sq_probs"), ("MEAN_PLANE", "mean_logits"),
+                                    ("TOP1_PLANE", "is_top1"))}
 
 
 def n_stats(mode, teacher, hard_own_lse):
@@ -802,7 +884,7 @@ def _fwd_plan(key, n_rows, n_cols, n_topk, dtype, reduction, save, denom_given, 
         SAVE=save, N_STATS=n_stats(problem.mode, problem.teacher, hard_own_lse),
         WRITE_GRAD=grad_student or grad_teacher, GRAD_STUDENT=grad_student, GRAD_TEACHER=grad_teacher,
         SCALE_GRAD=scale_grad, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_K=_block_k(n_topk), RBLOCK=RBLOCK,
-        ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
+        ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem), **_plane_constexprs(problem))
     n_programs = triton.cdiv(n_rows, block_r)
     saved = state_size(n_rows, problem.mode, problem.teacher, problem.hard, problem.temperature, save)
     work_size = saved + (2 * n_programs if reduction != "none" else 0)
@@ -833,10 +915,10 @@ def distribution_fwd(problem, student, teacher, indices, labels, reduction, out_
     """One forward launch over the rows of ``student`` (R, V): returns (out, state).
 
     ``teacher``: (R, V) logits, (R, K) log-probabilities (with ``indices`` (R, K)), or None; ``labels``:
-    (R,) or None. ``reduction``: "none" (out: (R,), or (2, R) [lp | H] for log-probabilities with the
-    entropy), "sum" or "mean" (a 0-d loss; 'mean' divides by the counted rows, or by ``denom`` when
-    given); written into ``out`` when given (the entropy ``out_plane`` elements after the log-probabilities,
-    R by default). ``save``: keep the state the backward reads. ``grad``
+    (R,) or None. ``reduction``: "none" (out: (R,), or (P, R), the ``out_planes`` of log-probabilities with
+    statistics: [lp | H | ...]), "sum" or "mean" (a 0-d loss; 'mean' divides by the counted rows, or by
+    ``denom`` when given); written into ``out`` when given (its planes ``out_plane`` elements apart, R by
+    default). ``save``: keep the state the backward reads. ``grad``
     (``teacher_grad``): (R, V) buffers that receive the gradient for grad_output 1 (or the rows'
     ``grad_scale``, addressed by ``grad_scale_strides`` = (row stride, plane stride): log-probabilities'
     [g_lp | g_H]), over ``denom`` when given.
@@ -844,7 +926,8 @@ def distribution_fwd(problem, student, teacher, indices, labels, reduction, out_
     n_rows, n_cols = student.shape
     n_topk = indices.shape[1] if indices is not None else 0
     if out is None:
-        shape = () if reduction != "none" else ((2, n_rows) if problem.entropy else (n_rows,))
+        n_planes = len(out_planes(problem))
+        shape = () if reduction != "none" else ((n_planes, n_rows) if n_planes > 1 else (n_rows,))
         out = new_tensor(student, shape, out_dtype)
     acc = accumulation_dtypes(student.dtype)[1]
     if n_rows == 0:
@@ -900,7 +983,17 @@ def distribution_bwd(problem, student, teacher, indices, labels, state, grad_out
 
 # vocabulary parallel: the two launches of the forward around the collectives (fusedloss/ops/distribution_rows.py)
 
-SHARD_STATS = ("m_s", "d_s", "e_s", "m_t", "d_t", "m_1", "d_1", "x_y")  # the stats launch's planes, in order
+
+def kernel_float(value, acc):
+    """``value`` as the kernels hold it when they accumulate in ``acc`` (a torch dtype): ``join_float`` of
+    ``split_float``, the fp32 halves summed in float64, or in float32 (then it is float32's ``value``), as a
+    Python float. The torch ops that finish a vocabulary-parallel row multiply by exactly this, so that
+    z_token = x_token * (1 / T) is bit for bit the product the sweep compared (is_top1's z_token >= max z)."""
+    hi, lo = split_float(value)
+    return hi + lo if acc.itemsize == 8 else _round_to_float32(hi + lo)  # hi + lo: exact in a Python float
+
+# the stats launch's planes, in order (q_s, z_s, b_s: log-probabilities' Q, Z and B of sweep (1))
+SHARD_STATS = ("m_s", "d_s", "e_s", "m_t", "d_t", "m_1", "d_1", "x_y", "q_s", "z_s", "b_s")
 
 
 @plan_cache
@@ -909,6 +1002,7 @@ def _shard_stats_plan(key, n_rows, n_cols, dtype):
     block_r, block_v, num_warps = distribution_rows_tile(n_cols, dtype.itemsize, problem.teacher == "logits")
     constexprs = dict(
         HAS_LABELS=problem.has_labels, GATHER_Y=problem.hard or problem.mode == "log_probs", ENTROPY=problem.entropy,
+        SQ_SUM=problem.log_sum_sq, Z_SUM=problem.mean_logits, TOP1=problem.is_top1,
         HARD_OWN_LSE=problem.hard and problem.temperature != 1.0, TEACHER_LOGITS=problem.teacher == "logits",
         BLOCK_R=block_r, BLOCK_V=block_v, ACC=accumulation_dtypes(dtype)[0], **_cap_constexprs(problem))
     return (triton.cdiv(n_rows, block_r),), num_warps, constexprs

@@ -19,7 +19,8 @@ import fusedloss
 import fusedloss.functional as FL
 import fusedloss.nn as FN
 from helpers import (DEVICE, AllocationRecorder, assert_matches, assert_matches_torch,
-                     assert_twice_rounded_matches_torch, backend_context, strided_like)
+                     assert_twice_rounded_matches_torch, backend_context, class_labels, class_targets, max_error,
+                     normal, strided_like)
 
 SHAPES = [(7, 1300), (3, 5, 301), (1, 9), "strided"]
 BETAS = [0.0, 0.3, 1.0]
@@ -28,16 +29,12 @@ REDUCTIONS = ["batchmean", "sum", "mean", "none"]
 
 def logits(shape, scale=2.0):
     if shape == "strided":
-        return strided_like(scale * torch.randn(6, 700, dtype=torch.float64, device=DEVICE), "transposed")
-    return scale * torch.randn(shape, dtype=torch.float64, device=DEVICE)
+        return strided_like(scale * normal((6, 700)), "transposed")
+    return scale * normal(shape)
 
 
 def labels_for(x, ignore=True):
-    lead = x.shape[:-1]
-    y = torch.randint(0, x.shape[-1], lead, device=DEVICE)
-    if ignore and y.numel() > 1:
-        y.view(-1)[1] = -100
-    return y
+    return class_labels(x.shape[:-1], x.shape[-1], ignore)
 
 
 def eager(fn):
@@ -674,6 +671,363 @@ def test_linear_jsd_memory_at_llm_scale_is_bounded():
     rows = _chunks.chunk_rows(8192, 2 * 128256, 2, 0)
     assert rows * 2 * 128256 * 2 <= _chunks.CHUNK_BYTES <= 256e6
     assert rows >= 128  # enough rows per GEMM to keep it efficient
+
+
+# ------------------------------------------------------------------ per-token statistics (TRL's fused LM head)
+
+ALL_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def stats_reference(z, tokens, ignore_index=-100):
+    """TRL's per-token statistics of the logits ``z`` as the loss sees them (scaled, capped, over T), on
+    whole rows in torch ops: log_softmax[token], -sum p log p, log sum p**2, mean z, argmax(z) == token
+    (torch.argmax: the first maximum); ignored rows 0 / False. A TokenStats shaped as the tokens."""
+    rows, y = z.reshape(-1, z.shape[-1]), tokens.reshape(-1)
+    counted = y != ignore_index
+    s = rows.log_softmax(-1)
+    values = (s.gather(-1, torch.where(counted, y, 0)[:, None])[:, 0], -(s.exp() * s).sum(-1),
+              torch.logsumexp(2 * s, -1), rows.mean(-1))
+    values = [torch.where(counted, v, torch.zeros_like(v)).reshape(tokens.shape) for v in values]
+    return FL.distribution_rows.TokenStats(*values, ((rows.argmax(-1) == y) & counted).reshape(tokens.shape))
+
+
+def assert_stats_match(out, reference, dtype, what=""):
+    """Every field of a TokenStats within ``dtype``'s tolerance of the float64 reference (is_top1 equal)."""
+    assert type(out).__name__ == "TokenStats", type(out)
+    for name, got, expected in zip(out._fields, out, reference):
+        assert got.shape == expected.shape, (what, name, got.shape)
+        if name == "is_top1":
+            assert got.dtype == torch.bool and torch.equal(got, expected), (what, got, expected)
+        else:
+            assert_matches(got, expected, dtype, f"{what} {name}")
+    for name in ("log_sum_sq_probs", "mean_logits", "is_top1"):  # TRL's: no gradient
+        assert not getattr(out, name).requires_grad, name
+
+
+def stats_gradients(out, wrt, upstream):
+    """The gradients of the differentiable outputs (log-probabilities, entropy) for ``upstream`` (2, ...)."""
+    return torch.autograd.grad((out.log_probs * upstream[0]).sum() + (out.entropy * upstream[1]).sum(), wrt)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", [(3, 5, 301), (7, 1300), "strided"], ids=str)
+def test_log_probs_stats_parity(shape, temperature, backend):
+    """Every statistic at once against the torch reference on the whole float64 logits (divided by T), in
+    float32: values, and the gradients of the log-probabilities and entropies (the others have none).
+    V = 301 and 1300 cross the interpreter's 512-wide tiles (1300: three of them, the max moving between)."""
+    x = logits(shape).float().requires_grad_()
+    y = labels_for(x)
+    x64 = as64(x)
+    with fusedloss.backend(backend):
+        out = FL.log_probs(x, y, temperature=temperature, stats=ALL_STATS)
+    reference = stats_reference(x64 / temperature, y)
+    assert_stats_match(out, reference, torch.float32, backend)
+    upstream = torch.rand((2, *y.shape), dtype=torch.float64, device=DEVICE) + 0.5
+    for g, r in zip(stats_gradients(out, x, upstream.float()), stats_gradients(reference, x64, upstream)):
+        assert_matches(g, r, torch.float32, "gradient")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_log_probs_stats_dtypes(dtype, backend):
+    """Each input dtype: the statistics in it (float32 accumulation, one rounding) within its tolerance of the
+    float64 reference of the same (rounded) logits, is_top1 exactly argmax's; dtype=float32 from 16 bits
+    gives float32 statistics (TRL's dtype) at float32's tolerance."""
+    x = logits((3, 5, 301)).to(dtype)
+    y = labels_for(x)
+    reference = stats_reference(x.double(), y)
+    with fusedloss.backend(backend):
+        out = FL.log_probs(x, y, stats=ALL_STATS)
+        wide = FL.log_probs(x, y, stats=ALL_STATS, dtype=torch.float32)
+    assert all(v.dtype == dtype for v in out[:4]) and all(v.dtype == torch.float32 for v in wide[:4])
+    assert_stats_match(out, reference, dtype, str(dtype))
+    assert_stats_match(wide, reference, torch.float32, "float32")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_log_probs_stats_ties_and_ignored_tokens(backend):
+    """is_top1 follows torch.argmax (TRL's rule): a token tied with an earlier class is not the top-1, tied
+    with a later one it is, also when the tie spans column blocks (columns 3 and 1290 of 1300); an ignored
+    token gives 0 and False everywhere."""
+    x = logits((6, 1300)).float()
+    for row, (first, second) in enumerate([(3, 1290), (3, 1290), (700, 701), (700, 701)]):
+        x[row, first] = x[row, second] = x[row].max() + 1.0
+    y = torch.tensor([1290, 3, 701, 700, -100, 0], device=DEVICE)
+    x[5, 0] = x[5].max() + 0.5  # a unique maximum at the token
+    with fusedloss.backend(backend):
+        out = FL.log_probs(x, y, stats=ALL_STATS)
+    assert out.is_top1.tolist() == [False, True, False, True, False, True]
+    assert all(float(v[4]) == 0 for v in out[:4])
+    assert_stats_match(out, stats_reference(x.double(), y), torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_log_probs_stats_api(backend):
+    """``stats`` returns a TokenStats (None where not asked for); ``with_entropy=True`` alone still returns
+    the pair; both together: the union; one name as a string; None or () : the log-probabilities alone.
+    Unknown names: ValueError naming ``stats``; non-strings: TypeError; linear_log_probs alike."""
+    from fusedloss.kernels import distribution_rows as kernel_module
+
+    x = logits((4, 30)).float()
+    y = torch.tensor([3, -100, 29, 7], device=DEVICE)
+    h, w = logits((4, 6)).float(), logits((30, 6)).float()
+    with fusedloss.backend(backend):
+        lp, entropy = pair = FL.log_probs(x, y, with_entropy=True)
+        assert type(pair) is tuple and len(pair) == 2
+        only = FL.log_probs(x, y, stats=("entropy",))
+        assert type(only).__name__ == "TokenStats" and only.log_sum_sq_probs is None and only.is_top1 is None
+        torch.testing.assert_close(only.log_probs, lp, rtol=0, atol=0)
+        torch.testing.assert_close(only.entropy, entropy, rtol=0, atol=0)
+        union = FL.log_probs(x, y, with_entropy=True, stats="is_top1")
+        assert union.entropy is not None and union.is_top1 is not None and union.mean_logits is None
+        torch.testing.assert_close(union.entropy, entropy, rtol=0, atol=0)
+        assert kernel_module.STAT_PLANES == ALL_STATS  # the kernels' plane order
+        for empty in (None, (), []):
+            torch.testing.assert_close(FL.log_probs(x, y, stats=empty), lp, rtol=0, atol=0)
+        linear = FL.linear_log_probs(h, w, y, stats=["mean_logits", "log_sum_sq_probs"])
+        assert linear.entropy is None and linear.is_top1 is None and linear.mean_logits.shape == (4,)
+        for call in (lambda **k: FL.log_probs(x, y, **k), lambda **k: FL.linear_log_probs(h, w, y, **k)):
+            with pytest.raises(ValueError, match="stats .*'top1'"):
+                call(stats=("entropy", "top1"))
+            with pytest.raises(TypeError, match="stats"):
+                call(stats=(1,))
+            with pytest.raises(TypeError, match="stats"):
+                call(stats=3)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_log_probs_stats_compile(compiler, backend):
+    """torch.compile(fullgraph=True) (inductor checks the fake implementation's sizes against the real
+    op's): the eager values and gradients; an out-of-range token (not checkable on the host in a graph):
+    NaN statistics, is_top1 False; an ignored one 0."""
+    x = logits((4, 301)).float()
+    y = torch.tensor([3, -100, 301, 0], device=DEVICE)
+
+    def stats(x, y):
+        out = FL.log_probs(x, y, temperature=0.8, stats=ALL_STATS)
+        return out.log_probs, out.entropy, out.log_sum_sq_probs, out.mean_logits, out.is_top1
+
+    torch._dynamo.reset()
+    results = []
+    # eager: the bad token replaced (on CPU tensors an eager call raises IndexError for it)
+    compiled = torch.compile(stats, backend=compiler, fullgraph=True)
+    for fn, tokens in ((stats, torch.where(y == 301, 5, y)), (compiled, y)):
+        leaf = x.clone().requires_grad_()
+        with fusedloss.backend(backend):
+            out = fn(leaf, tokens)
+        results.append((out, torch.autograd.grad(out[0].sum() + 0.5 * out[1].sum(), leaf)[0]))
+    (eager_out, eager_grad), (compiled_out, compiled_grad) = results
+    good = [0, 1, 3]
+    for got, expected in zip(compiled_out, eager_out):
+        torch.testing.assert_close(got[good], expected[good], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled_grad[good], eager_grad[good], rtol=1e-6, atol=1e-6)
+    if backend == "triton":  # the kernels' bad row: NaN gradient too (torch's formula sends 0 back)
+        assert torch.isnan(compiled_grad[2]).all()
+    lp, entropy, log_sum_sq, mean, top1 = (v.detach() for v in compiled_out)
+    assert all(torch.isnan(v[2]) for v in (lp, entropy, log_sum_sq, mean)) and not top1[2]
+    assert all(float(v[1]) == 0 for v in (lp, entropy, log_sum_sq, mean)) and not top1[1]
+    assert torch.isfinite(torch.stack([lp, entropy, log_sum_sq, mean])[:, [0, 3]]).all()
+
+
+def capped(logits, cap):
+    return cap * torch.tanh(logits / cap)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_log_probs_stats(backend, small_chunks):
+    """The LM-head form over several chunks (37 rows, 13 per chunk), a logit scale, a softcap that bends
+    (|logits| up to ~15 against 5) and T = 0.9: every statistic of z = 5 tanh(0.7 (x W^T + b) / 5) / 0.9
+    against the reference on the whole float64 logits; gradients of the input, weight and bias from the
+    log-probabilities and entropies. Under torch.compile(fullgraph=True) too (the Triton path)."""
+    x, w, b, _, _, _ = heads()
+    x = (3 * x).detach().requires_grad_()
+    y = labels_for(x[:, :1].expand(-1, 300))
+    args = [t.detach().float().requires_grad_() for t in (x, w, b)]
+    kwargs = dict(temperature=0.9, logit_scale=0.7, softcap=5.0, stats=ALL_STATS)
+
+    def call(x, w, b):
+        return FL.linear_log_probs(x, w, y, bias=b, **kwargs)
+
+    with fusedloss.backend(backend):
+        out = call(*args)
+    reference = stats_reference(capped((x @ w.t() + b) * 0.7, 5.0) / 0.9, y)
+    assert_stats_match(out, reference, torch.float32, backend)
+    upstream = torch.rand((2, *y.shape), dtype=torch.float64, device=DEVICE) + 0.5
+    grads = stats_gradients(out, args, upstream.float())
+    for g, r in zip(grads, stats_gradients(reference, [x, w, b], upstream)):
+        assert_matches(g, r, torch.float32, "gradient")
+    if backend == "triton":
+        torch._dynamo.reset()
+        with fusedloss.backend(backend):
+            compiled = torch.compile(lambda *a: tuple(call(*a)), backend="aot_eager", fullgraph=True)(*args)
+        for got, expected in zip(compiled, out):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        compiled_grads = stats_gradients(FL.distribution_rows.TokenStats(*compiled), args, upstream.float())
+        for g, e in zip(compiled_grads, grads):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_stats_match_trls_chunked_logprob():
+    """TRL's fused LM head (trl.kernels.chunked_logprob.ChunkedLogProbFunction, its torch tiles on the CPU,
+    vocabulary tiles of 128): the same log-probabilities, entropies, log sum p**2, mean logits and is_top1,
+    (a) of an identity head (the logits are the hidden states exactly) with ties within and across TRL's
+    tiles, (b) of a head with TRL's logit_scale, final_logit_softcapping and a temperature."""
+    chunked = pytest.importorskip("trl.kernels.chunked_logprob")
+
+    def trl(hidden, weight, bias, tokens, temperature, softcap, scale):
+        out = chunked.ChunkedLogProbFunction.apply(hidden, weight, bias, tokens, temperature, 128, softcap, scale,
+                                                   chunked.OPTIONAL_OUTPUTS)
+        return FL.distribution_rows.TokenStats(*(o.detach() for o in out))
+
+    def check(ours, theirs):
+        for name, a, b in zip(ours._fields, ours, theirs):
+            if name == "is_top1":
+                assert torch.equal(a, b), (a, b)
+            else:
+                torch.testing.assert_close(a.detach(), b, rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}: {m}")
+
+    z = logits((6, 301)).float()
+    for row, (first, second) in enumerate([(3, 200), (3, 200), (130, 131), (130, 131)]):
+        z[row, first] = z[row, second] = z[row].max() + 1.0
+    y = torch.tensor([200, 3, 131, 130, 5, 7], device=DEVICE)
+    with fusedloss.backend("triton"):
+        ours = FL.log_probs(z, y, temperature=0.8, stats=ALL_STATS)
+    theirs = trl(z, torch.eye(301, device=DEVICE), None, y, 0.8, None, 1.0)
+    assert theirs.is_top1[:4].tolist() == [False, True, False, True]
+    check(ours, theirs)
+
+    x, w, b, _, _, _ = (t.float() if t is not None else t for t in heads(n=9, h=5, v=301))
+    y = torch.randint(0, 301, (9,), device=DEVICE)
+    with fusedloss.backend("triton"):
+        ours = FL.linear_log_probs(3 * x, w, y, bias=b, temperature=0.8, logit_scale=1.3, softcap=3.0,
+                                   stats=ALL_STATS)
+    check(ours, trl(3 * x, w, b, y, 0.8, 3.0, 1.3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_log_probs_no_further_from_float64_than_torch(dtype):
+    """The demo's shape (64 x 3001, the bench's traffic shape): each token's log-probability and entropy no
+    further from float64 than torch's log_softmax / -sum p log p at the same dtype (to one ulp of the largest
+    value). The kernel's entropy, log D - E / D, adds two non-negative terms (no cancellation). (The demo's
+    "loss" summed each output on its own, in its dtype, against a reference summed stacked: the sum of
+    lp (~ -8) and H (~ +7.6) over the rows nearly cancels, so that summation's rounding, not the kernel,
+    made its gap.)"""
+    x = torch.randn(64, 3001, device=DEVICE).to(dtype)
+    y = class_targets((64,), 3001)
+    with fusedloss.backend("triton"):
+        ours = FL.log_probs(x, y, with_entropy=True)
+
+    def of(x):
+        s = x.log_softmax(-1)
+        counted = y != -100
+        lp = s.gather(-1, torch.where(counted, y, 0)[:, None])[:, 0]
+        return [torch.where(counted, v, torch.zeros_like(v)) for v in (lp, -(s.exp() * s).sum(-1))]
+
+    exact, theirs = of(x.double()), of(x)
+    for name, a, t, e in zip(("log_probs", "entropy"), ours, theirs, exact):
+        ulp = torch.finfo(dtype).eps * float(e.abs().max())
+        assert max_error(a, e) <= max_error(t, e) + ulp, (name, max_error(a, e), max_error(t, e))
+
+
+def _stats_world_inputs():
+    """The vocabulary-parallel stats problem (float64, the same on every rank): logits (9, 13) with ties
+    across the ranks' blocks (classes 2 and 10: 7 + 6 classes over 2 ranks), tokens (two ignored), an LM head
+    (hidden (9, 5), weight (13, 5), bias), and the upstream gradients of [log_probs | entropy]."""
+    g = torch.Generator().manual_seed(7)
+    x = 3 * torch.randn(9, 13, generator=g, dtype=torch.float64)
+    x[0, 2] = x[0, 10] = x[1, 2] = x[1, 10] = x[:2].max() + 1
+    y = torch.randint(0, 13, (9,), generator=g)
+    y[0], y[1], y[4], y[6] = 10, 2, -100, -100
+    hidden, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((9, 5), (13, 5), (13,)))
+    upstream = torch.rand(2, 9, generator=g, dtype=torch.float64) + 0.5
+    return x, y, 2 * hidden, weight, bias, upstream
+
+
+_WORLD_LINEAR = dict(temperature=1.2, logit_scale=1.3, softcap=2.0, stats=ALL_STATS)
+
+
+def _stats_world_rank(rank, world_size, rendezvous, folder):
+    """One rank (tests/helpers.py run_world): log_probs and linear_log_probs with every statistic over a gloo
+    group of two (process_group=, both backends; the LM head in chunks of 4 rows), and as DTensors (the
+    Triton backend); saves each call's outputs and this rank's gradients."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
+    group = dist.new_group(list(range(world_size)))
+    x, y, hidden, weight, bias, upstream = _stats_world_inputs()
+    options = FN.LinearCrossEntropyOptions(batch_chunk_size=4)
+    results = {}
+
+    def record(name, out, leaves, local=lambda t: t):
+        grads = stats_gradients(out, leaves, upstream) if out.log_probs.requires_grad else None
+        results[name] = ([None if v is None else local(v).detach() for v in out],
+                         [local(g) for g in grads] if grads is not None else None)
+
+    for backend in ("triton", "torch"):
+        with fusedloss.backend(backend):
+            leaf = x.tensor_split(world_size, 1)[rank].contiguous().requires_grad_()
+            out = FL.log_probs(leaf, y, temperature=0.8, stats=ALL_STATS, process_group=group)
+            record(("log_probs", backend), out, [leaf])
+            leaves = [hidden.clone().requires_grad_()] + [t.tensor_split(world_size, 0)[rank].contiguous()
+                                                            .requires_grad_() for t in (weight, bias)]
+            out = FL.linear_log_probs(leaves[0], leaves[1], y, bias=leaves[2], options=options,
+                                      process_group=group, **_WORLD_LINEAR)
+            record(("linear_log_probs", backend), out, leaves)
+    mesh = init_device_mesh("cpu", (world_size,))
+    with fusedloss.backend("triton"):
+        leaf = distribute_tensor(x, mesh, [Shard(1)]).requires_grad_()
+        out = FL.log_probs(leaf, y, temperature=0.8, stats=ALL_STATS)
+        results[("log_probs", "dtensor")] = ([v.full_tensor().detach() for v in out], None)
+        head, head_bias = (distribute_tensor(t, mesh, [Shard(0)]) for t in (weight, bias))
+        out = FL.linear_log_probs(hidden, head, y, bias=head_bias, **_WORLD_LINEAR)
+        results[("linear_log_probs", "dtensor")] = ([v.full_tensor().detach() for v in out], None)
+    torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_stats_vocabulary_parallel(tmp_path):
+    """process_group= (2 ranks, 7 + 6 classes) and DTensor inputs: every statistic on every rank equal to
+    the single process's (the reference on the whole float64 logits), is_top1 with a tie across the ranks'
+    blocks (the first maximum on rank 0), the ranks' gradient blocks (the LM head's input: the ranks' terms
+    summed) equal to the whole's."""
+    from helpers import run_world
+
+    ranks = run_world(_stats_world_rank, 2, tmp_path, 300)
+    x, y, hidden, weight, bias, upstream = _stats_world_inputs()
+    leaves = [t.clone().requires_grad_() for t in (x, hidden, weight, bias)]
+    expected = {"log_probs": stats_reference(leaves[0] / 0.8, y)}
+    expected["linear_log_probs"] = stats_reference(
+        capped((leaves[1] @ leaves[2].t() + leaves[3]) * 1.3, 2.0) / 1.2, y)
+    assert expected["log_probs"].is_top1[:2].tolist() == [False, True]
+    grads = {name: stats_gradients(ref, wrt, upstream)
+             for (name, ref), wrt in zip(expected.items(), ([leaves[0]], leaves[1:]))}
+    for (name, backend), _ in ranks[0].items():
+        for rank, result in enumerate(ranks):
+            values, rank_grads = result[(name, backend)]
+            for field, got, want in zip(expected[name]._fields, values, expected[name]):
+                if field == "is_top1":
+                    assert torch.equal(got, want), (name, backend, rank)
+                else:
+                    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12,
+                                               msg=lambda m: f"{name} {backend} rank {rank} {field}: {m}")
+        if ranks[0][(name, backend)][1] is None:
+            continue
+        if name == "log_probs":
+            got = [torch.cat([r[(name, backend)][1][0] for r in ranks], 1)]
+        else:
+            got = [sum(r[(name, backend)][1][0] for r in ranks)]
+            got += [torch.cat([r[(name, backend)][1][i] for r in ranks], 0) for i in (1, 2)]
+        for g, e in zip(got, grads[name]):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name} {backend} grad: {m}")
 
 
 # ------------------------------------------------------------------ traffic and the registry

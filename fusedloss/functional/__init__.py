@@ -8,7 +8,7 @@ followed by the fused op. Modules: ``softmax_rows`` (cross_entropy, nll_loss), `
 losses), ``pointwise``, ``row_margin`` (with the ranking losses and ctc_loss), ``distribution_rows`` (jsd_loss,
 log_probs).
 """
-from .distribution_rows import jsd_loss, log_probs
+from .distribution_rows import TokenStats, jsd_loss, log_probs
 from .matmul_rows import linear_cross_entropy, linear_jsd_loss, linear_log_probs
 from .pointwise import (binary_cross_entropy, binary_cross_entropy_with_logits, gaussian_nll_loss, hinge_embedding_loss,
                         huber_loss, kl_div, l1_loss, margin_ranking_loss, mse_loss, poisson_nll_loss, sigmoid_focal_loss,

@@ -1,5 +1,5 @@
 """Distillation and token log-probabilities over large vocabularies (fusedloss.ops.distribution_rows)."""
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -9,7 +9,7 @@ from .. import dispatch
 from ..dispatch import Route
 from ..ops import distribution_rows as distribution_op
 from ..ops import _eager
-from ..ops.distribution_rows import DistributionOptions, distribution_loss
+from ..ops.distribution_rows import DistributionOptions, NO_GRADIENT, distribution_loss, stats_flags
 from ._common import group_and_classes, require_classes, requested_out_dtype, values_checked_here
 
 
@@ -98,6 +98,35 @@ _JSD = Route("jsd_loss", _eager_jsd, _fused_jsd, distribution_op.unsupported_jsd
              dtensor=lambda *args: _dtensor.jsd_loss(jsd_loss, *args))
 
 
+class TokenStats(NamedTuple):
+    """``log_probs`` / ``linear_log_probs`` with ``stats``: the per-token outputs, each shaped as the tokens,
+    None where not asked for (the fields and names of TRL's fused LM head, ``ChunkedLogProbFunction``)."""
+
+    log_probs: Tensor  # log_softmax(z)[token], differentiable
+    entropy: Optional[Tensor] = None  # -sum p log p, differentiable
+    log_sum_sq_probs: Optional[Tensor] = None  # log sum_v p_v**2, no gradient
+    mean_logits: Optional[Tensor] = None  # sum_v z_v / V, no gradient
+    is_top1: Optional[Tensor] = None  # bool: the token is z's first maximum (argmax's), no gradient
+
+
+STATS_DOC = """``stats``: per-token statistics computed in the same pass over the logits, names among TRL's
+    ``("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")`` (a sequence, or one name as a string):
+    the call then returns a ``TokenStats`` (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1),
+    each shaped as the tokens, None where not asked for. With z the logits as the loss sees them (after
+    ``logit_scale`` and ``softcap`` where the function has them, divided by the temperature: TRL's
+    ``_transform``) and p = softmax(z): ``entropy`` -sum p log p (differentiable; ``with_entropy=True`` is
+    the same as asking for it, and alone still returns the pair ``(log_probs, entropy)``);
+    ``log_sum_sq_probs`` log sum_v p_v**2 (log of the collision probability); ``mean_logits`` sum_v z_v / V
+    (over the whole vocabulary, the temperature applied: TRL's); ``is_top1`` (bool) whether the token is the
+    first maximum of z, torch.argmax's rule: ties with an earlier class do not count, with later ones do
+    (TRL's; z as the kernels compute it, x * (1 / T): at T != 1 two logits an ulp apart may tie). The last
+    three have no gradient (TRL marks them non-differentiable) and come in the outputs' dtype (``dtype``;
+    TRL's are float32: pass ``dtype=torch.float32`` for those). Ignored tokens: 0 (is_top1 False); a token
+    outside [0, V) that is not ignored: NaN (is_top1 False). Vocabulary parallel (``process_group``, DTensor
+    inputs) as the log-probabilities, no extra collective: is_top1's max of z before the token rides in the
+    MAX all_reduce (R floats more), log_sum_sq_probs' and mean_logits' sums in the SUM one (R more each)."""
+
+
 def log_probs(
     input: Tensor,
     tokens: Tensor,
@@ -105,6 +134,7 @@ def log_probs(
     temperature: float = 1.0,
     ignore_index: int = -100,
     with_entropy: bool = False,
+    stats: Sequence[str] = (),
     dtype: Optional[torch.dtype] = None,
     process_group=None,
 ):
@@ -124,8 +154,34 @@ def log_probs(
     """
     if process_group is not None:
         require_classes(process_group, input, -1)
-    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, with_entropy, dtype, process_group)
-    return (out[0], out[1]) if with_entropy else out
+    names = check.check_token_stats(stats, with_entropy, "log_probs")
+    out = dispatch.call(_LOG_PROBS, input, tokens, temperature, ignore_index, names, dtype, process_group)
+    return token_outputs(out, names, bool(stats))
+
+
+if log_probs.__doc__:  # (None under python -OO)
+    log_probs.__doc__ += "\n    " + STATS_DOC + "\n    "
+
+
+def token_outputs(out, names, as_stats):
+    """The public outputs of a log-probabilities route's result: ``out`` the planes tensor (P, *rows)
+    [lp | the statistics ``names``] ((*rows) without statistics), or on the DTensor path a tuple of them
+    already split. A ``TokenStats`` when ``as_stats`` (the call passed ``stats``), else ``(lp, entropy)``
+    (``with_entropy`` alone) or the log-probabilities."""
+    if not names:
+        return out
+    if isinstance(out, tuple):  # the DTensor adapter's: split and converted by the local call
+        parts = list(out)
+    else:
+        parts = [out[0]]
+        for i, name in enumerate(names, 1):
+            plane = out[i]
+            if name in NO_GRADIENT:
+                plane = plane.detach() != 0 if name == "is_top1" else plane.detach()
+            parts.append(plane)
+    if not as_stats:
+        return parts[0], parts[1]
+    return TokenStats(parts[0], **dict(zip(names, parts[1:])))
 
 
 def _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group):
@@ -138,20 +194,32 @@ def _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_gro
     return out_dtype, group
 
 
-def _eager_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+def _eager_log_probs(input, tokens, temperature, ignore_index, stats, dtype, process_group):
     out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
     if out_dtype != input.dtype:
         input = input.to(out_dtype)
-    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, bool(with_entropy),
-                                  group).to(out_dtype)
+    return _eager.token_log_probs(input, tokens, float(temperature), ignore_index, False, group,
+                                  stats=stats).to(out_dtype)
 
 
-def _fused_log_probs(input, tokens, temperature, ignore_index, with_entropy, dtype, process_group):
+def _fused_log_probs(input, tokens, temperature, ignore_index, stats, dtype, process_group):
     out_dtype, group = _log_probs_call(input, tokens, temperature, ignore_index, dtype, process_group)
+    entropy, log_sum_sq, mean_logits, is_top1 = stats_flags(stats)
     options = DistributionOptions("log_probs", "none", out_dtype, 0.0, float(temperature), int(ignore_index),
-                                  bool(with_entropy), False, group)
+                                  entropy, False, group, log_sum_sq=log_sum_sq, mean_logits=mean_logits,
+                                  is_top1=is_top1)
     return distribution_loss(options, input, None, None, tokens)
 
 
+def _dtensor_log_probs(input, tokens, *, temperature, ignore_index, with_entropy, dtype, process_group):
+    """The local call of the DTensor adapter (fusedloss/_dtensor.py), which hands the route's fifth argument
+    on as ``with_entropy``: here the statistics' names. A tensor, or a tuple of the outputs asked for (the
+    adapter wraps each)."""
+    out = log_probs(input, tokens, temperature=temperature, ignore_index=ignore_index, stats=with_entropy,
+                    dtype=dtype, process_group=process_group)
+    return tuple(value for value in out if value is not None) if with_entropy else out
+
+
+# the route's arguments: (input, tokens, temperature, ignore_index, the statistics' names, dtype, process_group)
 _LOG_PROBS = Route("log_probs", _eager_log_probs, _fused_log_probs, distribution_op.unsupported_log_probs, (0, 1), (),
-                   dtensor=lambda *args: _dtensor.log_probs(log_probs, *args))
+                   dtensor=lambda *args: _dtensor.log_probs(_dtensor_log_probs, *args))

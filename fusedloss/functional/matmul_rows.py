@@ -1,6 +1,6 @@
 """Matmul rows: the losses of LM heads, the logits never whole (fusedloss.ops.linear_cross_entropy,
 fusedloss.ops.linear_distribution): linear_cross_entropy, linear_jsd_loss, linear_log_probs."""
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +18,8 @@ from ..ops.linear_distribution import linear_log_probs as linear_log_probs_op
 from ..ops.linear_cross_entropy import MatmulRowsOptions, linear_cross_entropy_loss
 from ._common import (check_extras, group_and_classes, out_dtype_of, require_classes, requested_out_dtype,
                       values_checked_here)
+from .distribution_rows import STATS_DOC, token_outputs
+from ..ops.distribution_rows import stats_flags
 
 
 def linear_cross_entropy(
@@ -264,6 +266,7 @@ def linear_log_probs(
     temperature: float = 1.0,
     ignore_index: int = -100,
     with_entropy: bool = False,
+    stats: Sequence[str] = (),
     options=None,
     logit_scale: float = 1.0,
     softcap: Optional[float] = None,
@@ -283,9 +286,14 @@ def linear_log_probs(
     """
     if process_group is not None:
         require_classes(process_group, weight, 0)
-    out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, with_entropy,
+    names = check.check_token_stats(stats, with_entropy, "linear_log_probs")
+    out = dispatch.call(_LINEAR_LOG_PROBS, input, weight, tokens, bias, temperature, ignore_index, names,
                         options, dtype, process_group, logit_scale, softcap)
-    return (out[0], out[1]) if with_entropy else out
+    return token_outputs(out, names, bool(stats))
+
+
+if linear_log_probs.__doc__:  # (None under python -OO); the statistics' z: after logit_scale and softcap
+    linear_log_probs.__doc__ += "\n    " + STATS_DOC + "\n    "
 
 
 def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options, dtype, process_group,
@@ -302,27 +310,43 @@ def _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_inde
     return chunk, out_dtype, group
 
 
-def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
+def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, stats, options, dtype,
                             process_group, logit_scale, softcap):
     _, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
                                                  dtype, process_group, logit_scale, softcap)
     logits = _eager.softcapped(_eager.linear_logits(input, weight, bias, float(logit_scale)), softcap)
     if out_dtype != logits.dtype:
         logits = logits.to(out_dtype)
-    return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, bool(with_entropy),
-                                  group).to(out_dtype)
+    return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, False, group,
+                                  stats=stats).to(out_dtype)
 
 
-def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, with_entropy, options, dtype,
+def _fused_linear_log_probs(input, weight, tokens, bias, temperature, ignore_index, stats, options, dtype,
                             process_group, logit_scale, softcap):
     chunk, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
                                                      dtype, process_group, logit_scale, softcap)
     input, weight, bias = linear_ce_op.autocast_linear(input, weight, bias)
-    lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), bool(with_entropy),
-                                       int(chunk), group, float(logit_scale), check.check_softcap(softcap))
+    entropy, log_sum_sq, mean_logits, is_top1 = stats_flags(stats)
+    lp_options = LinearLogProbsOptions(out_dtype, float(temperature), int(ignore_index), entropy,
+                                       int(chunk), group, float(logit_scale), check.check_softcap(softcap),
+                                       log_sum_sq, mean_logits, is_top1)
     return linear_log_probs_op(lp_options, input, weight, bias, tokens)
 
 
+def _dtensor_linear_log_probs(input, weight, tokens, *, bias, temperature, ignore_index, with_entropy, options,
+                              logit_scale, softcap, dtype, process_group):
+    """The local call of the DTensor adapter (fusedloss/_dtensor.py), which hands the route's seventh argument
+    on as ``with_entropy``: here the statistics' names. A tensor, or a tuple of the outputs asked for (the
+    adapter wraps each)."""
+    out = linear_log_probs(input, weight, tokens, bias=bias, temperature=temperature, ignore_index=ignore_index,
+                           stats=with_entropy, options=options, logit_scale=logit_scale, softcap=softcap,
+                           dtype=dtype, process_group=process_group)
+    return tuple(value for value in out if value is not None) if with_entropy else out
+
+
+# the route's arguments: (input, weight, tokens, bias, temperature, ignore_index, the statistics' names, options,
+# dtype, process_group, logit_scale, softcap)
 _LINEAR_LOG_PROBS = Route("linear_log_probs", _eager_linear_log_probs, _fused_linear_log_probs,
                           lambda input, weight, tokens, bias, *_: linear_distribution_op.unsupported_head(input, weight, bias),
-                          (0, 1, 2, 3), (), dtensor=lambda *args: _dtensor.linear_log_probs(linear_log_probs, *args))
+                          (0, 1, 2, 3), (),
+                          dtensor=lambda *args: _dtensor.linear_log_probs(_dtensor_linear_log_probs, *args))

@@ -413,26 +413,54 @@ def distillation_loss(student, teacher, indices, labels, beta, temperature, igno
     return total.sum() / (count.clamp_min(1) if reduction == "batchmean" else count)
 
 
-def token_log_probs(input, tokens, temperature, ignore_index, with_entropy, group=""):
+def token_log_probs(input, tokens, temperature, ignore_index, with_entropy, group="", *, stats=()):
     """log_softmax(input / T)[token] per row (0 for ignored rows), and with ``with_entropy`` also the rows'
     entropy -sum p log p (0 for ignored rows): (2, *rows) stacked, else the rows' shape. In torch ops,
     differentiable twice. A token outside [0, V) that is not ignore_index: NaN. ``group``: the logits hold
-    this rank's block of the classes (``_Classes``)."""
+    this rank's block of the classes (``_Classes``). ``stats``: names among "entropy", "log_sum_sq_probs"
+    (log sum p**2), "mean_logits" (the mean of z = input / T over the vocabulary) and "is_top1" (whether the
+    token is z's first maximum, torch.argmax's tie rule: z_token >= max z and z_token > max over earlier
+    classes; as 0/1): planes stacked after the log-probabilities in that order (the kernels' order), the
+    last three without gradient, 0 for ignored rows (is_top1 also 0 for a token outside [0, V), the others
+    NaN there)."""
     if input.dtype != torch.float64 and torch.is_autocast_enabled(input.device.type):
         input = input.float()
     input = _computed_in(input)
     classes = _Classes(input.shape[-1], input.device, group)
+    wanted = set(stats) | ({"entropy"} if with_entropy else set())
     y = tokens.reshape(-1)
     counted = y != ignore_index
     valid = (y >= 0) & (y < classes.total)
-    s = classes.log_softmax(_only_counted(_rows_of(input, input.shape[-1]), counted) / temperature)
-    lp = classes.row_sum(classes.pick(s, torch.where(counted & valid, y, 0)[:, None]))
+    z = _only_counted(_rows_of(input, input.shape[-1]), counted) / temperature
+    s = classes.log_softmax(z)
+    y_safe = torch.where(counted & valid, y, 0)
+    lp = classes.row_sum(classes.pick(s, y_safe[:, None]))
     lp = torch.where(counted, torch.where(valid, lp, float("nan")), torch.zeros_like(lp))
-    if not with_entropy:
+    if not wanted:
         return lp.reshape(tokens.shape)
-    entropy = -classes.row_sum(_masked_product(s.exp(), s))
-    entropy = torch.where(counted, torch.where(valid, entropy, float("nan")), torch.zeros_like(entropy))
-    return torch.stack([lp, entropy]).reshape(2, *tokens.shape)
+    planes = [lp]
+    if "entropy" in wanted:
+        planes.append(-classes.row_sum(_masked_product(s.exp(), s)))
+    z, s = z.detach(), s.detach()  # the statistics below have no gradient (TRL's)
+    if "log_sum_sq_probs" in wanted:
+        planes.append(torch.log(classes.row_sum(torch.exp(2 * s))))
+    if "mean_logits" in wanted:
+        planes.append(classes.row_sum(z) / classes.total)
+    planes = [torch.where(counted, torch.where(valid, p, float("nan")), torch.zeros_like(p)) for p in planes]
+    if "is_top1" in wanted:
+        local = torch.arange(classes.n_local, device=z.device) + classes.offset
+        earlier = torch.where(local < y_safe[:, None], z, float("-inf"))
+        if classes.n_local:
+            top, before = z.amax(-1), earlier.amax(-1)
+        else:
+            top = before = z.new_full(z.shape[:-1], float("-inf"))
+        if group:
+            top = classes._vp.max_over_ranks(top, group)
+            before = classes._vp.max_over_ranks(before, group)
+        z_y = classes.row_sum(classes.pick(z, y_safe[:, None]))
+        top1 = (z_y >= top) & (z_y > before) & counted & valid
+        planes.append(top1.to(lp.dtype))
+    return torch.stack(planes).reshape(len(planes), *tokens.shape)
 
 
 def sharded_nll_loss(input, target, weight, ignore_index, reduction, process_group, class_dim):

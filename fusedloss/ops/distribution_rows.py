@@ -1,9 +1,12 @@
 """The softmax-rows family's distribution losses on the op scaffold: jsd_loss (forward/reverse KL, the
-generalized JSD, a top-k teacher) and log_probs (+ entropy), over the rows of (..., V) logits.
+generalized JSD, a top-k teacher) and log_probs (+ entropy and TRL's other per-token statistics: log sum p^2,
+the mean logit, whether the token is the top-1 class), over the rows of (..., V) logits.
 
 One forward launch (kernels/distribution_rows.py: a sweep for the log-sum-exps, for the divergences a
 second over both rows) writes the loss (per row, or reduced in the launch) and saves per row what the
 backward needs (each log-softmax's max and log-sum, the divergence's row coefficients, the entropy);
+log_probs' output is one tensor of planes (``token_planes``: [lp | H | log sum p^2 | mean logit | is_top1
+as 0/1], those asked for), split by fusedloss.functional; the statistics have no gradient;
 the backward is one launch that writes each gradient once for any grad_output. With
 ``grad_in_forward`` (jsd) the forward also writes the gradient for grad_output 1 (the denominator
 computed first, on the device) and the backward only rescales rows whose grad_output is not 1.
@@ -11,10 +14,11 @@ computed first, on the device) and the backward only rescales rows whose grad_ou
 Vocabulary parallel (``process_group``): the logits (the teacher's too) hold this rank's block of the
 classes; labels, tokens and top-k classes are global. The forward launches the shard's sweep (1)
 (kernels/distribution_rows.py, SHARD_STATS), combines the statistics over the ranks (one all_reduce MAX,
-one SUM), and for jsd launches the shard's sweep (2) with the whole rows' log-sum-exps and SUMs its
-sums over the ranks (a third all_reduce); the rows' losses follow in torch ops from those R-sized
-statistics. Every rank holds the global loss; the backward (no collective) writes the gradient of its
-own block from the whole rows' state. ``grad_in_forward`` does not apply.
+one SUM; log_probs' statistics ride in them: B in the MAX, Q and Z in the SUM), and for jsd launches the
+shard's sweep (2) with the whole rows' log-sum-exps and SUMs its sums over the ranks (a third all_reduce);
+the rows' losses follow in torch ops from those R-sized statistics. Every rank holds the global loss; the
+backward (no collective) writes the gradient of its own block from the whole rows' state.
+``grad_in_forward`` does not apply.
 
 Saved for the backward: the inputs and the state (the kernel's state, the gradients written by a
 grad_in_forward forward). Nothing syncs with the host.
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _scaffold, _vocab_parallel
+from .._validation import TOKEN_STATS  # log_probs' planes after lp, in order (the kernels' STAT_PLANES)
 from ._scaffold import accumulation_dtype, lazy_kernels
 from ._eager import distillation_loss, token_log_probs
 
@@ -42,6 +47,24 @@ class DistributionOptions(NamedTuple):
     process_group: str = ""  # vocabulary parallel: the group's name (fusedloss/ops/_vocab_parallel.py); "": none
     softcap: Optional[float] = None  # the linear forms: the student's logits softcapped first (None: not)
     teacher_softcap: Optional[float] = None  # the teacher's
+    log_sum_sq: bool = False  # log_probs: log sum p^2 too (no gradient)
+    mean_logits: bool = False  # log_probs: the mean of z = x / T over the vocabulary too (no gradient)
+    is_top1: bool = False  # log_probs: whether the token is z's first maximum too, as 0/1 (no gradient)
+
+
+NO_GRADIENT = frozenset(("log_sum_sq_probs", "mean_logits", "is_top1"))
+
+
+def token_planes(options):
+    """The planes of log_probs' (linear_log_probs') output, in order: "log_probs", then the statistics asked
+    for (kernels/distribution_rows.py ``out_planes``, the same order)."""
+    flags = (options.entropy, options.log_sum_sq, options.mean_logits, options.is_top1)
+    return ("log_probs",) + tuple(name for name, on in zip(TOKEN_STATS, flags) if on)
+
+
+def stats_flags(names):
+    """The options' (entropy, log_sum_sq, mean_logits, is_top1) of the statistics' names."""
+    return tuple(name in names for name in TOKEN_STATS)
 
 
 
@@ -59,7 +82,8 @@ def problem_of(options, teacher, indices, labels, n_classes, batch, hard_weight=
     problem = kernels().Problem
     if options.mode == "log_probs":
         return problem("log_probs", has_labels=True, entropy=options.entropy, ignore_index=options.ignore_index,
-                       temperature=options.temperature, softcap=options.softcap)
+                       temperature=options.temperature, softcap=options.softcap, log_sum_sq=options.log_sum_sq,
+                       mean_logits=options.mean_logits, is_top1=options.is_top1)
     return problem("jsd", "topk" if indices is not None else "logits", kl_kind(options.beta), labels is not None,
                    hard_weight != 0, False, options.ignore_index if labels is not None else 0, options.temperature,
                    options.beta, soft_weight, hard_weight, _soft_mean(options.reduction, labels, n_classes, batch),
@@ -99,7 +123,8 @@ def _flat(labels):
 def out_shape(options, input):
     lead = tuple(input.shape[:-1])
     if options.mode == "log_probs":
-        return (2, *lead) if options.entropy else lead
+        n_planes = len(token_planes(options))
+        return (n_planes, *lead) if n_planes > 1 else lead
     return lead if options.reduction == "none" else ()
 
 
@@ -165,10 +190,11 @@ class DistributionRows(_scaffold.Family):
             return (scale(grad, grad_output) if needs_grad[0] else None,
                     scale(teacher_grad, grad_output) if want_teacher else None, None, None)
         rows, teacher, top, flat_labels = _rows(input), _rows(target), _rows(indices), _flat(labels)
+        n_planes = len(token_planes(options)) if options.mode == "log_probs" else 1
         if reduced or grad_output.dim() == 0:
             g, g_strides = grad_output, (0, 0)
-        elif options.entropy:
-            g = grad_output.reshape(2, -1)
+        elif n_planes > 1:  # [g_lp | g_H | ...]: the statistics' planes have no gradient and are not read
+            g = grad_output.reshape(n_planes, -1)
             g_strides = (g.stride(1), g.stride(0))
         else:
             g = grad_output.reshape(-1)
@@ -193,7 +219,7 @@ class DistributionRows(_scaffold.Family):
     def reference(options, input, target, indices, labels):
         if options.mode == "log_probs":
             return token_log_probs(input, labels, options.temperature, options.ignore_index, options.entropy,
-                                   options.process_group)
+                                   options.process_group, stats=token_planes(options)[1:])
         return distillation_loss(input, target, indices, labels, options.beta, options.temperature,
                                  options.ignore_index, options.reduction, group=options.process_group
                                  ).to(options.out_dtype)
@@ -220,7 +246,8 @@ def _shard(options, rows):
 # vocabulary parallel (also linear_jsd_loss's and linear_log_probs', over their chunks)
 # ----------------------------------------------------------------------------------------------------
 
-_SUM_MAX = {"d_s": "m_s", "e_s": "m_s", "d_t": "m_t", "d_1": "m_1"}  # each sum is relative to that max
+_SUM_MAX = {"d_s": "m_s", "e_s": "m_s", "q_s": "m_s", "d_t": "m_t", "d_1": "m_1"}  # each sum relative to that max
+_MAXIMA = ("m_s", "m_t", "m_1", "b_s")  # MAX'd over the ranks; the other planes are SUMmed
 
 
 def _used_stats(problem):
@@ -228,33 +255,37 @@ def _used_stats(problem):
     names = ["m_s"] + (["m_t"] if problem.teacher == "logits" else [])
     own_lse = problem.hard and problem.temperature != 1.0
     names += ["m_1"] if own_lse else []
-    names += ["d_s"] + (["e_s"] if problem.entropy else []) + (["d_t"] if problem.teacher == "logits" else [])
+    names += ["b_s"] if problem.is_top1 else []
+    names += ["d_s"] + (["e_s"] if problem.entropy else []) + (["q_s"] if problem.log_sum_sq else [])
+    names += ["d_t"] if problem.teacher == "logits" else []
     names += (["d_1"] if own_lse else []) + (["x_y"] if problem.hard or problem.mode == "log_probs" else [])
+    names += ["z_s"] if problem.mean_logits else []
     return names
 
 
 def combine_shard_stats(problem, stats, group):
-    """Each rank's SHARD_STATS planes (8, R) -> the whole rows' statistics, a dict of (R,) tensors: the
-    maxima MAX'd over the ranks (one all_reduce), each sum moved to its new max (the entropy's
-    E <- exp(m - M)(E + (m - M) D)) and SUMmed (one all_reduce). The label's logit x_y: one rank's, summed."""
+    """Each rank's SHARD_STATS planes (len(SHARD_STATS), R) -> the whole rows' statistics, a dict of (R,)
+    tensors: the maxima MAX'd over the ranks (one all_reduce; B, the max before the token, with them), each
+    sum moved to its new max (the entropy's E <- exp(m - M)(E + (m - M) D), Q <- exp(m - M)**2 Q) and SUMmed
+    (one all_reduce). The label's logit x_y: one rank's, summed; Z (the sum of z) summed as it is."""
     index = {name: i for i, name in enumerate(kernels().SHARD_STATS)}
     used = _used_stats(problem)
-    maxima = [name for name in used if name.startswith("m_")]
-    sums = [name for name in used if not name.startswith("m_")]
+    maxima = [name for name in used if name in _MAXIMA]
+    sums = [name for name in used if name not in _MAXIMA]
     local = torch.stack([stats[index[name]] for name in maxima])  # (a list index would copy from the host)
     top = _vocab_parallel.all_reduce(local, "max", _vocab_parallel.group_of(group))
     shift = torch.where(local == top, torch.zeros_like(top), local - top)  # -inf - -inf: 0
     moved = []
     for name in sums:
         value = stats[index[name]]
-        if name == "x_y":
+        if name not in _SUM_MAX:  # x_y, z_s
             moved.append(value)
             continue
         k = maxima.index(_SUM_MAX[name])
         if name == "e_s":
             d = stats[index["d_s"]]
             value = value + torch.where(d > 0, shift[k] * d, torch.zeros_like(d))
-        moved.append(shift[k].exp() * value)
+        moved.append((2 * shift[k] if name == "q_s" else shift[k]).exp() * value)
     summed = _vocab_parallel.all_reduce(torch.stack(moved), "sum", _vocab_parallel.group_of(group))
     combined = {name: top[i] for i, name in enumerate(maxima)}
     combined.update({name: summed[i] for i, name in enumerate(sums)})
@@ -289,21 +320,26 @@ def set_shard_terms(problem, state, terms, n_rows):
 
 
 def shard_rows(problem, combined, state, terms, labels, indices, n_rows, n_classes):
-    """The rows' totals (and entropies, or None) from the whole rows' statistics, as the kernel's (2): the
-    divergence (its sums ``terms``) or the log-probability, weighted; ignored rows 0, a label, token or
-    class outside [0, n_classes) NaN."""
-    inv_t = 1.0 / problem.temperature
+    """The rows' totals and log-probabilities' statistics (a list in ``out_planes`` order after the first,
+    empty for jsd) from the whole rows' statistics, as the kernel's (2): the divergence (its sums
+    ``terms``) or the log-probability, weighted; ignored rows 0 (is_top1 0), a label, token or class outside
+    [0, n_classes) NaN (is_top1 0)."""
     ld_s = state[n_rows:2 * n_rows]
+    inv_t = kernels().kernel_float(1.0 / problem.temperature, ld_s.dtype)  # the sweep's 1 / T, bit for bit
     ones = torch.ones(n_rows, dtype=torch.bool, device=ld_s.device)
     counted = labels != problem.ignore_index if problem.has_labels else ones
     valid = (labels >= 0) & (labels < n_classes) if problem.hard or problem.mode == "log_probs" else ones
     if problem.teacher == "topk":
         valid = valid & ((indices >= 0) & (indices < n_classes)).all(-1)
-    entropy = None
+    entropy, extras = None, []
     if problem.mode == "log_probs":
         total = (combined["x_y"] * inv_t - combined["m_s"]) - ld_s
         if problem.entropy:
             entropy = state[2 * n_rows:3 * n_rows]
+        if problem.log_sum_sq:
+            extras.append(combined["q_s"].log() - 2 * ld_s)
+        if problem.mean_logits:
+            extras.append(combined["z_s"] / n_classes)
     else:
         sum_s, sum_t = terms
         if problem.teacher == "topk" or problem.kl == "forward":
@@ -317,14 +353,17 @@ def shard_rows(problem, combined, state, terms, labels, indices, n_rows, n_class
             ld_1 = combined["d_1"].log()
             total = total + problem.hard_w * ((combined["m_1"] - combined["x_y"]) + ld_1)
     bad = counted & ~valid
-    results = []
-    for value in (total, entropy):
-        if value is not None:
-            value = torch.where(bad, math.nan, torch.where(counted, value, torch.zeros_like(value)))
-        results.append(value)
+
+    def masked(value):
+        return torch.where(bad, math.nan, torch.where(counted, value, torch.zeros_like(value)))
+
+    planes = [masked(value) for value in ([entropy] if entropy is not None else []) + extras]
     if entropy is not None:  # the backward reads the rows' entropy as the forward gave it
-        state[2 * n_rows:3 * n_rows].copy_(results[1])
-    return results
+        state[2 * n_rows:3 * n_rows].copy_(planes[0])
+    if problem.is_top1:  # 0 (False) where the row is ignored or bad
+        z_y = combined["x_y"] * inv_t
+        planes.append(((z_y >= combined["m_s"]) & (z_y > combined["b_s"]) & counted & valid).to(ld_s.dtype))
+    return masked(total), planes
 
 
 def _sharded_forward(options, input, rows, teacher, top, labels, save):
@@ -346,10 +385,10 @@ def _sharded_forward(options, input, rows, teacher, top, labels, save):
                                            rows.new_empty((2, n_rows), dtype=acc))
         terms = _vocab_parallel.all_reduce(terms, "sum", _vocab_parallel.group_of(group))
         set_shard_terms(problem, state, terms, n_rows)
-    total, entropy = shard_rows(problem, combined, state, terms, flat_labels, top, n_rows, shard[1])
+    total, planes = shard_rows(problem, combined, state, terms, flat_labels, top, n_rows, shard[1])
     reduction = "none" if options.mode == "log_probs" else kernel_reduction(options.reduction, labels)
     if reduction == "none":
-        out = torch.stack([total, entropy]) if entropy is not None else total
+        out = torch.stack([total, *planes]) if planes else total
         out = out.to(options.out_dtype).view(out_shape(options, input))
     elif reduction == "sum":
         out = total.sum().to(options.out_dtype)

@@ -11,9 +11,10 @@ by grad_output in place (nothing moves when it is 1). A frozen teacher costs its
 'none': the forward computes the rows' losses; the backward recomputes each chunk's logits and writes
 the gradient for the rows' own grad_output.
 
-linear_log_probs: the forward computes the log-probabilities (and entropies) per chunk (GEMM 1); the
-backward recomputes each chunk's logits (GEMM 1 again), writes d/d logits for the rows' gradients of
-both outputs, then GEMMs 2 and 3: four GEMMs in all.
+linear_log_probs: the forward computes the log-probabilities (and entropies, and the per-token statistics
+asked for: log sum p^2, the mean logit, is_top1; planes as log_probs') per chunk (GEMM 1); the backward
+recomputes each chunk's logits (GEMM 1 again; the statistics not recomputed), writes d/d logits for the
+rows' gradients of the log-probabilities and entropies, then GEMMs 2 and 3: four GEMMs in all.
 
 Vocabulary parallel (``process_group``): each head's weight (and bias) holds this rank's block of the
 classes (the same block for both heads). A first pass over the chunks writes each row's statistics over
@@ -39,7 +40,7 @@ from . import _chunks, _scaffold, _vocab_parallel
 from ._scaffold import accumulation_dtype
 from ._eager import distillation_loss, linear_logits, softcapped, token_log_probs
 from .distribution_rows import (DistributionOptions, combine_shard_stats, count_rows, kernel_reduction, kernels,
-                                new_shard_state, problem_of, set_shard_terms, shard_rows)
+                                new_shard_state, problem_of, set_shard_terms, shard_rows, token_planes)
 
 
 class LinearJSDOptions(NamedTuple):
@@ -67,6 +68,9 @@ class LinearLogProbsOptions(NamedTuple):
     process_group: str = ""
     logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the temperature
     softcap: Optional[float] = None  # the scaled logits softcapped, before the temperature
+    log_sum_sq: bool = False  # log sum p^2 too (no gradient)
+    mean_logits: bool = False  # the mean of z (scaled, softcapped, over T) over the vocabulary too (no gradient)
+    is_top1: bool = False  # whether the token is z's first maximum too, as 0/1 (no gradient)
 
 
 def _head(input, weight, bias, logit_scale=1.0):
@@ -312,15 +316,14 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def _sweep(options, inputs, out, out_plane, grads=None, grad_scale=None):
-        """One pass over the chunks: each chunk's log-probabilities (and entropies, ``out_plane`` elements
-        apart) into ``out(r0, rows)``; with ``grads`` ([dX, dW, db]) the gradient for the rows' gradients ``grad_scale``
-        = (tensor, (row stride, plane stride)) accumulated into them."""
+        """One pass over the chunks: each chunk's log-probabilities (and statistics, planes ``out_plane``
+        elements apart) into ``out(r0, rows)``; with ``grads`` ([dX, dW, db]) the gradient for the rows'
+        gradients ``grad_scale`` = (tensor, (row stride, plane stride)) accumulated into them."""
         x, w, b, tokens = inputs
         head = _head(x, w, b, options.logit_scale)
         n, chunk = head.x.shape[0], LinearLogProbs._chunk(options, inputs)
         flat = tokens.reshape(-1)
-        problem = problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
-                                                 options.ignore_index, options.entropy, softcap=options.softcap), None, None, tokens, 0, 1)
+        problem = LinearLogProbs._problem(options, tokens, 0)
 
         def visit(i, r0, rows, logits):
             scale = {}
@@ -339,8 +342,7 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def _problem(options, tokens, n_classes):
-        return problem_of(DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature,
-                                              options.ignore_index, options.entropy, softcap=options.softcap), None, None, tokens, n_classes, 1)
+        return problem_of(_log_probs_options(options), None, None, tokens, n_classes, 1)
 
     @staticmethod
     def forward(options, inputs, needs_grad):
@@ -355,20 +357,23 @@ class LinearLogProbs(_scaffold.Family):
                 combined, state, _ = _sharded_statistics(problem, [_head(x, w, b, options.logit_scale)], n,
                                                          LinearLogProbs._chunk(options, inputs), flat,
                                                          options.process_group, shard, accumulation_dtype(x.dtype))
-                lp, entropy = shard_rows(problem, combined, state, None, flat, None, n, shard[1])
-                out = (torch.stack([lp, entropy]) if options.entropy else lp).to(options.out_dtype)
-                return out.view((2, *lead) if options.entropy else lead), (state,)
-            out = x.new_empty((2, n) if options.entropy else (n,), dtype=options.out_dtype)
+                lp, planes = shard_rows(problem, combined, state, None, flat, None, n, shard[1])
+                out = (torch.stack([lp, *planes]) if planes else lp).to(options.out_dtype)
+                return out.view(_out_shape(options, lead)), (state,)
+            n_planes = len(token_planes(options))
+            out = x.new_empty((n_planes, n) if n_planes > 1 else (n,), dtype=options.out_dtype)
             LinearLogProbs._sweep(options, inputs, lambda r0, rows: out[..., r0:r0 + rows], n)
-        return out.view((2, *lead) if options.entropy else lead), ()
+        return out.view(_out_shape(options, lead)), ()
 
     @staticmethod
     def backward(options, inputs, state, grad_output, needs_grad, in_place):
         x, w, b, tokens = inputs
         n = tokens.numel()
+        n_planes = len(token_planes(options))
+        options = options._replace(log_sum_sq=False, mean_logits=False, is_top1=False)  # no gradient: not recomputed
         with torch.autocast(x.device.type, enabled=False):
-            g = grad_output.reshape(2, n) if options.entropy else grad_output.reshape(n)
-            strides = (g.stride(-1), g.stride(0) if options.entropy else 0)
+            g = grad_output.reshape(n_planes, n) if n_planes > 1 else grad_output.reshape(n)
+            strides = (g.stride(-1), g.stride(0) if options.entropy else 0)  # [g_lp | g_H | ...]
             head = _head(x, w, b, options.logit_scale)
             grads = _chunks.new_grads(head, x, (needs_grad[0], needs_grad[1], needs_grad[2]))
             chunk = LinearLogProbs._chunk(options, inputs)
@@ -384,18 +389,32 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, tokens):
-        return token_log_probs(softcapped(linear_logits(x, w, b, options.logit_scale), options.softcap), tokens, options.temperature,
-                               options.ignore_index, options.entropy, options.process_group).to(options.out_dtype)
+        return token_log_probs(softcapped(linear_logits(x, w, b, options.logit_scale), options.softcap), tokens,
+                               options.temperature, options.ignore_index, options.entropy, options.process_group,
+                               stats=token_planes(options)[1:]).to(options.out_dtype)
 
     @staticmethod
     def fake(options, inputs, needs_grad):
         x, w, b, tokens = inputs
-        lead = tuple(tokens.shape)
-        out = x.new_empty((2, *lead) if options.entropy else lead, dtype=options.out_dtype)
+        out = x.new_empty(_out_shape(options, tuple(tokens.shape)), dtype=options.out_dtype)
         if options.process_group and tokens.numel():
             return out, (x.new_empty(kernels().n_stats("log_probs", "", False) * tokens.numel() + 1,
                                      dtype=accumulation_dtype(x.dtype)),)
         return out, ()
+
+
+def _log_probs_options(options):
+    """log_probs' DistributionOptions of a linear_log_probs call (its chunks' kernels take log_probs' Problem)."""
+    return DistributionOptions("log_probs", "none", options.out_dtype, 0.0, options.temperature, options.ignore_index,
+                               options.entropy, softcap=options.softcap, log_sum_sq=options.log_sum_sq,
+                               mean_logits=options.mean_logits, is_top1=options.is_top1)
+
+
+def _out_shape(options, lead):
+    """linear_log_probs' output shape: the tokens' (``lead``), with a first dimension of planes when
+    statistics are asked for (``token_planes``)."""
+    n_planes = len(token_planes(options))
+    return (n_planes, *lead) if n_planes > 1 else lead
 
 
 JSD_FAMILY = _scaffold.register(LinearJSD())
