@@ -434,6 +434,10 @@ BAD = [
     ({"epsilon": -0.1}, ValueError, "epsilon"),
     ({"epsilon_high": -1.0}, ValueError, "epsilon_high"),
     ({"delta": 0.0}, ValueError, "delta"),
+    ({"delta": 0.9}, ValueError, "delta"),  # a cap on the ratio below 1
+    ({"beta": -0.1}, ValueError, "beta"),
+    ({"epsilon": 1.0}, ValueError, "epsilon"),  # the lower clip 1 - epsilon must stay positive
+    ({"router_aux_loss_coef": -1.0}, ValueError, "router_aux_loss_coef"),
     ({"sapo_temperature_pos": 0.0}, ValueError, "sapo_temperature_pos"),
     ({"sapo_temperature_neg": -1.0}, ValueError, "sapo_temperature_neg"),
     ({"vespo_k_pos": None}, TypeError, "vespo_k_pos"),

@@ -343,6 +343,7 @@ def test_grpo_func_grad():
 
 @pytest.mark.parametrize("override", [
     dict(loss_type="ppo"), dict(beta=0.1), dict(epsilon=-1), dict(loss_type="dr_grpo"), dict(delta=0),
+    dict(delta=0.9), dict(beta=-0.1), dict(epsilon=1.0), dict(router_aux_loss_coef=-1.0),
     dict(advantages=torch.zeros(B, 2)), dict(num_processes=0), dict(use_bias_correction_kl=1)])
 def test_grpo_bad_arguments_as_grpo_loss(override):
     """The exception grpo_loss raises for the same arguments, before any sweep."""
@@ -470,3 +471,36 @@ def test_the_op_imports_before_the_objectives():
             "assert public._op is op and op.FAMILY.n_inputs == 14")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
+
+
+def test_grpo_out_of_range_tokens_and_empty_batch():
+    """A token outside [0, V) on CPU tensors: IndexError naming tokens (the fused single pass once gave a NaN
+    loss), as linear_log_probs; an empty batch: grpo_loss's ValueError, not a reduction's RuntimeError."""
+    d = _grpo_inputs(torch.float32)
+    tokens = d["tokens"].clone()
+    tokens[1, 1] = V + 3
+    with pytest.raises(IndexError, match="tokens holds"), fusedloss.backend("triton"):
+        linear.linear_grpo_loss(d["x"], d["w"], tokens, d["old"], d["advantages"], d["mask"])
+    with pytest.raises(ValueError, match="at least one sequence"):
+        linear.linear_grpo_loss(d["x"][:0], d["w"], d["tokens"][:0], d["old"][:0], d["advantages"][:0],
+                                d["mask"][:0])
+    with pytest.raises(ValueError, match="at least one sequence"):
+        grpo_loss(d["old"][:0], d["old"][:0], d["advantages"][:0], d["mask"][:0])
+
+
+def test_grpo_loss_dtype_with_a_float64_item_count():
+    """num_items_in_batch as a float64 tensor: the loss stays in the compute dtype (float32 here), eager and
+    compiled with inductor (the fake said float32 while the op returned float64, which inductor then read as
+    float32 bits: a wrong loss without an error)."""
+    d = _grpo_inputs(torch.float32)
+    items = torch.tensor(float(d["mask"].sum()), dtype=torch.float64)
+
+    def step(x):
+        return linear.linear_grpo_loss(x, d["w"], d["tokens"], d["old"], d["advantages"], d["mask"],
+                                       num_items_in_batch=items).loss
+
+    with fusedloss.backend("triton"):
+        eager = step(d["x"])
+        compiled = torch.compile(step, fullgraph=True)(d["x"])
+    assert eager.dtype == compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)

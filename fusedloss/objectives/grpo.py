@@ -313,14 +313,18 @@ def grpo_loss(per_token_logps, old_per_token_logps, advantages, completion_mask,
         _check_tensor(name, t, [full], optional=True)
     _check_tensor("importance_sampling_ratio", importance_sampling_ratio, [full, per_seq], optional=True)
     _check_tensor("aux_loss", aux_loss, [()], optional=True)
-    for name, value in (("beta", beta), ("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
+    if full[0] == 0:
+        raise ValueError("per_token_logps must hold at least one sequence (an empty batch has no loss to normalise)")
+    for name, value in (("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
                         ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg),
-                        ("entropy_coef", entropy_coef), ("router_aux_loss_coef", router_aux_loss_coef)):
+                        ("entropy_coef", entropy_coef)):
         check_number(name, value)
-    check_number("epsilon", epsilon, low=0)
+    check_number("beta", beta, low=0)  # the KL's weight
+    check_number("router_aux_loss_coef", router_aux_loss_coef, low=0)
+    check_number("epsilon", epsilon, low=0, high=1, high_open=True)  # the ratio's lower clip 1 - epsilon > 0
     epsilon_high = epsilon if epsilon_high is None else check_number("epsilon_high", epsilon_high, low=0)
     if delta is not None:
-        check_number("delta", delta, low=0, low_open=True)
+        check_number("delta", delta, low=1, low_open=True)  # the two-sided clip's cap on the ratio: above 1
     check_number("sapo_temperature_pos", sapo_temperature_pos, low=0, low_open=True)
     check_number("sapo_temperature_neg", sapo_temperature_neg, low=0, low_open=True)
     if off_policy_mask_threshold is not None:

@@ -27,6 +27,7 @@ import torch
 
 from .. import _validation as check
 from .. import functional as FL
+from ..functional._common import values_checked_here
 from ..ops import linear_grpo as _op
 from ..ops._scaffold import accumulation_dtype as _compute_dtype
 from . import grpo as G
@@ -58,16 +59,24 @@ def _check_grpo(hidden, weight, bias, tokens, old, advantages, mask, ref_hidden,
         G._check_tensor(name, a[name], [full], optional=True)
     G._check_tensor("importance_sampling_ratio", a["importance_sampling_ratio"], [full, per_seq], optional=True)
     G._check_tensor("aux_loss", a["aux_loss"], [()], optional=True)
-    for name in ("beta", "entropy_coef", "router_aux_loss_coef", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
-                 "vespo_lambda_neg", "off_policy_mask_threshold"):
+    if full[0] == 0:
+        raise ValueError("tokens must hold at least one sequence (an empty batch has no loss to normalise)")
+    if values_checked_here(tokens):  # free on CPU tensors: an IndexError naming tokens, not a NaN loss
+        check.check_class_targets(tokens, weight.shape[0], ignore_index, "tokens")
+    for name in ("entropy_coef", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg",
+                 "off_policy_mask_threshold"):
         if a[name] is not None:
             check_number(name, a[name])
-    check_number("epsilon", a["epsilon"], low=0)
+    check_number("beta", a["beta"], low=0)
+    check_number("router_aux_loss_coef", a["router_aux_loss_coef"], low=0)
+    check_number("epsilon", a["epsilon"], low=0, high=1, high_open=True)
     if a["epsilon_high"] is not None:
         check_number("epsilon_high", a["epsilon_high"], low=0)
     check_number("top_entropy_quantile", a["top_entropy_quantile"], low=0, high=1)
-    for name in ("sapo_temperature_pos", "sapo_temperature_neg") + ("delta",) * (a["delta"] is not None):
+    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
         check_number(name, a[name], low=0, low_open=True)
+    if a["delta"] is not None:
+        check_number("delta", a["delta"], low=1, low_open=True)
     if not isinstance(a["use_bias_correction_kl"], bool):
         raise TypeError(f"use_bias_correction_kl must be a bool, got {type(a['use_bias_correction_kl']).__name__}")
     G._check_scalar("entropy_threshold", a["entropy_threshold"])

@@ -145,8 +145,8 @@ def _mixed_addmm(device, dtype):
     if key not in _MIXED_ADDMM:
         try:
             a = torch.ones(2, 3, dtype=dtype, device=device)
-            torch.addmm(torch.ones(2, 2, device=device), a, a.t(), out_dtype=torch.float32, alpha=0.5,
-                        out=torch.empty(2, 2, device=device))  # as the real call: alpha the logit scale
+            torch.addmm(torch.ones(2, 2, dtype=torch.float32, device=device), a, a.t(), out_dtype=torch.float32,
+                        alpha=0.5, out=torch.empty(2, 2, dtype=torch.float32, device=device))  # as the real call
             _MIXED_ADDMM[key] = True
         except (RuntimeError, TypeError, NotImplementedError):
             _MIXED_ADDMM[key] = False

@@ -126,9 +126,11 @@ def _objective(o, t, logps, entropies, ref_logps):
     return result.loss, result.metrics
 
 
-def _pack(o, loss, metrics):
-    """[loss, *metrics] in one 1-D tensor (the scaffold's ops return one tensor); ``_unpack`` reverses it."""
-    return torch.stack([loss, *(metrics[name].to(loss.dtype) for name in _metric_names(o))])
+def _pack(o, loss, metrics, dtype):
+    """[loss, *metrics] in one 1-D tensor of the compute ``dtype`` (the scaffold's ops return one tensor, and
+    its fake says this dtype: a float64 num_items_in_batch would otherwise promote a float32 loss, which
+    inductor then read as float32 bits); ``_unpack`` reverses it."""
+    return torch.stack([loss.to(dtype), *(metrics[name].to(dtype) for name in _metric_names(o))])
 
 
 def _unpack(o, out):
@@ -289,7 +291,7 @@ def _forward(o, t, want):
     loss, metrics = _objective(o, t, (out[0] if o.entropy else out).view(B, T),
                                out[1].view(B, T) if o.entropy else None, ref)
     finished = _chunks.finish(grads, t.x, t.w, t.b) if grads is not None else (None, None, None)
-    return _pack(o, loss, metrics), finished
+    return _pack(o, loss, metrics, dtype), finished
 
 
 def _whole_logits_log_probs(o, x, w, b, tokens, entropy, dtype):
@@ -338,7 +340,8 @@ class _LinearGRPO(_scaffold.Family):
 
     @staticmethod
     def reference(options, *inputs):
-        return _pack(options, *_whole_logits(options, Inputs(*inputs)))
+        t = Inputs(*inputs)
+        return _pack(options, *_whole_logits(options, t), _compute_dtype(t.x.dtype))
 
     @staticmethod
     def fake(options, inputs, needs_grad):
