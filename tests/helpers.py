@@ -169,6 +169,40 @@ def positive(shape):
     return torch.rand(shape, dtype=torch.float64, device=DEVICE) + 0.1
 
 
+def scaled(scale):
+    """A maker of normal values times ``scale`` (logits, scores)."""
+    def make(shape):
+        return scale * normal(shape)
+    return make
+
+
+def sign(shape):
+    """+1 or -1, evenly, as float64 (the pointwise and embedding losses' targets)."""
+    return torch.randint(0, 2, shape, device=DEVICE).double() * 2 - 1
+
+
+def class_labels(shape, n_classes, ignore=True):
+    """Class indices of ``shape`` (the rows of a (..., n_classes) input); with ``ignore``, the second one is
+    -100 (ignored) when there are two or more."""
+    target = torch.randint(0, n_classes, shape, device=DEVICE)
+    if ignore and target.numel() > 1:
+        target.view(-1)[1] = -100
+    return target
+
+
+def class_targets(shape, n_classes, ignore_fraction=0.2, ignore_index=-100):
+    """Class indices of ``shape``, about ``ignore_fraction`` of them ``ignore_index`` (the benchmark's
+    maker, fusedloss/bench/inputs.py, on this device)."""
+    from fusedloss.bench import inputs
+
+    return inputs.class_targets(shape, n_classes, DEVICE, ignore_fraction, ignore_index)
+
+
+def probability_targets(shape, dtype=torch.float32):
+    """Class probabilities of a (C,) or (N, C, d1, ...) input (the classes: dim 0 or 1), from logits ~ 3."""
+    return torch.softmax(3 * torch.randn(shape, device=DEVICE), dim=0 if len(shape) == 1 else 1).to(dtype)
+
+
 @dataclasses.dataclass
 class Case:
     """One call of a parity grid: a function, its tensors' value makers (given a shape) and options."""

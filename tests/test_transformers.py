@@ -150,8 +150,9 @@ def test_import_fusedloss_does_not_import_transformers():
 
 
 class _LargestLogitsLike(TorchDispatchMode):
-    """Records every tensor an op makes (views aside) whose last dimension is the vocabulary (what a logits
-    tensor looks like): the largest such numel seen."""
+    """Records every tensor an op makes (views aside) whose last dimension is the vocabulary, or the vocabulary
+    padded to 16 elements (a chunk buffer's rows: fusedloss/ops/_chunks.py), what a logits tensor looks like:
+    the largest such numel seen."""
 
     def __init__(self):
         super().__init__()
@@ -162,7 +163,7 @@ class _LargestLogitsLike(TorchDispatchMode):
         inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
                   if isinstance(t, torch.Tensor)}
         for t in torch.utils._pytree.tree_leaves(out):
-            if (isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == VOCAB
+            if (isinstance(t, torch.Tensor) and t.dim() and VOCAB <= t.shape[-1] < VOCAB + 16
                     and t.untyped_storage().data_ptr() not in inputs):  # a new tensor, not a view
                 self.largest = max(self.largest, t.numel())
         return out

@@ -16,7 +16,7 @@ def jsd_inputs(shape, dtype, device):
     n_rows, n_classes = shape
     student = torch.randn(n_rows, n_classes, device=device, dtype=dtype).requires_grad_()
     teacher = torch.randn(n_rows, n_classes, device=device, dtype=dtype)
-    return Inputs((student, teacher, inputs.class_targets(n_rows, n_classes, device)), {}, (student,))
+    return Inputs((student, teacher, inputs.class_targets((n_rows,), n_classes, device)), {}, (student,))
 
 
 _SHAPES = dict(gpu_shapes=[(8192, 32000), (8192, 128256), (16384, 128256)], quick_shapes=[(8192, 128256)],

@@ -53,7 +53,7 @@ def linear_jsd_inputs(shape, dtype, device):
     w = (torch.randn(n_classes, hidden, device=device) / scale).to(dtype).requires_grad_()
     xt = (torch.randn(n_rows, hidden, device=device) / scale).to(dtype)
     wt = (torch.randn(n_classes, hidden, device=device) / scale).to(dtype)
-    return Inputs((x, w, xt, wt, class_targets(n_rows, n_classes, device)), {}, (x, w))
+    return Inputs((x, w, xt, wt, class_targets((n_rows,), n_classes, device)), {}, (x, w))
 
 
 def linear_jsd_flops(inputs, backward):

@@ -21,7 +21,7 @@ def weighted_cross_entropy_inputs(shape, dtype, device):
 def nll_inputs(shape, dtype, device):
     n_rows, n_classes = shape
     logp = torch.randn(n_rows, n_classes, device=device, dtype=dtype).log_softmax(1).detach().requires_grad_()
-    return Inputs((logp, inputs.class_targets(n_rows, n_classes, device)), {}, (logp,))
+    return Inputs((logp, inputs.class_targets((n_rows,), n_classes, device)), {}, (logp,))
 
 
 def nll_minimal_bytes(inputs, backward):

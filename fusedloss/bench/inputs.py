@@ -57,11 +57,12 @@ def class_index(shape, dtype, device):
     return torch.randint(0, shape[1], shape[:1], device=device)
 
 
-def class_targets(n_rows, n_classes, device, ignore_fraction=0.05):
-    """One class per row, ``ignore_fraction`` of the rows ``IGNORE_INDEX``."""
-    target = torch.randint(0, n_classes, (n_rows,), device=device)
-    ignored = torch.rand(n_rows, device=device) < ignore_fraction
-    return target.masked_fill(ignored, IGNORE_INDEX)
+def class_targets(shape, n_classes, device, ignore_fraction=0.05, ignore_index=IGNORE_INDEX):
+    """Class indices of ``shape`` (one per row), about ``ignore_fraction`` of them ``ignore_index`` (the test
+    suite's class targets too: tests/helpers.py)."""
+    target = torch.randint(0, n_classes, shape, device=device)
+    ignored = torch.rand(shape, device=device) < ignore_fraction
+    return target.masked_fill(ignored, ignore_index)
 
 
 def class_lists(shape, dtype, device):
@@ -90,7 +91,7 @@ def logits_and_targets(shape, dtype, device):
     """(logits (N, C) differentiated, class targets (N,) with 5% ignored): cross entropy, log_probs."""
     n_rows, n_classes = shape
     logits = torch.randn(n_rows, n_classes, device=device, dtype=dtype).requires_grad_()
-    return Inputs((logits, class_targets(n_rows, n_classes, device)), {}, (logits,))
+    return Inputs((logits, class_targets((n_rows,), n_classes, device)), {}, (logits,))
 
 
 def hidden_and_head(shape, dtype, device):
@@ -99,4 +100,4 @@ def hidden_and_head(shape, dtype, device):
     n_rows, hidden, n_classes = shape
     x = (torch.randn(n_rows, hidden, device=device) / hidden**0.25).to(dtype).requires_grad_()
     w = (torch.randn(n_classes, hidden, device=device) / hidden**0.25).to(dtype).requires_grad_()
-    return Inputs((x, w, class_targets(n_rows, n_classes, device)), {}, (x, w))
+    return Inputs((x, w, class_targets((n_rows,), n_classes, device)), {}, (x, w))
