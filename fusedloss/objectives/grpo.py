@@ -247,6 +247,39 @@ def _check_scalar(name, value):
 
 # ---- the objectives ---------------------------------------------------------------------------------------
 
+def check_options(*, loss_type, beta, epsilon, epsilon_high, delta, sapo_temperature_pos, sapo_temperature_neg,
+                  vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, off_policy_mask_threshold,
+                  top_entropy_quantile, use_bias_correction_kl, entropy_threshold, num_items_in_batch, entropy_coef,
+                  router_aux_loss_coef, max_completion_length, num_processes, gradient_accumulation_steps,
+                  steps_per_generation, **tensors):
+    """grpo_loss's checks of its scalar options (linear_grpo_loss's too; ``tensors``: the other keywords, not
+    checked here). Returns (epsilon_high, steps_per_generation) resolved."""
+    for name, value in (("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
+                        ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg),
+                        ("entropy_coef", entropy_coef)):
+        check_number(name, value)
+    check_number("beta", beta, low=0)  # the KL's weight
+    check_number("router_aux_loss_coef", router_aux_loss_coef, low=0)
+    check_number("epsilon", epsilon, low=0, high=1, high_open=True)  # the ratio's lower clip 1 - epsilon > 0
+    epsilon_high = epsilon if epsilon_high is None else check_number("epsilon_high", epsilon_high, low=0)
+    if delta is not None:
+        check_number("delta", delta, low=1, low_open=True)  # the two-sided clip's cap on the ratio: above 1
+    check_number("sapo_temperature_pos", sapo_temperature_pos, low=0, low_open=True)
+    check_number("sapo_temperature_neg", sapo_temperature_neg, low=0, low_open=True)
+    if off_policy_mask_threshold is not None:
+        check_number("off_policy_mask_threshold", off_policy_mask_threshold)
+    check_number("top_entropy_quantile", top_entropy_quantile, low=0, high=1)
+    if not isinstance(use_bias_correction_kl, bool):
+        raise TypeError(f"use_bias_correction_kl must be a bool, got {type(use_bias_correction_kl).__name__}")
+    _check_scalar("entropy_threshold", entropy_threshold)
+    _check_scalar("num_items_in_batch", num_items_in_batch)
+    _check_count("max_completion_length", max_completion_length, optional=loss_type != "dr_grpo")
+    _check_count("num_processes", num_processes)
+    _check_count("gradient_accumulation_steps", gradient_accumulation_steps)
+    steps_per_generation = _check_count("steps_per_generation", steps_per_generation, optional=True)
+    return epsilon_high, steps_per_generation
+
+
 def grpo_loss(per_token_logps, old_per_token_logps, advantages, completion_mask, *, ref_per_token_logps=None,
               entropies=None, importance_sampling_ratio=None, sampling_per_token_logps=None, aux_loss=None,
               loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=None, delta=None,
@@ -315,29 +348,16 @@ def grpo_loss(per_token_logps, old_per_token_logps, advantages, completion_mask,
     _check_tensor("aux_loss", aux_loss, [()], optional=True)
     if full[0] == 0:
         raise ValueError("per_token_logps must hold at least one sequence (an empty batch has no loss to normalise)")
-    for name, value in (("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
-                        ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg),
-                        ("entropy_coef", entropy_coef)):
-        check_number(name, value)
-    check_number("beta", beta, low=0)  # the KL's weight
-    check_number("router_aux_loss_coef", router_aux_loss_coef, low=0)
-    check_number("epsilon", epsilon, low=0, high=1, high_open=True)  # the ratio's lower clip 1 - epsilon > 0
-    epsilon_high = epsilon if epsilon_high is None else check_number("epsilon_high", epsilon_high, low=0)
-    if delta is not None:
-        check_number("delta", delta, low=1, low_open=True)  # the two-sided clip's cap on the ratio: above 1
-    check_number("sapo_temperature_pos", sapo_temperature_pos, low=0, low_open=True)
-    check_number("sapo_temperature_neg", sapo_temperature_neg, low=0, low_open=True)
-    if off_policy_mask_threshold is not None:
-        check_number("off_policy_mask_threshold", off_policy_mask_threshold)
-    check_number("top_entropy_quantile", top_entropy_quantile, low=0, high=1)
-    if not isinstance(use_bias_correction_kl, bool):
-        raise TypeError(f"use_bias_correction_kl must be a bool, got {type(use_bias_correction_kl).__name__}")
-    _check_scalar("entropy_threshold", entropy_threshold)
-    _check_scalar("num_items_in_batch", num_items_in_batch)
-    _check_count("max_completion_length", max_completion_length, optional=loss_type != "dr_grpo")
-    _check_count("num_processes", num_processes)
-    _check_count("gradient_accumulation_steps", gradient_accumulation_steps)
-    steps_per_generation = _check_count("steps_per_generation", steps_per_generation, optional=True)
+    epsilon_high, steps_per_generation = check_options(
+        loss_type=loss_type, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high, delta=delta,
+        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg, off_policy_mask_threshold=off_policy_mask_threshold,
+        top_entropy_quantile=top_entropy_quantile, use_bias_correction_kl=use_bias_correction_kl,
+        entropy_threshold=entropy_threshold, num_items_in_batch=num_items_in_batch, entropy_coef=entropy_coef,
+        router_aux_loss_coef=router_aux_loss_coef, max_completion_length=max_completion_length,
+        num_processes=num_processes, gradient_accumulation_steps=gradient_accumulation_steps,
+        steps_per_generation=steps_per_generation)
     if beta != 0.0 and ref_per_token_logps is None:
         raise ValueError("ref_per_token_logps is required when beta != 0")
     if entropies is None and (top_entropy_quantile < 1.0 or entropy_coef != 0.0):

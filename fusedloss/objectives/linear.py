@@ -32,7 +32,7 @@ from ..ops import linear_grpo as _op
 from ..ops._scaffold import accumulation_dtype as _compute_dtype
 from . import grpo as G
 from . import preference as P
-from ._common import ObjectiveResult, check_choice, check_number
+from ._common import ObjectiveResult, check_choice
 
 __all__ = ["linear_grpo_loss", "linear_dpo_loss", "linear_kto_loss", "linear_orpo_loss", "linear_cpo_loss",
            "linear_simpo_loss"]
@@ -63,27 +63,7 @@ def _check_grpo(hidden, weight, bias, tokens, old, advantages, mask, ref_hidden,
         raise ValueError("tokens must hold at least one sequence (an empty batch has no loss to normalise)")
     if values_checked_here(tokens):  # free on CPU tensors: an IndexError naming tokens, not a NaN loss
         check.check_class_targets(tokens, weight.shape[0], ignore_index, "tokens")
-    for name in ("entropy_coef", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg",
-                 "off_policy_mask_threshold"):
-        if a[name] is not None:
-            check_number(name, a[name])
-    check_number("beta", a["beta"], low=0)
-    check_number("router_aux_loss_coef", a["router_aux_loss_coef"], low=0)
-    check_number("epsilon", a["epsilon"], low=0, high=1, high_open=True)
-    if a["epsilon_high"] is not None:
-        check_number("epsilon_high", a["epsilon_high"], low=0)
-    check_number("top_entropy_quantile", a["top_entropy_quantile"], low=0, high=1)
-    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
-        check_number(name, a[name], low=0, low_open=True)
-    if a["delta"] is not None:
-        check_number("delta", a["delta"], low=1, low_open=True)
-    if not isinstance(a["use_bias_correction_kl"], bool):
-        raise TypeError(f"use_bias_correction_kl must be a bool, got {type(a['use_bias_correction_kl']).__name__}")
-    G._check_scalar("entropy_threshold", a["entropy_threshold"])
-    G._check_scalar("num_items_in_batch", a["num_items_in_batch"])
-    G._check_count("max_completion_length", a["max_completion_length"], optional=a["loss_type"] != "dr_grpo")
-    for name in ("num_processes", "gradient_accumulation_steps", "steps_per_generation"):
-        G._check_count(name, a[name], optional=name == "steps_per_generation")
+    G.check_options(**a)
     if ref_weight is not None or ref_hidden is not None:
         if a["ref_per_token_logps"] is not None:
             raise ValueError("pass the reference as ref_per_token_logps or as ref_hidden and ref_weight, not both")
