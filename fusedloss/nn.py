@@ -9,17 +9,17 @@ computes the loss with torch's kernels (values identical). A module using a fuse
 torch equivalent and raises, naming torch.compile, which runs the fused kernels in a compiled model.
 
 ``LinearCrossEntropyOptions`` is torch's (torch >= 2.13), or a stand-in with its fields on older torches:
-what ``linear_cross_entropy(options=...)`` and ``LinearCrossEntropyLoss(options=...)`` take.
+what ``linear_cross_entropy(options=...)`` and ``LinearCrossEntropyLoss(options=...)`` take. The stand-ins
+for what older torches lack live in fusedloss/_backports.py.
 """
-import dataclasses
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.nn.modules.loss import _WeightedLoss
 
 from . import _validation as check
+from . import _backports
+from ._backports import LinearCrossEntropyOptions  # noqa: F401  (public: torch's, or the stand-in)
 from . import functional as F
 from .functional.row_margin import register_pairwise_distance_forward
 
@@ -95,20 +95,28 @@ class CrossEntropyLoss(_Scriptable, torch.nn.CrossEntropyLoss):
 
 
 class _LinearCrossEntropyMixin:
-    """fusedloss's forward and extras for ``LinearCrossEntropyLoss``, on torch's class or on the stand-in."""
+    """fusedloss's constructor extras, forward and repr for ``LinearCrossEntropyLoss``, on torch's class or on
+    the stand-in (fusedloss/_backports.py)."""
 
     _extras = {"z_loss": 0.0, "softcap": None, "logit_scale": 1.0, "loss_dtype": None, "process_group": None}
 
-    def __prepare_scriptable__(self):
-        raise _not_scriptable(self, "nor torch's own: its options and chunked path are Python")
-
-    def _set_extras(self, z_loss, softcap, logit_scale, loss_dtype, process_group):
+    def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (), bias: bool = False,
+                 device=None, dtype=None, reduction: str = "mean", weight: Optional[Tensor] = None,
+                 ignore_index: Optional[int] = None, label_smoothing: float = 0.0, options=None,
+                 z_loss: float = 0.0, softcap: Optional[float] = None, logit_scale: float = 1.0,
+                 loss_dtype: Optional[torch.dtype] = None, process_group=None):
+        super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device, dtype=dtype,
+                         reduction=reduction, weight=weight, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, options=options)
         self.z_loss = z_loss
         self.softcap = softcap
         self.logit_scale = check.check_logit_scale(logit_scale)
         check.check_loss_dtype(loss_dtype)
         self.loss_dtype = loss_dtype
         self.process_group = process_group
+
+    def __prepare_scriptable__(self):
+        raise _not_scriptable(self, "nor torch's own: its options and chunked path are Python")
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         linear = self.linear
@@ -121,86 +129,22 @@ class _LinearCrossEntropyMixin:
                                       z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
                                       loss_dtype=self.loss_dtype, process_group=self.process_group)
 
-    def _extras_repr(self):
-        return _extras_repr(self)
+    def extra_repr(self) -> str:
+        extras = _extras_repr(self)
+        return f"{super().extra_repr()}, {extras}" if extras else super().extra_repr()
 
 
-class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _WeightedLoss):
+class StandaloneLinearCrossEntropyLoss(_LinearCrossEntropyMixin, _backports.LinearCrossEntropyLossStandIn):
     """torch 2.13's ``nn.LinearCrossEntropyLoss`` for torches without it (``LinearCrossEntropyLoss`` is this
     class there): the same constructor, checks, parameters (``linear``: a ``Linear(in_features,
     num_classes * prod(out_features))``), buffers and repr."""
 
-    def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (), bias: bool = False,
-                 device=None, dtype=None, reduction: str = "mean", weight: Optional[Tensor] = None,
-                 ignore_index: Optional[int] = None, label_smoothing: float = 0.0, options=None,
-                 z_loss: float = 0.0, softcap: Optional[float] = None, logit_scale: float = 1.0,
-                 loss_dtype: Optional[torch.dtype] = None, process_group=None):
-        if weight is not None and weight.shape != (num_classes,):
-            raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
-        if label_smoothing < 0 or label_smoothing > 1.0:
-            raise RuntimeError(f"expected label_smoothing to be in range [0, 1], got {label_smoothing}")
-        super().__init__(weight=weight, size_average=None, reduce=None, reduction=reduction)
-        self.num_classes = num_classes
-        self.out_features = out_features
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.linear = torch.nn.Linear(in_features, math.prod(out_features, start=num_classes), bias=bias,
-                                      device=device, dtype=dtype)
-        self.options = options
-        self._set_extras(z_loss, softcap, logit_scale, loss_dtype, process_group)
 
-    def extra_repr(self) -> str:
-        text = (f"in_features={self.linear.in_features}, num_classes={self.num_classes},"
-                f" out_features={self.out_features}, bias={self.linear.bias is not None},"
-                f" reduction={self.reduction}, ignore_index={self.ignore_index},"
-                f" label_smoothing={self.label_smoothing}, options={self.options}")
-        extras = self._extras_repr()
-        return f"{text}, {extras}" if extras else text
-
-
-if hasattr(torch.nn, "LinearCrossEntropyOptions"):  # torch >= 2.13
-    LinearCrossEntropyOptions = torch.nn.LinearCrossEntropyOptions
-else:
-    @dataclasses.dataclass(frozen=True)
-    class LinearCrossEntropyOptions:
-        """torch 2.13's ``nn.LinearCrossEntropyOptions`` for torches without it: the same fields. fusedloss's
-        fused path reads ``batch_chunk_size`` (rows per chunk; None: a 224 MiB chunk of logits) and always
-        accumulates in float32; the other fields configure torch's own chunked path."""
-
-        allow_retain_graph: bool = False
-        batch_chunk_size: Optional[int] = None
-        chunking_method: Optional[str] = "auto"
-        acc_policy: str = "auto"
-        acc_dtype: Optional[torch.dtype] = None
-
-        def __post_init__(self):
-            rows = self.batch_chunk_size
-            if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
-                raise ValueError(f"batch_chunk_size must be positive int or None, got {rows!r}")
-            if self.acc_policy not in ("auto", "accurate", "balanced", "compact"):
-                raise ValueError(f"invalid acc_policy: {self.acc_policy!r}")
-
-
-if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.13
+if _backports.TORCH_HAS_LINEAR_CROSS_ENTROPY_LOSS:
     class LinearCrossEntropyLoss(_LinearCrossEntropyMixin, torch.nn.LinearCrossEntropyLoss):
         """``torch.nn.LinearCrossEntropyLoss`` (it owns its linear weight) on fusedloss's
         ``linear_cross_entropy``; extras as there (``z_loss``, ``softcap``, ``process_group``: the module's
         linear then holds this rank's block of the classes)."""
-
-        def __init__(self, in_features: int, num_classes: int, *, out_features: Tuple[int, ...] = (),
-                     bias: bool = False, device=None, dtype=None, reduction: str = "mean",
-                     weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
-                     label_smoothing: float = 0.0, options=None, z_loss: float = 0.0,
-                     softcap: Optional[float] = None, logit_scale: float = 1.0,
-                     loss_dtype: Optional[torch.dtype] = None, process_group=None):
-            super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
-                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
-                             label_smoothing=label_smoothing, options=options)
-            self._set_extras(z_loss, softcap, logit_scale, loss_dtype, process_group)
-
-        def extra_repr(self) -> str:
-            extras = self._extras_repr()
-            return f"{super().extra_repr()}, {extras}" if extras else super().extra_repr()
 else:
     LinearCrossEntropyLoss = StandaloneLinearCrossEntropyLoss
 

@@ -14,11 +14,16 @@ import torch.nn.functional as F
 
 import fusedloss
 import fusedloss.functional as FL
-from helpers import DEVICE
+from helpers import DEVICE, class_labels, normal, sign
+
+# The samples' makers take the shape's sizes as arguments (``_normal(5, 7)``). Normal values, signs and class
+# labels are tests/helpers.py's; probabilities and positive values keep further from 0 and 1 than the parity
+# makers there, so that second derivatives stay moderate.
 
 
 def _normal(*shape):
-    return torch.randn(*shape, dtype=torch.float64, device=DEVICE)
+    """Sizes as torch.randn takes them: ``_normal(5, 7)`` or ``_normal((5, 7))``."""
+    return normal(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
 
 
 def _probability(*shape):
@@ -30,14 +35,12 @@ def _positive(*shape):
 
 
 def _sign(*shape):
-    return torch.randint(0, 2, shape, device=DEVICE).double() * 2 - 1
+    return sign(shape)
 
 
 def _classes(n, c, ignore=True):
-    target = torch.randint(0, c, (n,), device=DEVICE)
-    if ignore:
-        target[1] = -100
-    return target
+    """n class labels, the second one ignored (-100) with ``ignore``."""
+    return class_labels((n,), c, ignore)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
 """The command line says what it measured and only that: no race without a GPU, options validated and
-honoured in every mode, results that name their own commit, readable errors (issue 18)."""
+honoured in every mode, results that name their own commit, readable errors."""
 import json
 import os
 import statistics

@@ -278,7 +278,7 @@ def test_chunk_size_does_not_change_the_result(chunk):
     with fusedloss.backend("triton"), _AllocationRecorder() as recorder:
         loss = FL.linear_cross_entropy(x, w, target, linear_bias=b, options=options)
         grads = torch.autograd.grad(loss, (x, w, b))
-    one_chunk = chunk * _chunks.padded_columns(300, x.element_size())  # rows padded to 16 elements
+    one_chunk = chunk * _chunks.padded_columns(300)  # rows padded to 16 elements
     assert max(s for s in recorder.sizes if s != w.numel()) <= max(one_chunk, x.numel()), "one chunk of logits"
     ref = torch_reference(x, w, target, linear_bias=b)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-13)
@@ -335,7 +335,7 @@ def test_no_tensor_of_n_by_c_elements(reduction, dtype):
             torch.autograd.grad(loss.sum(), (x, w, b))
         assert (max(recorder.sizes) >= n * c) == expect_whole, (backend, max(recorder.sizes))
         if not expect_whole:
-            assert max(s for s in recorder.sizes if s != w.numel()) <= chunk * _chunks.padded_columns(c, x.element_size())
+            assert max(s for s in recorder.sizes if s != w.numel()) <= chunk * _chunks.padded_columns(c)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
@@ -358,7 +358,7 @@ def test_chunk_rows_fewest_chunks_then_the_gemm_tile(n, c, element_size, monkeyp
     C = 128256 in bfloat16 9 chunks of 911 rows (896 would make 10: W and dW read again)."""
     monkeypatch.setattr(_chunks, "CHUNK_BYTES", 224 << 20)
     rows = _chunks.chunk_rows(n, c, element_size, 0)
-    row_bytes = _chunks.padded_columns(c, element_size) * element_size
+    row_bytes = _chunks.padded_columns(c) * element_size
     assert rows * row_bytes <= _chunks.CHUNK_BYTES
     fewest = -(-n // (_chunks.CHUNK_BYTES // row_bytes))
     assert -(-n // rows) == fewest

@@ -23,7 +23,7 @@ from fusedloss.bench import registry
 from fusedloss.bench.traffic import measure_traffic
 import helpers
 from helpers import (DEVICE, Case, assert_matches, backend_context, grid_call, make_call, normal,
-                     parity_grid, positive, probability)
+                     parity_grid, positive, probability, scaled, sign)
 
 BACKENDS = ["triton", "torch"]
 SHAPES = [(1,), (4097,), (3, 1023), (0,), "strided"]
@@ -33,12 +33,7 @@ STRIDED_SHAPE = (33, 64)
 # ------------------------------------------------------------------ value makers (float64, in each domain)
 
 
-def logits(shape):
-    return 3 * normal(shape)
-
-
-def sign(shape):
-    return torch.randint(0, 2, shape, device=DEVICE).double() * 2 - 1
+logits = scaled(3)
 
 
 def binary(shape):

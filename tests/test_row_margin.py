@@ -27,7 +27,7 @@ import fusedloss.nn as FN
 import helpers
 from fusedloss.bench import registry
 from fusedloss.bench.traffic import measure_traffic
-from helpers import DEVICE, DTYPES, Case, grid_call, make_call, normal, parity_grid, positive, probability
+from helpers import DEVICE, DTYPES, Case, grid_call, make_call, normal, parity_grid, positive, probability, scaled
 
 BACKENDS = ["triton", "torch"]
 SHAPES = [(7, 300), (3, 13), (1, 5), (13,), "strided"]
@@ -38,8 +38,7 @@ STRIDED_SHAPE = (6, 40)
 # ------------------------------------------------------------------ value makers (float64; shape = the input's)
 
 
-def scores(shape):
-    return 3 * normal(shape)
+scores = scaled(3)
 
 
 def small(shape):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import fusedloss
 import fusedloss.functional as FL
 import helpers
-from helpers import DEVICE, DTYPES, Case, make_call, normal, positive, probability
+from helpers import DEVICE, DTYPES, Case, make_call, normal, positive, probability, scaled
 
 LOSSES = ("multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "cosine_embedding_loss",
           "triplet_margin_loss", "triplet_margin_with_distance_loss", "pairwise_distance", "cosine_similarity")
@@ -49,12 +49,6 @@ def row_sign(shape):
     if len(shape) == 1:
         return torch.tensor(1 if random.random() < 0.5 else -1, device=DEVICE)
     return (torch.randint(0, 2, (shape[0],), device=DEVICE) * 2 - 1)
-
-
-def scaled(scale):
-    def make(shape):
-        return scale * normal(shape)
-    return make
 
 
 def draw(seed):

@@ -24,7 +24,8 @@ import fusedloss
 import fusedloss.functional as FL
 import fusedloss.nn as FN
 from fusedloss.kernels._math import offset64
-from helpers import DEVICE, DTYPES, assert_matches, assert_matches_torch, backend_context, strided_like
+from helpers import (DEVICE, DTYPES, assert_matches, assert_matches_torch, backend_context, class_targets,
+                     probability_targets, strided_like)
 
 SHAPES = [(37, 1000), (5, 4099), (3, 9001), (1, 1), (13, 7, 6), (2, 5, 3, 4), (11,)]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -36,15 +37,9 @@ def n_classes(shape):
 
 
 def class_target(shape, ignore_fraction=0.2, ignore_index=-100):
+    """Class targets of logits of ``shape``: their shape without the classes (dim 1; () for (C,))."""
     target_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
-    target = torch.randint(0, n_classes(shape), target_shape, device=DEVICE)
-    ignored = torch.rand(target_shape, device=DEVICE) < ignore_fraction
-    return torch.where(ignored, torch.full_like(target, ignore_index), target)
-
-
-def prob_target(shape, dtype=torch.float32):
-    dim = 0 if len(shape) == 1 else 1
-    return torch.softmax(3 * torch.randn(shape, device=DEVICE), dim=dim).to(dtype)
+    return class_targets(target_shape, n_classes(shape), ignore_fraction, ignore_index)
 
 
 def logits_of(shape, dtype, scale=3.0, layout="contiguous"):
@@ -131,7 +126,7 @@ def test_cross_entropy_probability_targets(shape, dtype, reduction, options, bac
     weight = torch.rand(n_classes(shape), device=DEVICE) + 0.1 if "weight" in options else None
     smoothing = 0.2 if "smoothing" in options else 0.0
     x = logits_of(shape, dtype)
-    target = prob_target(shape, dtype)
+    target = probability_targets(shape, dtype)
     check_parity(FL.cross_entropy, F.cross_entropy, x, target, backend, weight=weight,
                  reduction=reduction, label_smoothing=smoothing)
 
@@ -145,7 +140,7 @@ def test_cross_entropy_non_contiguous(layout, options, backend):
     assert not x.is_contiguous()
     weight = torch.rand(shape[1], device=DEVICE) if "weight" in options else None
     smoothing = 0.15 if "smoothing" in options else 0.0
-    target = prob_target(shape) if options == "probability" else class_target(shape)
+    target = probability_targets(shape) if options == "probability" else class_target(shape)
     if options == "probability":
         target = strided_like(target, layout)
     check_parity(FL.cross_entropy, F.cross_entropy, x, target, backend, weight=weight,
@@ -290,7 +285,7 @@ def test_cross_entropy_extras(shape, dtype, reduction, extras):
         kwargs["weight"] = (torch.rand(n_classes(shape), device=DEVICE) + 0.1).to(dtype)
         kwargs["label_smoothing"] = 0.1
     x = logits_of(shape, dtype)
-    target = prob_target(shape, dtype) if "probability" in extras else class_target(shape)
+    target = probability_targets(shape, dtype) if "probability" in extras else class_target(shape)
     x64 = x.detach().double().requires_grad_()
     kwargs64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     ref = eager_extras(x64, target.double() if target.is_floating_point() else target, **kwargs64)
@@ -691,7 +686,7 @@ def test_option_grid_covers_every_combination():
         if weighted:
             kwargs["weight"] = torch.rand(shape[1], device=DEVICE) + 0.1
         x = logits_of(shape, torch.float32)
-        target = prob_target(shape) if prob else class_target(shape)
+        target = probability_targets(shape) if prob else class_target(shape)
         x64 = x.detach().double().requires_grad_()
         k64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
         ref = eager_extras(x64, target.double() if prob else target, **k64)
@@ -720,7 +715,7 @@ def test_grad_in_forward(options, grad_scale, reduction, inplace):
         kwargs["label_smoothing"] = 0.1
     if "z" in options:
         kwargs.update(z_loss=1e-3, softcap=3.0)
-    target = prob_target(shape) if "probability" in options else class_target(shape)
+    target = probability_targets(shape) if "probability" in options else class_target(shape)
     x = logits_of(shape, torch.float32)
     x64 = x.detach().double().requires_grad_()
     k64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
@@ -782,7 +777,7 @@ def test_probability_target_gradient(shape, dtype, reduction, options):
     if "z" in options:
         kwargs.update(z_loss=1e-2, softcap=2.5)
     x = logits_of(shape, dtype).requires_grad_(options != "target only")
-    target = prob_target(shape, dtype).requires_grad_()
+    target = probability_targets(shape, dtype).requires_grad_()
     diff = [target] if options == "target only" else [x, target]
 
     def grads(fn, x, target, upstream, **kw):
@@ -865,7 +860,7 @@ def test_large_logits_keep_the_gradient_precise(offset, options):
     torch 1e-7, from (x - m) - log d). The forward keeps lse's rounding error beside it for the backward."""
     options = dict(options)
     x = (3 * torch.randn(8, 100, device=DEVICE) + offset).requires_grad_()
-    target = prob_target(x.shape) if options.pop("probability", False) else class_target(x.shape)
+    target = probability_targets(x.shape) if options.pop("probability", False) else class_target(x.shape)
     check_parity(FL.cross_entropy, eager_extras, x, target, "triton", **options)
 
 

@@ -15,7 +15,7 @@ from ..ops import _eager, _vocab_parallel
 from ..ops.linear_distribution import LinearJSDOptions, LinearLogProbsOptions
 from ..ops.linear_distribution import linear_jsd_loss as linear_jsd_loss_op
 from ..ops.linear_distribution import linear_log_probs as linear_log_probs_op
-from ..ops.linear_cross_entropy import MatmulRowsOptions, linear_cross_entropy_loss
+from ..ops.linear_cross_entropy import LinearCrossEntropyOpOptions, linear_cross_entropy_loss
 from ._common import (check_extras, group_and_classes, out_dtype_of, require_classes, requested_out_dtype,
                       values_checked_here)
 from .distribution_rows import STATS_DOC, token_outputs
@@ -128,7 +128,7 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     chunked = (reduction in ("mean", "sum", "none") and not label_smoothing and target.dtype == torch.int64
                and linear_weight.dim() == 2)
     chunk_rows = check.linear_cross_entropy_chunk_rows(options, input, linear_weight, chunked)
-    lce_options = MatmulRowsOptions(
+    lce_options = LinearCrossEntropyOpOptions(
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, int(chunk_rows),
         "" if process_group is None else _vocab_parallel.group_name(process_group), logit_scale)

@@ -14,7 +14,22 @@ from ..ops.pointwise import PointwiseOptions, pointwise_loss
 from ._common import out_dtype_of
 
 
-def _pointwise_route(op, fused, unsupported, tensors, eager=None, broadcast=((0, 1),)):
+def _route(op, fused, *, integer_target, input=0, target=1, others=(), trainable_weight=None, eager=None,
+           broadcast=((0, 1),)):
+    """A pointwise loss's Route from its arguments' positions: ``input`` and ``target``, the ``others`` tensors
+    that must share the input's dtype, a ``trainable_weight`` the kernel gives no gradient (all of them:
+    the tensors whose devices decide); ``integer_target``, ``eager`` (default: torch's function) and
+    ``broadcast`` as in ``pointwise_op.unsupported`` and ``Route``."""
+    count = len(others)
+    assert count <= 2, "the family's losses have at most two tensors besides input and target"
+    first, second = (*others, None, None)[:2]
+
+    def unsupported(*args):  # indexed here: Dynamo traces it (not itemgetter), and it runs on every fused call
+        rest = () if count == 0 else (args[first],) if count == 1 else (args[first], args[second])
+        return pointwise_op.unsupported(op, args[input], args[target], rest, integer_target=integer_target,
+                                        trainable_weight=None if trainable_weight is None else args[trainable_weight])
+
+    tensors = tuple(sorted({input, target, *others}))
     return Route(op, eager or getattr(F, op), fused, unsupported, tensors, broadcast)
 
 
@@ -46,10 +61,7 @@ def _fused_bce(input, target, weight, size_average, reduce, reduction):
     return pointwise_loss(options, input, target, weight=weight)
 
 
-_BCE = _pointwise_route(
-    "binary_cross_entropy", _fused_bce,
-    lambda input, target, weight, *_: pointwise_op.unsupported("binary_cross_entropy", input, target, (weight,),
-                                                             integer_target=False), (0, 1, 2))
+_BCE = _route("binary_cross_entropy", _fused_bce, others=(2,), integer_target=False)
 
 
 def binary_cross_entropy_with_logits(
@@ -76,12 +88,9 @@ def _fused_bce_with_logits(input, target, weight, size_average, reduce, reductio
     return pointwise_loss(options, input, target, weight=weight, pos_weight=pos_weight)
 
 
-_BCE_WITH_LOGITS = _pointwise_route(
-    "binary_cross_entropy_with_logits", _fused_bce_with_logits,
-    lambda input, target, weight, size_average, reduce, reduction, pos_weight: pointwise_op.unsupported(
-        "binary_cross_entropy_with_logits", input, target, (weight, pos_weight), integer_target=False),
-    (0, 1, 2, 6),
-    broadcast=((6, 1), (0, 2)))  # torch: (pos_weight - 1) * target, loss * weight
+_BCE_WITH_LOGITS = _route("binary_cross_entropy_with_logits", _fused_bce_with_logits, others=(2, 6),
+                          integer_target=False,
+                          broadcast=((6, 1), (0, 2)))  # torch: (pos_weight - 1) * target, loss * weight
 
 
 def smooth_l1_loss(
@@ -106,9 +115,7 @@ def _fused_smooth_l1(input, target, size_average, reduce, reduction, beta):
     return pointwise_loss(options, input, target)
 
 
-_SMOOTH_L1 = _pointwise_route(
-    "smooth_l1_loss", _fused_smooth_l1,
-    lambda input, target, *_: pointwise_op.unsupported("smooth_l1_loss", input, target, integer_target=True), (0, 1))
+_SMOOTH_L1 = _route("smooth_l1_loss", _fused_smooth_l1, integer_target=True)
 
 
 def huber_loss(
@@ -132,10 +139,7 @@ def _fused_huber(input, target, reduction, delta, weight):
     return pointwise_loss(options, input, target, weight=weight)
 
 
-_HUBER = _pointwise_route(
-    "huber_loss", _fused_huber,
-    lambda input, target, reduction, delta, weight: pointwise_op.unsupported(
-        "huber_loss", input, target, (weight,), integer_target=True, trainable_weight=weight), (0, 1, 4))
+_HUBER = _route("huber_loss", _fused_huber, others=(4,), trainable_weight=4, integer_target=True)
 
 
 def l1_loss(
@@ -177,10 +181,7 @@ def _l1_or_mse(formula):
         return pointwise_loss(PointwiseOptions(formula, reduction, out_dtype_of(op, input)), input, target,
                               weight=weight)
 
-    def unsupported(input, target, size_average, reduce, reduction, weight):
-        return pointwise_op.unsupported(op, input, target, (weight,), integer_target=True, trainable_weight=weight)
-
-    return _pointwise_route(op, fused, unsupported, (0, 1, 5))
+    return _route(op, fused, others=(5,), trainable_weight=5, integer_target=True)
 
 
 _L1 = _l1_or_mse("l1")
@@ -206,9 +207,7 @@ def _fused_soft_margin(input, target, size_average, reduce, reduction):
     return pointwise_loss(options, input, target)
 
 
-_SOFT_MARGIN = _pointwise_route(
-    "soft_margin_loss", _fused_soft_margin,
-    lambda input, target, *_: pointwise_op.unsupported("soft_margin_loss", input, target, integer_target=True), (0, 1))
+_SOFT_MARGIN = _route("soft_margin_loss", _fused_soft_margin, integer_target=True)
 
 
 def kl_div(
@@ -230,10 +229,8 @@ def _fused_kl_div(input, target, size_average, reduce, reduction, log_target):
     return pointwise_loss(options, input, target)
 
 
-_KL_DIV = _pointwise_route(
-    "kl_div", _fused_kl_div,
-    lambda input, target, *_: pointwise_op.unsupported("kl_div", input, target, integer_target=False), (0, 1),
-    broadcast=((1, 0),))  # torch: target * (log(target) - input)
+_KL_DIV = _route("kl_div", _fused_kl_div, integer_target=False,
+                 broadcast=((1, 0),))  # torch: target * (log(target) - input)
 
 
 def poisson_nll_loss(
@@ -260,10 +257,8 @@ def _fused_poisson_nll(input, target, log_input, full, size_average, eps, reduce
     return pointwise_loss(options, input, target)
 
 
-_POISSON_NLL = _pointwise_route(
-    "poisson_nll_loss", _fused_poisson_nll,
-    lambda input, target, *_: pointwise_op.unsupported("poisson_nll_loss", input, target, integer_target=True), (0, 1),
-    broadcast=((1, 0),))  # torch: target * input (or log(input + eps))
+_POISSON_NLL = _route("poisson_nll_loss", _fused_poisson_nll, integer_target=True,
+                      broadcast=((1, 0),))  # torch: target * input (or log(input + eps))
 
 
 def gaussian_nll_loss(
@@ -291,11 +286,8 @@ def _fused_gaussian_nll(input, target, var, full, eps, reduction):
     return pointwise_loss(options, input, target, var if isinstance(var, Tensor) else None)
 
 
-_GAUSSIAN_NLL = _pointwise_route(
-    "gaussian_nll_loss", _fused_gaussian_nll,
-    lambda input, target, var, *_: pointwise_op.unsupported("gaussian_nll_loss", input, target, (var,),
-                                                          integer_target=True), (0, 1, 2),
-    broadcast=((0, 1), ((0, 1), 2)))  # torch: (input - target)**2 / var
+_GAUSSIAN_NLL = _route("gaussian_nll_loss", _fused_gaussian_nll, others=(2,), integer_target=True,
+                       broadcast=((0, 1), ((0, 1), 2)))  # torch: (input - target)**2 / var
 
 
 def margin_ranking_loss(
@@ -319,11 +311,8 @@ def _fused_margin_ranking(input1, input2, target, margin, size_average, reduce, 
     return pointwise_loss(options, input1, input2, target)
 
 
-_MARGIN_RANKING = _pointwise_route(
-    "margin_ranking_loss", _fused_margin_ranking,
-    lambda input1, input2, target, *_: pointwise_op.unsupported("margin_ranking_loss", input1, target, (input2,),
-                                                              integer_target=True), (0, 1, 2),
-    broadcast=((0, 1), (2, (0, 1))))  # torch: -target * (input1 - input2)
+_MARGIN_RANKING = _route("margin_ranking_loss", _fused_margin_ranking, target=2, others=(1,), integer_target=True,
+                         broadcast=((0, 1), (2, (0, 1))))  # torch: -target * (input1 - input2)
 
 
 def hinge_embedding_loss(
@@ -346,11 +335,8 @@ def _fused_hinge_embedding(input, target, margin, size_average, reduce, reductio
     return pointwise_loss(options, input, target.detach())
 
 
-_HINGE_EMBEDDING = _pointwise_route(
-    "hinge_embedding_loss", _fused_hinge_embedding,
-    lambda input, target, *_: pointwise_op.unsupported("hinge_embedding_loss", input, target, integer_target=True),
-    (0, 1),
-    broadcast=((1, 0),))  # torch: where(target != 1, clamp(margin - input, 0), 0)
+_HINGE_EMBEDDING = _route("hinge_embedding_loss", _fused_hinge_embedding, integer_target=True,
+                          broadcast=((1, 0),))  # torch: where(target != 1, clamp(margin - input, 0), 0)
 
 
 def sigmoid_focal_loss(
@@ -378,7 +364,5 @@ def _fused_sigmoid_focal(inputs, targets, alpha, gamma, reduction):
     return pointwise_loss(options, inputs, targets)
 
 
-_SIGMOID_FOCAL = _pointwise_route(
-    "sigmoid_focal_loss", _fused_sigmoid_focal,
-    lambda inputs, targets, *_: pointwise_op.unsupported("sigmoid_focal_loss", inputs, targets, integer_target=False),
-    (0, 1), eager=_eager.sigmoid_focal_loss)
+_SIGMOID_FOCAL = _route("sigmoid_focal_loss", _fused_sigmoid_focal, integer_target=False,
+                        eager=_eager.sigmoid_focal_loss)

@@ -16,6 +16,26 @@ from ..ops.row_margin import RowMarginOptions, row_margin_loss
 from ._common import out_dtype_of
 
 
+def _route(op, fused, tensors, *, operands=(), promoted=False, norm=None, unsupported=None, eager=None,
+           broadcast=((0, 1),)):
+    """A row-margin loss's Route from its arguments' positions: ``operands``, the floating tensors that must
+    share a dtype (``promoted``: torch promotes their integer dtypes), ``norm`` the position of a p-norm's
+    ``p``; or ``unsupported``, the family's predicate for losses with more to check. ``tensors``: the
+    positions whose devices decide; ``eager`` (default: torch's function) and ``broadcast`` as in ``Route``."""
+    if unsupported is None:
+        count = len(operands)
+        assert 1 <= count <= 3, "the family's losses check one to three operands"
+        first, second, third = (*operands, None, None)[:3]
+
+        def unsupported(*args):  # indexed here: Dynamo traces it (not itemgetter), and it runs on every fused call
+            values = ((args[first],) if count == 1 else (args[first], args[second]) if count == 2
+                      else (args[first], args[second], args[third]))
+            problem = row_margin_op.unsupported(op, values, promoted=values if promoted else ())
+            return problem if problem is not None or norm is None else row_margin_op.unsupported_norm(args[norm])
+
+    return Route(op, eager or getattr(F, op), fused, unsupported, tensors, broadcast)
+
+
 def multi_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -45,9 +65,7 @@ def _fused_multi_margin(input, target, p, margin, weight, size_average, reduce, 
     return row_margin_loss(options, input, t=target, w=weight)
 
 
-_MULTI_MARGIN = Route("multi_margin_loss", F.multi_margin_loss, _fused_multi_margin,
-                      lambda input, target, p, margin, weight, *_: row_margin_op.unsupported(
-                          "multi_margin_loss", (input, weight)), (0, 1, 4))
+_MULTI_MARGIN = _route("multi_margin_loss", _fused_multi_margin, (0, 1, 4), operands=(0, 4))
 
 
 def multilabel_margin_loss(
@@ -76,8 +94,7 @@ def _fused_multilabel_margin(input, target, size_average, reduce, reduction):
     return row_margin_loss(options, input, t=target)
 
 
-_MULTILABEL_MARGIN = Route("multilabel_margin_loss", F.multilabel_margin_loss, _fused_multilabel_margin,
-                           lambda input, *_: row_margin_op.unsupported("multilabel_margin_loss", (input,)), (0, 1))
+_MULTILABEL_MARGIN = _route("multilabel_margin_loss", _fused_multilabel_margin, (0, 1), operands=(0,))
 
 
 def multilabel_soft_margin_loss(
@@ -103,9 +120,9 @@ def _fused_multilabel_soft_margin(input, target, weight, size_average, reduce, r
     return row_margin_loss(options, input, target, weight)
 
 
-_MULTILABEL_SOFT_MARGIN = Route("multilabel_soft_margin_loss", F.multilabel_soft_margin_loss,
-                                _fused_multilabel_soft_margin, row_margin_op.unsupported_multilabel_soft_margin, (0, 1, 2),
-                                ((1, 0), ((0, 1), 2)))  # torch: target * logsigmoid(input), then * weight
+_MULTILABEL_SOFT_MARGIN = _route("multilabel_soft_margin_loss", _fused_multilabel_soft_margin, (0, 1, 2),
+                                 unsupported=row_margin_op.unsupported_multilabel_soft_margin,
+                                 broadcast=((1, 0), ((0, 1), 2)))  # torch: target * logsigmoid(input), then * weight
 
 
 def cosine_embedding_loss(
@@ -138,10 +155,8 @@ def _cosine_shape(args):
 
 
 _COSINE_EMBEDDING_EPS = 9.999999960041972e-13  # ATen's EPSILON: the float 1e-12f (float64 inputs see it exactly)
-_COSINE_EMBEDDING = Route("cosine_embedding_loss", F.cosine_embedding_loss, _fused_cosine_embedding,
-                          lambda input1, input2, target, *_: row_margin_op.unsupported(
-                              "cosine_embedding_loss", (input1, input2), promoted=(input1, input2)), (0, 1, 2),
-                          ((0, 1), (2, _cosine_shape)))  # torch: where(target == 1, 1 - cos, 0), cos per row
+_COSINE_EMBEDDING = _route("cosine_embedding_loss", _fused_cosine_embedding, (0, 1, 2), operands=(0, 1), promoted=True,
+                           broadcast=((0, 1), (2, _cosine_shape)))  # torch: where(target == 1, 1 - cos, 0), cos per row
 
 
 def triplet_margin_loss(
@@ -174,11 +189,8 @@ def _triplet_loss(op, anchor, positive, negative, margin, p, eps, swap, reductio
     return row_margin_loss(options, anchor, positive, negative)
 
 
-_TRIPLET = Route("triplet_margin_loss", F.triplet_margin_loss, _fused_triplet,
-                 lambda anchor, positive, negative, margin, p, *_: row_margin_op.unsupported(
-                     "triplet_margin_loss", (anchor, positive, negative),
-                     promoted=(anchor, positive, negative)) or row_margin_op.unsupported_norm(p), (0, 1, 2),
-                 ((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
+_TRIPLET = _route("triplet_margin_loss", _fused_triplet, (0, 1, 2), operands=(0, 1, 2), promoted=True, norm=4,
+                  broadcast=((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
 
 
 def triplet_margin_with_distance_loss(
@@ -245,9 +257,9 @@ def _unsupported_triplet_with_distance(anchor, positive, negative, distance_func
                              promoted=(anchor, positive, negative)) or row_margin_op.unsupported_norm(distance[0])
 
 
-_TRIPLET_WITH_DISTANCE = Route("triplet_margin_with_distance_loss", _eager_triplet_with_distance,
-                               _fused_triplet_with_distance, _unsupported_triplet_with_distance, (0, 1, 2),
-                               ((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
+_TRIPLET_WITH_DISTANCE = _route("triplet_margin_with_distance_loss", _fused_triplet_with_distance, (0, 1, 2),
+                                unsupported=_unsupported_triplet_with_distance, eager=_eager_triplet_with_distance,
+                                broadcast=((0, 1), (0, 2), (1, 2)))  # torch: the distances a-p, a-n, p-n
 
 
 def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:
@@ -263,9 +275,8 @@ def _fused_pairwise_distance(x1, x2, p, eps, keepdim):
     return row_margin_loss(options, x1, x2)
 
 
-_PAIRWISE_DISTANCE = Route("pairwise_distance", F.pairwise_distance, _fused_pairwise_distance,
-                           lambda x1, x2, p, *_: row_margin_op.unsupported("pairwise_distance", (x1, x2), promoted=(x1, x2))
-                           or row_margin_op.unsupported_norm(p), (0, 1))
+_PAIRWISE_DISTANCE = _route("pairwise_distance", _fused_pairwise_distance, (0, 1), operands=(0, 1), promoted=True,
+                            norm=2)
 
 
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
@@ -281,8 +292,8 @@ def _fused_cosine_similarity(x1, x2, dim, eps):
     return row_margin_loss(options, x1, x2)
 
 
-_COSINE_SIMILARITY = Route("cosine_similarity", F.cosine_similarity, _fused_cosine_similarity,
-                           row_margin_op.unsupported_cosine_similarity, (0, 1))
+_COSINE_SIMILARITY = _route("cosine_similarity", _fused_cosine_similarity, (0, 1),
+                            unsupported=row_margin_op.unsupported_cosine_similarity)
 
 
 def ctc_loss(
@@ -300,8 +311,11 @@ def ctc_loss(
     return dispatch.call(_CTC, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
 
 
-_CTC = Route("ctc_loss", F.ctc_loss, None,
-             lambda *_: "ctc_loss is not fused: torch's implementation (cuDNN or ATen) runs on every backend", (0, 1))
+def _ctc_not_fused(*unused):
+    return "ctc_loss is not fused: torch's implementation (cuDNN or ATen) runs on every backend"
+
+
+_CTC = _route("ctc_loss", None, (0, 1), unsupported=_ctc_not_fused)
 
 
 # ------------------------------------------------------------------ ranking losses (groups of scores)
@@ -336,8 +350,8 @@ def _fused_rank_hinge(y_pred, y_true, num_neg, margin, reduction):
     return row_margin_loss(options, y_pred)
 
 
-_RANK_HINGE = Route("rank_hinge_loss", _eager_rank_hinge, _fused_rank_hinge,
-                    lambda y_pred, y_true, num_neg, *_: row_margin_op.unsupported_rank(y_pred, y_true, num_neg, False), (0,))
+_RANK_HINGE = _route("rank_hinge_loss", _fused_rank_hinge, (0,), unsupported=row_margin_op.unsupported_rank_hinge,
+                     eager=_eager_rank_hinge)
 
 
 def rank_cross_entropy_loss(y_pred: Tensor, y_true: Tensor, num_neg: int = 1) -> Tensor:
@@ -361,5 +375,5 @@ def _fused_rank_cross_entropy(y_pred, y_true, num_neg):
     return row_margin_loss(options, y_pred, y_true)
 
 
-_RANK_CROSS_ENTROPY = Route("rank_cross_entropy_loss", _eager_rank_cross_entropy, _fused_rank_cross_entropy,
-                            lambda y_pred, y_true, num_neg: row_margin_op.unsupported_rank(y_pred, y_true, num_neg, True), (0, 1))
+_RANK_CROSS_ENTROPY = _route("rank_cross_entropy_loss", _fused_rank_cross_entropy, (0, 1),
+                             unsupported=row_margin_op.unsupported_rank_cross_entropy, eager=_eager_rank_cross_entropy)

@@ -1,4 +1,5 @@
 """Softmax rows: cross entropy and NLL (fusedloss.ops.softmax_rows)."""
+import functools
 from typing import Optional
 
 import torch
@@ -12,6 +13,12 @@ from ..ops import softmax_rows as softmax_rows_op
 from ..ops import _eager, _vocab_parallel
 from ..ops.softmax_rows import SoftmaxRowsOptions, softmax_rows_loss
 from ._common import check_extras, out_dtype_of, require_classes
+
+
+def _route(op, eager, fused, dtensor):
+    """A softmax-rows loss's Route: input, target and weight at positions 0, 1, 2 (their devices decide);
+    ``dtensor``: the call with DTensor arguments (fusedloss/_dtensor.py)."""
+    return Route(op, eager, fused, softmax_rows_op.unsupported, (0, 1, 2), dtensor=dtensor)
 
 
 def cross_entropy(
@@ -114,8 +121,8 @@ def _fused_cross_entropy(input, target, weight, size_average, ignore_index, redu
     return softmax_rows_loss(input, target, weight, options)
 
 
-_CROSS_ENTROPY = Route("cross_entropy", _eager_cross_entropy, _fused_cross_entropy, softmax_rows_op.unsupported,
-                       (0, 1, 2), dtensor=lambda *args: _dtensor.cross_entropy(cross_entropy, *args))
+_CROSS_ENTROPY = _route("cross_entropy", _eager_cross_entropy, _fused_cross_entropy,
+                        functools.partial(_dtensor.cross_entropy, cross_entropy))
 
 
 def nll_loss(
@@ -148,5 +155,4 @@ def _fused_nll_loss(input, target, weight, size_average, ignore_index, reduce, r
     return softmax_rows_loss(input, target, weight, options)
 
 
-_NLL = Route("nll_loss", F.nll_loss, _fused_nll_loss, softmax_rows_op.unsupported, (0, 1, 2),
-             dtensor=lambda *args: _dtensor.nll_loss(*args))
+_NLL = _route("nll_loss", F.nll_loss, _fused_nll_loss, _dtensor.nll_loss)

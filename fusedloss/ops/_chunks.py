@@ -53,7 +53,7 @@ def chunk_rows(n, columns, element_size, requested):
     written again, ~1.9 ms on an H100 at 8192 x 4096 x 128256, against a partial GEMM tile)."""
     if requested:
         return max(1, min(requested, n))
-    limit = max(1, CHUNK_BYTES // max(padded_columns(columns, element_size) * element_size, 1))
+    limit = max(1, CHUNK_BYTES // max(padded_columns(columns) * element_size, 1))
     if n <= limit:
         return max(n, 1)
     rows = -(-n // -(-n // limit))
@@ -63,17 +63,16 @@ def chunk_rows(n, columns, element_size, requested):
     return up if up <= limit else rows
 
 
-def padded_columns(columns, element_size):
+def padded_columns(columns):
     """A chunk buffer's row stride: ``columns`` rounded up to ROW_ALIGN_ELEMENTS (C = 50257: 50272, so every
-    row, not every eighth in bfloat16, starts 16-byte aligned). ``element_size``: kept for the callers that
-    size the budget in bytes."""
+    row, not every eighth in bfloat16, starts 16-byte aligned)."""
     return -(-columns // ROW_ALIGN_ELEMENTS) * ROW_ALIGN_ELEMENTS
 
 
 def chunk_buffer(x, rows, columns):
     """A (rows, columns) logits buffer whose rows are padded (``padded_columns``): a view of a slightly wider
     allocation; the GEMMs write it through their leading dimension and the row kernels take its strides."""
-    return x.new_empty((rows, padded_columns(columns, x.element_size())))[:, :columns]
+    return x.new_empty((rows, padded_columns(columns)))[:, :columns]
 
 
 def sweep(heads, n, chunk, visit, grads=None, kept=None):

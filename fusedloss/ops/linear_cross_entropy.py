@@ -49,8 +49,10 @@ from ._eager import linear_logits
 from .softmax_rows import unsupported as unsupported_softmax_rows
 from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
 
-class MatmulRowsOptions(NamedTuple):
-    """The registered op's options (internal; users pass torch's ``LinearCrossEntropyOptions``)."""
+
+class LinearCrossEntropyOpOptions(NamedTuple):
+    """linear_cross_entropy's options as its registered op takes them (internal; users pass torch's
+    ``LinearCrossEntropyOptions``, whose chunk size becomes ``chunk_rows`` here)."""
 
     reduction: str  # "none" | "mean" | "sum"
     out_dtype: torch.dtype  # the loss's dtype: the input's, float32 under autocast
@@ -62,6 +64,7 @@ class MatmulRowsOptions(NamedTuple):
     chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of logits hold
     process_group: str = ""  # vocabulary-parallel: the group's name; "": none
     logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the softcap
+
 
 
 class _Geometry(NamedTuple):
@@ -149,7 +152,7 @@ def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, d
 
 class LinearCrossEntropy(_scaffold.Family):
     name = "linear_cross_entropy"
-    options_type = MatmulRowsOptions
+    options_type = LinearCrossEntropyOpOptions
     n_inputs = 5  # input, linear_weight, target, linear_bias, weight (class weights)
 
     @staticmethod

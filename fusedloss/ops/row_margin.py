@@ -353,6 +353,14 @@ def unsupported_cosine_similarity(x1, x2, *unused):
     return unsupported("cosine_similarity", (x1, x2), promoted=(x1, x2))
 
 
+def unsupported_rank_hinge(y_pred, y_true, num_neg, *unused):
+    return unsupported_rank(y_pred, y_true, num_neg, labels=False)
+
+
+def unsupported_rank_cross_entropy(y_pred, y_true, num_neg):
+    return unsupported_rank(y_pred, y_true, num_neg, labels=True)
+
+
 def unsupported_rank(y_pred, y_true, num_neg, labels):
     if not isinstance(y_pred, Tensor) or not y_pred.is_floating_point():
         return "a non-floating y_pred"
