@@ -222,9 +222,13 @@ _ALL_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # log_pr
 
 
 def _present(fn):
-    """``fn`` returning only the outputs asked for (a TokenStats' fields that are not None)."""
+    """``fn`` returning only the outputs asked for (a TokenStats' fields that are not None; a loss beside a
+    TokenStats first)."""
     def call(*args, **kwargs):
-        return tuple(o for o in fn(*args, **kwargs) if o is not None)
+        out = fn(*args, **kwargs)
+        if type(out) is tuple:  # (loss, TokenStats)
+            out = (out[0], *out[1])
+        return tuple(o for o in out if o is not None)
     return call
 
 
@@ -291,6 +295,8 @@ def _matmul_rows_cases(FL, group):
         # the heads of Cohere/Granite (a logit scale) and Gemma 2/3 (a softcap), as the HF integration passes
         ("linear_cross_entropy logit_scale softcap", FL.linear_cross_entropy, (hidden(), head(), _labels(n)),
          {"logit_scale": 0.0625, "softcap": 30.0}),
+        ("linear_cross_entropy stats=all softcap", _present(FL.linear_cross_entropy), (hidden(), head(), _labels(n)),
+         {"stats": _ALL_STATS, "softcap": 30.0}),
         ("linear_log_probs entropy softcap", FL.linear_log_probs, (hidden(), head(), _labels(n)),
          {"with_entropy": True, "logit_scale": 0.0625, "softcap": 30.0}),
         ("linear_jsd_loss softcaps", FL.linear_jsd_loss,

@@ -39,7 +39,7 @@ def num_warps_for(tile_elements):
     return 2
 
 
-def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per_class_sums=False):
+def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per_class_sums=False, token_stats=False):
     """(BLOCK_R, BLOCK_C, num_warps) for a [rows x classes] tile of the softmax-rows kernels.
 
     Classes contiguous (n_spatial == 1): one row per program with a wide class block, several rows per
@@ -50,7 +50,8 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     and grad-in-forward kernels spilled).
     Classes strided by n_spatial (inputs (N, C, d1..dk)): consecutive spatial positions are contiguous,
     so the tile is tall (many rows) and narrow (few classes). ``gather_only`` (the NLL forward reads one
-    element per row): many rows per program. Under the interpreter tiles stop at 4096 elements so that
+    element per row): many rows per program. ``token_stats`` (four more running sums): at most 32 elements
+    per thread (fusedloss/buildcheck.py: 64 with a softcap took 145 registers on sm_90). Under the interpreter tiles stop at 4096 elements so that
     the tests' small odd shapes still cross column blocks.
     """
     if gather_only:
@@ -67,8 +68,12 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
         block_r = max(1, min(128, max_tile // (4 * block_c)))
     tile_bytes = block_r * block_c * element_size
     if per_class_sums:
-        return block_r, block_c, max(2, min(4, tile_bytes // 2048))
-    return block_r, block_c, max(2, min(16, tile_bytes // 4096))
+        num_warps = max(2, min(4, tile_bytes // 2048))
+    else:
+        num_warps = max(2, min(16, tile_bytes // 4096))
+    if token_stats:
+        num_warps = max(num_warps, min(16, block_r * block_c // (32 * 32)))
+    return block_r, block_c, num_warps
 
 
 def row_margin_tile(loss, n_cols, element_size):

@@ -250,3 +250,24 @@ def ff_mul_float(a_hi, a_lo, b):
     """(a * b) for a pair a and a float b, as a pair."""
     p, e = two_prod(a_hi, b)
     return _renormalize(p, e + tl.where(_finite(p), a_lo * b, 0.0))
+
+
+@triton.jit
+def online_softmax_stats(m, d, e, q, z, ENTROPY: tl.constexpr, SQ_SUM: tl.constexpr):
+    """One column block of an online log-sum-exp (running max m, running sum d of exp(z - m); z a
+    [BLOCK_R, BLOCK_V] block, masked lanes -inf) plus, with ENTROPY, e = sum exp(z - m)(z - m), moved to
+    the new max as the max grows: e <- exp(m - m') (e - (m' - m) d) (lanes of -inf add nothing: their 0 * -inf would be NaN); with SQ_SUM,
+    q = sum exp(z - m)**2, moved by exp(m - m')**2 (the row's max adds 1: q >= 1, no underflow that counts).
+    Without either, the log-sum-exp alone."""
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    w = tl.exp(z - m_safe[:, None])
+    if ENTROPY:
+        shift = tl.where(d > 0, (m_safe - m) * d, 0.0)
+        terms = tl.where(w > 0, w * (z - m_safe[:, None]), 0.0)
+        e = alpha * (e - shift) + tl.sum(terms, axis=1)
+    if SQ_SUM:
+        q = (alpha * alpha) * q + tl.sum(w * w, axis=1)
+    d = alpha * d + tl.sum(w, axis=1)
+    return m_new, d, e, q

@@ -72,7 +72,7 @@ import triton.language as tl
 
 from ._config import RBLOCK, _round_to_float32, distribution_rows_tile, interpreting, plan_cache, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_by_count, div_rn, join_float, log1p, offset64, tanh_with_slope
+from ._math import div_by_count, div_rn, join_float, log1p, offset64, online_softmax_stats, tanh_with_slope
 from ._reduce import finish_grid_mean
 
 KL_KINDS = ("forward", "reverse", "mixed")
@@ -91,26 +91,6 @@ def _online(m, d, z):
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of -inf so far
     d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), axis=1)
     return m_new, d
-
-
-@triton.jit
-def _online_stats(m, d, e, q, z, ENTROPY: tl.constexpr, SQ_SUM: tl.constexpr):
-    """(1) ``_online`` plus, with ENTROPY, e = sum exp(z - m)(z - m), moved to the new max as the max grows:
-    e <- exp(m - m') (e - (m' - m) d) (lanes of -inf add nothing: their 0 * -inf would be NaN); with SQ_SUM,
-    q = sum exp(z - m)**2, moved by exp(m - m')**2 (the row's max adds 1: q >= 1, no underflow that counts).
-    Without either, ``_online``."""
-    m_new = tl.maximum(m, tl.max(z, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m - m_safe)
-    w = tl.exp(z - m_safe[:, None])
-    if ENTROPY:
-        shift = tl.where(d > 0, (m_safe - m) * d, 0.0)
-        terms = tl.where(w > 0, w * (z - m_safe[:, None]), 0.0)
-        e = alpha * (e - shift) + tl.sum(terms, axis=1)
-    if SQ_SUM:
-        q = (alpha * alpha) * q + tl.sum(w * w, axis=1)
-    d = alpha * d + tl.sum(w, axis=1)
-    return m_new, d, e, q
 
 
 @triton.jit
@@ -228,7 +208,7 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
                         TEACHER_LOGITS: tl.constexpr, S_CAP: tl.constexpr, T_CAP: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
     """(1) One sweep over the row's (a shard's) V columns: online (M, D) of z = x / T, with ENTROPY also E
-    and with SQ_SUM Q (``_online_stats``), with Z_SUM the sum of z, with TOP1 the max of z over the columns
+    and with SQ_SUM Q (``online_softmax_stats``), with Z_SUM the sum of z, with TOP1 the max of z over the columns
     before ``y_local`` (B), with HARD_OWN_LSE (M, D) of x, with TEACHER_LOGITS of z'; with GATHER_Y the logit
     x at column ``y_local`` (0 where no column of the row is it: a label on another shard). Returns
     (m_s, d_s, e_s, q_s, z_s, b_s, m_t, d_t, m_1, d_1, x_y), each [BLOCK_R]."""
@@ -256,7 +236,7 @@ def _sweep_log_sum_exps(s_ptr, t_ptr, s_row, t_row, row_mask, s_v, t_v, n_cols, 
             z_s += tl.sum(tl.where(mask, z, 0.0), axis=1)
         if TOP1:
             b_s = tl.maximum(b_s, tl.max(tl.where(cols[None, :] < y_local[:, None], z, float("-inf")), axis=1))
-        m_s, d_s, e_s, q_s = _online_stats(m_s, d_s, e_s, q_s, z, ENTROPY, SQ_SUM)
+        m_s, d_s, e_s, q_s = online_softmax_stats(m_s, d_s, e_s, q_s, z, ENTROPY, SQ_SUM)
         if HARD_OWN_LSE:
             m_1, d_1 = _online(m_1, d_1, x)
         if TEACHER_LOGITS:

@@ -64,7 +64,7 @@ import triton.language as tl
 
 from ._config import RBLOCK, plan_cache, softmax_rows_tile, split_float
 from ._launch import accumulation_dtypes, launch, new_tensor, reduction_counter
-from ._math import div_rn, join_float, offset64, reciprocal_rn, tanh, tanh_with_slope
+from ._math import div_by_count, div_rn, join_float, offset64, online_softmax_stats, reciprocal_rn, tanh, tanh_with_slope
 from ._reduce import finish_grid_mean
 
 
@@ -185,7 +185,8 @@ def _row_offsets(pid, n_rows, n_spatial, stride_n, stride_s, BLOCK_R: tl.constex
 
 
 @triton.jit(do_not_specialize=["ignore_index", "smoothing_hi", "smoothing_lo", "z_loss_hi", "z_loss_lo",
-                            "softcap_hi", "softcap_lo", "class_offset", "n_total", "n_saved", "stats_stride"])
+                            "softcap_hi", "softcap_lo", "class_offset", "n_total", "n_saved", "stats_stride",
+                            "token_stats_stride"])
 def _softmax_rows_fwd_kernel(
     # pointers
     logits_ptr,  # (N, C, S) logits, or log-probabilities when INPUT_IS_LOGPROB
@@ -198,6 +199,8 @@ def _softmax_rows_fwd_kernel(
     counter_ptr,  # () int32 ticket counter, zero between launches (REDUCTION != "none")
     stats_ptr,  # (5, stats_stride) float row statistics [m | d | x_y | sum_a | sum_ad] (STATS, see VOCAB PARALLEL)
     grad_scale_ptr,  # (N, S) grad_output of the rows, multiplies the written gradient (SCALE_GRAD)
+    token_stats_ptr,  # (4, token_stats_stride) per-row statistics (out, TOKEN_STATS): entropy, log sum p^2,
+    #                   mean logit, is_top1, in that pointer's dtype
     # strides, in elements
     stride_xn, stride_xc, stride_xs,  # logits
     stride_tn, stride_tc, stride_ts,  # target (stride_tc unused for class indices)
@@ -208,6 +211,7 @@ def _softmax_rows_fwd_kernel(
     n_saved,  # N*S when the backward needs lse and p_coef (SAVE_FOR_BACKWARD, not NLL), else 0
     class_offset, n_total,  # column c is class class_offset + c of n_total (0 and C without a shard)
     stats_stride,  # distance between the statistics' rows
+    token_stats_stride,  # distance between the token statistics' planes
     # per-call scalars; each float as an fp32 (hi, lo) pair so float64 inputs keep full precision
     ignore_index, smoothing_hi, smoothing_lo, z_loss_hi, z_loss_lo, softcap_hi, softcap_lo,
     # constexprs
@@ -219,6 +223,7 @@ def _softmax_rows_fwd_kernel(
     DENOM_GIVEN: tl.constexpr,  # 'mean' with WRITE_GRAD: the denominator was computed before the launch
     STATS: tl.constexpr,  # "": compute (1) here; "write": store (1) and x_y and stop; "read": load them instead
     SCALE_GRAD: tl.constexpr,  # WRITE_GRAD for each row's grad_output (read from grad_scale_ptr), not 1
+    TOKEN_STATS: tl.constexpr,  # class-index targets, no shard: the row statistics of TRL's fused head too
     ACC: tl.constexpr,
 ):
     smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
@@ -238,6 +243,15 @@ def _softmax_rows_fwd_kernel(
     d = tl.zeros([BLOCK_R], ACC)  # running sum of exp(x - m)
     sum_a = tl.zeros([BLOCK_R], ACC)
     sum_ad = tl.zeros([BLOCK_R], ACC)
+    # TOKEN_STATS: e = sum exp(x - m)(x - m), q = sum exp(x - m)^2, the sum of x and its max over the classes
+    # before the target (same sweep, no extra read: entropy log d - e / d, log sum p^2 = log q - 2 log d)
+    e = tl.zeros([BLOCK_R], ACC)
+    q = tl.zeros([BLOCK_R], ACC)
+    x_sum = tl.zeros([BLOCK_R], ACC)
+    max_before = tl.full([BLOCK_R], float("-inf"), ACC)
+    y_first = tl.zeros([BLOCK_R], tl.int64)
+    if TOKEN_STATS:
+        y_first, _, _, _ = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_total, False, ACC)
     if STATS == "read":
         m = tl.load(stats_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         d = tl.load(stats_ptr + stats_stride + rows, mask=row_mask, other=1.0).to(ACC)
@@ -253,7 +267,13 @@ def _softmax_rows_fwd_kernel(
             x = _softcapped(x, mask, softcap, inv_softcap, HAS_SOFTCAP)
             m_new = tl.maximum(m, tl.max(x, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of only -inf so far
-            d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
+            if TOKEN_STATS:
+                x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
+                before = mask & (cols[None, :] < y_first[:, None])
+                max_before = tl.maximum(max_before, tl.max(tl.where(before, x, float("-inf")), axis=1))
+                _, d, e, q = online_softmax_stats(m, d, e, q, x, True, True)
+            else:
+                d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
                     a = tl.load(weight_ptr + class_offset + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
@@ -329,6 +349,16 @@ def _softmax_rows_fwd_kernel(
         row_weight = tl.where(invalid, float("nan"), row_weight)
         g = tl.where(counted, g, 0.0)
         g = tl.where(invalid, float("nan"), g)
+        if TOKEN_STATS:  # ignored rows: 0 (is_top1 0); a target that is not a class: NaN (is_top1 0)
+            entropy = tl.where(invalid, float("nan"), tl.where(counted, log_d - div_rn(e, d), 0.0))
+            log_sum_sq = tl.where(invalid, float("nan"), tl.where(counted, tl.log(q) - 2.0 * log_d, 0.0))
+            mean_logit = tl.where(invalid, float("nan"), tl.where(counted, div_by_count(x_sum, n_classes), 0.0))
+            top1 = tl.where(counted & in_range & (x_y >= m) & (x_y > max_before), 1.0, 0.0)
+            out_ty = token_stats_ptr.dtype.element_ty
+            tl.store(token_stats_ptr + rows, entropy.to(out_ty), mask=row_mask)
+            tl.store(token_stats_ptr + token_stats_stride + rows, log_sum_sq.to(out_ty), mask=row_mask)
+            tl.store(token_stats_ptr + offset64(token_stats_stride, 2) + rows, mean_logit.to(out_ty), mask=row_mask)
+            tl.store(token_stats_ptr + offset64(token_stats_stride, 3) + rows, top1.to(out_ty), mask=row_mask)
     if STATS == "write":  # this shard's statistics (x_y: 0 unless the target is one of its classes)
         tl.store(stats_ptr + rows, m, mask=row_mask)
         tl.store(stats_ptr + stats_stride + rows, d, mask=row_mask)
@@ -496,10 +526,10 @@ def state_size(n_saved):
 @plan_cache
 def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, prob_target, input_is_logprob,
               has_weight, save_for_backward, grad_strides, denom_given, shard, stats_stride, stats_mode,
-              grad_scale_strides):
+              grad_scale_strides, token_stats_stride=0):
     """The forward launch of one signature: (grid, num_warps, constexprs, (workspace size, state size),
     the kernel's scalar arguments). ``reduction``: "none" when the loss is not reduced in the kernel; ``grad_strides`` /
-    ``grad_scale_strides``: None without that buffer."""
+    ``grad_scale_strides``: None without that buffer; ``token_stats_stride``: 0 without token statistics."""
     n_batch, n_classes, n_spatial, x_strides, t_strides = rows
     n_rows = n_batch * n_spatial
     write_grad = grad_strides is not None
@@ -507,19 +537,21 @@ def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, 
     block_r, block_c, num_warps = softmax_rows_tile(n_classes, n_spatial, dtype.itemsize,
                                                     gather_only=(input_is_logprob and not write_grad
                                                                  or stats_mode == "read" and not write_grad),
-                                                    per_class_sums=per_class_sums)
+                                                    per_class_sums=per_class_sums,
+                                                    token_stats=token_stats_stride > 0)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=RBLOCK, PROB_TARGET=prob_target,
         INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=smoothing > 0,
         HAS_ZLOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, SAVE_FOR_BACKWARD=save_for_backward,
         WRITE_GRAD=write_grad, REDUCTION=reduction, DENOM_GIVEN=denom_given, STATS=stats_mode,
-        SCALE_GRAD=grad_scale_strides is not None, ACC=accumulation_dtypes(dtype)[0])
+        SCALE_GRAD=grad_scale_strides is not None, TOKEN_STATS=token_stats_stride > 0,
+        ACC=accumulation_dtypes(dtype)[0])
     n_programs = triton.cdiv(n_rows, block_r)
     n_saved = saved_rows(n_rows, save_for_backward, input_is_logprob, stats_mode)
     work_size = state_size(n_saved) + (2 * n_programs if reduction != "none" else 0)
     class_offset, n_total = shard or (0, n_classes)
     scalars = (*x_strides, *t_strides, *(grad_strides or (0, 0, 0)), *(grad_scale_strides or (0, 0)),
-               n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats_stride,
+               n_rows, n_classes, n_spatial, n_saved, class_offset, n_total, stats_stride, token_stats_stride,
                ignore_index, *split_float(smoothing), *split_float(z_loss), *split_float(softcap or 1.0))
     return (n_programs,), num_warps, constexprs, (work_size, state_size(n_saved)), scalars
 
@@ -565,7 +597,7 @@ def _unit_stride(weight):
 def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_shape, ignore_index, smoothing, z_loss,
                      softcap, prob_target, input_is_logprob, save_for_backward, *, grad=None, grad_strides=None,
                      denom=None, out=None, shard=None, stats=None, stats_mode="", grad_scale=None,
-                     grad_scale_strides=(0, 0)):
+                     grad_scale_strides=(0, 0), token_stats=None):
     """Cross entropy (or NLL when ``input_is_logprob``) over the rows of ``logits``, in one launch.
 
     ``rows``: (N, C, S, logits strides, target strides), the (N, C, S) view of the logits and the
@@ -582,6 +614,10 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
     class_offset + c of n_total. ``stats_mode`` "write" stores the shard's row statistics into ``stats``
     (a (5, >= N*S) float view: [m | d | x_y | sum_a | sum_ad]) and nothing else; "read" takes them from
     there (combined over the shards) instead of sweeping the logits for them.
+
+    ``token_stats``: a (4, >= N*S) view (class-index targets, no shard) that gets each row's entropy, log sum
+    p^2, mean logit and is_top1 (1/0; argmax's first maximum is the target), from the same sweep; ignored
+    rows 0, a target outside the classes NaN (is_top1 0).
     """
     weight = _unit_stride(weight)
     reduce = reduction != "none" and stats_mode != "write"
@@ -595,13 +631,13 @@ def softmax_rows_fwd(logits, target, weight, rows, reduction, out_dtype, out_sha
         rows, logits.dtype, reduction if reduce else "none", ignore_index, smoothing, z_loss, softcap, prob_target,
         input_is_logprob, weight is not None, save_for_backward, None if grad is None else grad_strides,
         denom is not None, shard, 0 if stats is None else stats.stride(0), stats_mode,
-        None if grad_scale is None else grad_scale_strides)
+        None if grad_scale is None else grad_scale_strides, 0 if token_stats is None else token_stats.stride(0))
     work = new_tensor(logits, work_size, accumulation_dtypes(logits.dtype)[1])
     launch(_softmax_rows_fwd_kernel, grid, (
         logits, target, weight if weight is not None else logits, out if out is not None else work, work,
         grad if grad is not None else logits, denom if denom is not None else work,
         reduction_counter(logits) if reduce else work, stats if stats is not None else work,
-        grad_scale if grad_scale is not None else work, *scalars), constexprs, num_warps, logits.device)
+        grad_scale if grad_scale is not None else work, token_stats if token_stats is not None else work, *scalars), constexprs, num_warps, logits.device)
     return out, (work if work_size == saved else work[:saved])
 
 

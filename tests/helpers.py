@@ -337,3 +337,38 @@ def run_world(run, world_size, folder, timeout):
             if process.is_alive():
                 process.kill()
     return [torch.load(folder / f"rank{r}.pt") for r in range(world_size)]
+
+
+# per-token statistics (TRL's fused LM head): log_probs, linear_log_probs, linear_cross_entropy
+
+ALL_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def stats_reference(z, tokens, ignore_index=-100):
+    """TRL's per-token statistics of the logits ``z`` as the loss sees them (scaled, capped, over T), on
+    whole rows in torch ops: log_softmax[token], -sum p log p, log sum p**2, mean z, argmax(z) == token
+    (torch.argmax: the first maximum); ignored rows 0 / False. A TokenStats shaped as the tokens."""
+    rows, y = z.reshape(-1, z.shape[-1]), tokens.reshape(-1)
+    counted = y != ignore_index
+    s = rows.log_softmax(-1)
+    values = (s.gather(-1, torch.where(counted, y, 0)[:, None])[:, 0], -(s.exp() * s).sum(-1),
+              torch.logsumexp(2 * s, -1), rows.mean(-1))
+    values = [torch.where(counted, v, torch.zeros_like(v)).reshape(tokens.shape) for v in values]
+    top1 = ((rows.argmax(-1) == y) & counted).reshape(tokens.shape)
+    return fusedloss.functional.distribution_rows.TokenStats(*values, top1)
+
+
+def assert_stats_match(out, reference, dtype, what=""):
+    """Every field of a TokenStats within ``dtype``'s tolerance of the float64 reference (is_top1 equal)."""
+    assert type(out).__name__ == "TokenStats", type(out)
+    for name, got, expected in zip(out._fields, out, reference):
+        if got is None or expected is None:  # not asked for (linear_cross_entropy's log_probs)
+            assert got is None and expected is None, (what, name)
+            continue
+        assert got.shape == expected.shape, (what, name, got.shape)
+        if name == "is_top1":
+            assert got.dtype == torch.bool and torch.equal(got, expected), (what, got, expected)
+        else:
+            assert_matches(got, expected, dtype, f"{what} {name}")
+    for name in ("log_sum_sq_probs", "mean_logits", "is_top1"):  # TRL's: no gradient
+        assert getattr(out, name) is None or not getattr(out, name).requires_grad, name

@@ -18,9 +18,9 @@ import torch
 import fusedloss
 import fusedloss.functional as FL
 import fusedloss.nn as FN
-from helpers import (DEVICE, AllocationRecorder, assert_matches, assert_matches_torch,
+from helpers import (ALL_STATS, DEVICE, AllocationRecorder, assert_matches, assert_matches_torch, assert_stats_match,
                      assert_twice_rounded_matches_torch, backend_context, class_labels, class_targets, max_error,
-                     normal, strided_like)
+                     normal, stats_reference, strided_like)
 
 SHAPES = [(7, 1300), (3, 5, 301), (1, 9), "strided"]
 BETAS = [0.0, 0.3, 1.0]
@@ -674,35 +674,6 @@ def test_linear_jsd_memory_at_llm_scale_is_bounded():
 
 
 # ------------------------------------------------------------------ per-token statistics (TRL's fused LM head)
-
-ALL_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
-
-
-def stats_reference(z, tokens, ignore_index=-100):
-    """TRL's per-token statistics of the logits ``z`` as the loss sees them (scaled, capped, over T), on
-    whole rows in torch ops: log_softmax[token], -sum p log p, log sum p**2, mean z, argmax(z) == token
-    (torch.argmax: the first maximum); ignored rows 0 / False. A TokenStats shaped as the tokens."""
-    rows, y = z.reshape(-1, z.shape[-1]), tokens.reshape(-1)
-    counted = y != ignore_index
-    s = rows.log_softmax(-1)
-    values = (s.gather(-1, torch.where(counted, y, 0)[:, None])[:, 0], -(s.exp() * s).sum(-1),
-              torch.logsumexp(2 * s, -1), rows.mean(-1))
-    values = [torch.where(counted, v, torch.zeros_like(v)).reshape(tokens.shape) for v in values]
-    return FL.distribution_rows.TokenStats(*values, ((rows.argmax(-1) == y) & counted).reshape(tokens.shape))
-
-
-def assert_stats_match(out, reference, dtype, what=""):
-    """Every field of a TokenStats within ``dtype``'s tolerance of the float64 reference (is_top1 equal)."""
-    assert type(out).__name__ == "TokenStats", type(out)
-    for name, got, expected in zip(out._fields, out, reference):
-        assert got.shape == expected.shape, (what, name, got.shape)
-        if name == "is_top1":
-            assert got.dtype == torch.bool and torch.equal(got, expected), (what, got, expected)
-        else:
-            assert_matches(got, expected, dtype, f"{what} {name}")
-    for name in ("log_sum_sq_probs", "mean_logits", "is_top1"):  # TRL's: no gradient
-        assert not getattr(out, name).requires_grad, name
-
 
 def stats_gradients(out, wrt, upstream):
     """The gradients of the differentiable outputs (log-probabilities, entropy) for ``upstream`` (2, ...)."""

@@ -18,7 +18,7 @@ from ..ops.linear_distribution import linear_log_probs as linear_log_probs_op
 from ..ops.linear_cross_entropy import LinearCrossEntropyOpOptions, linear_cross_entropy_loss
 from ._common import (check_extras, group_and_classes, out_dtype_of, require_classes, requested_out_dtype,
                       values_checked_here)
-from .distribution_rows import STATS_DOC, token_outputs
+from .distribution_rows import STATS_DOC, TokenStats, token_outputs
 from ..ops.distribution_rows import stats_flags
 
 
@@ -38,7 +38,8 @@ def linear_cross_entropy(
     logit_scale: float = 1.0,
     loss_dtype: Optional[torch.dtype] = None,
     process_group=None,
-) -> Tensor:
+    stats: Sequence[str] = (),
+):
     """``torch.nn.functional.linear_cross_entropy`` (torch >= 2.13; the same signature on older torches):
     ``cross_entropy(linear(input, linear_weight, linear_bias), target, ...)`` without ever holding the
     logits whole. Inputs (N, H) or (H); linear_weight (C, H) or (C, d1..dk, H) (K-dimensional loss);
@@ -62,21 +63,43 @@ def linear_cross_entropy(
     (vocabulary-parallel: ``linear_weight`` and ``linear_bias`` hold
     this rank's contiguous block of the classes; the gradient of ``input`` is this rank's term, to be
     summed over the group like a column-parallel linear's input gradient).
+
+    ``stats``: TRL's per-token statistics of the logits the loss reads (SFT logs the entropy and
+    ``is_top1`` as ``mean_token_accuracy``), computed by the kernel that already reads each chunk of logits:
+    names among ``("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")``; the call then returns
+    ``(loss, TokenStats)``, its ``log_probs`` None and each statistic shaped as the target, with z the
+    logits after ``logit_scale`` and ``softcap``: entropy -sum p log p, log sum p^2, the mean of z over the
+    classes, is_top1 (bool) whether the target is z's first maximum (torch.argmax's rule). None of them has a
+    gradient (metrics; for an entropy term in the loss use ``linear_log_probs``); they come in the loss's
+    dtype; 0 (False) for ignored targets. Class-index targets only, and not with ``process_group`` or
+    DTensor heads (ValueError: use ``linear_log_probs(..., stats=...)`` there).
     """
     if process_group is not None:
         require_classes(process_group, linear_weight, 0)
-    return dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
-                         ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group,
-                         logit_scale)
+    names = check.check_token_stats(stats, False, "linear_cross_entropy")
+    if names and (process_group is not None or _dtensor.any_dtensor((input, linear_weight, linear_bias), (0, 1, 2))):
+        raise ValueError("linear_cross_entropy: stats are not served with a vocabulary-parallel head "
+                         "(process_group or DTensor weights); linear_log_probs(..., stats=...) serves them there")
+    out = dispatch.call(_LINEAR_CROSS_ENTROPY, input, linear_weight, target, linear_bias, weight, reduction,
+                        ignore_index, label_smoothing, options, z_loss, softcap, loss_dtype, process_group,
+                        logit_scale, names)
+    if not names:
+        return out
+    loss, planes = out
+    parts = {name: planes[check.TOKEN_STATS.index(name)].detach() for name in names}
+    if "is_top1" in parts:
+        parts["is_top1"] = parts["is_top1"] != 0
+    return loss, TokenStats(None, **parts)
 
 
 def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale):
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale,
+                                stats=()):
     if loss_dtype is not None:
         check.check_loss_dtype(loss_dtype)
     logit_scale = check.check_logit_scale(logit_scale)
     torch_linear_cross_entropy = getattr(F, "linear_cross_entropy", None)  # torch >= 2.13
-    plain = not z_loss and softcap is None and process_group is None and logit_scale == 1.0 and (
+    plain = not stats and not z_loss and softcap is None and process_group is None and logit_scale == 1.0 and (
         loss_dtype is None or not isinstance(input, Tensor) or loss_dtype == input.dtype)
     if plain and torch_linear_cross_entropy is not None:
         return torch_linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=weight,
@@ -87,10 +110,17 @@ def _eager_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     # the logits whole (torch's own function with these options, where this torch has one, runs above)
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group)
+    _check_stats_targets(stats, prob_target)
     return _eager.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                                        label_smoothing, z_loss, softcap,
                                        "" if process_group is None else _vocab_parallel.group_name(process_group),
-                                       loss_dtype, logit_scale)
+                                       loss_dtype, logit_scale, bool(stats))
+
+
+def _check_stats_targets(stats, prob_target):
+    if stats and prob_target:
+        raise ValueError("linear_cross_entropy: stats need class-index targets (is_top1 and the ignored rows are "
+                         "defined by them); got probability targets")
 
 
 def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -107,7 +137,8 @@ def _check_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
 
 
 def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale):
+                                label_smoothing, options, z_loss, softcap, loss_dtype, process_group, logit_scale,
+                                stats=()):
     if loss_dtype is not None:
         check.check_loss_dtype(loss_dtype)
     logit_scale = check.check_logit_scale(logit_scale)
@@ -116,6 +147,7 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     reduction, prob_target, ignore_index = _check_linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing, process_group,
         autocast)
+    _check_stats_targets(stats, prob_target)
     if z_loss or softcap is not None:
         check_extras(z_loss, softcap)
     check.check_not_differentiable("nll_loss_forward", "weight", None if prob_target else weight)
@@ -131,8 +163,13 @@ def _fused_linear_cross_entropy(input, linear_weight, target, linear_bias, weigh
     lce_options = LinearCrossEntropyOpOptions(
         reduction, out_dtype, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), prob_target, int(chunk_rows),
-        "" if process_group is None else _vocab_parallel.group_name(process_group), logit_scale)
-    return linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, lce_options)
+        "" if process_group is None else _vocab_parallel.group_name(process_group), logit_scale, bool(stats))
+    out = linear_cross_entropy_loss(input, linear_weight, target, linear_bias, weight, lce_options)
+    if not stats:
+        return out
+    n_loss = 1 if reduction != "none" else target.numel()  # the flat output: [loss | 4 planes of statistics]
+    loss = out[0] if reduction != "none" else out[:n_loss].view(target.shape)
+    return loss, out[n_loss:].view(4, *target.shape)
 
 
 _LINEAR_CROSS_ENTROPY = Route("linear_cross_entropy", _eager_linear_cross_entropy, _fused_linear_cross_entropy,

@@ -99,10 +99,11 @@ def softcapped(logits, softcap):
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
-                         z_loss, softcap, process_group, loss_dtype=None, logit_scale=1.0):
+                         z_loss, softcap, process_group, loss_dtype=None, logit_scale=1.0, token_stats=False):
     """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
     extras, or its vocabulary-parallel form (``process_group``: a registered group's name); the logits
-    cast to ``loss_dtype`` first when given."""
+    cast to ``loss_dtype`` first when given. With ``token_stats`` (class-index targets, no group):
+    (loss, ``token_statistics`` of the same logits)."""
     logits = linear_logits(input, linear_weight, linear_bias, logit_scale)
     if loss_dtype is not None and logits.dtype != loss_dtype:
         logits = logits.to(loss_dtype)
@@ -110,7 +111,22 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, redu
     if process_group:
         return vocab_parallel_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                                             softcap, process_group)
-    return eager_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+    loss = eager_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+    if token_stats:
+        stats = token_statistics(softcapped(logits, softcap), target.reshape(()) if logits.dim() == 1 else target,
+                                 ignore_index)
+        return loss, stats.to(loss.dtype)
+    return loss
+
+
+def token_statistics(logits, target, ignore_index):
+    """TRL's fused-head statistics of cross-entropy logits ((N, C, d1..dk) or (C,)) and class-index targets:
+    (4, *target.shape) [entropy | log sum p^2 | mean logit | is_top1 as 0/1], no gradient (``token_log_probs``'
+    rules: 0 for ignored rows, NaN (is_top1 0) for a target outside the classes)."""
+    with torch.no_grad():
+        rows = logits.detach().movedim(1, -1) if logits.dim() > 1 else logits.detach()
+        return token_log_probs(rows, target.long(), 1.0, ignore_index, False,
+                               stats=("entropy", "log_sum_sq_probs", "mean_logits", "is_top1"))[1:]
 
 
 def vocab_parallel_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,

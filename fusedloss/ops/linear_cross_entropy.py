@@ -45,7 +45,7 @@ from torch import Tensor
 from . import _chunks, _scaffold, _vocab_parallel
 from .. import _validation as check
 from ._scaffold import accumulation_dtype
-from ._eager import linear_logits
+from ._eager import linear_logits, softcapped, token_statistics
 from .softmax_rows import unsupported as unsupported_softmax_rows
 from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
 
@@ -64,6 +64,7 @@ class LinearCrossEntropyOpOptions(NamedTuple):
     chunk_rows: int = 0  # rows per chunk; 0: as many as CHUNK_BYTES of logits hold
     process_group: str = ""  # vocabulary-parallel: the group's name; "": none
     logit_scale: float = 1.0  # the logits are logit_scale * (input W^T + b), before the softcap
+    token_stats: bool = False  # also TRL's per-token statistics (class-index targets, no process group)
 
 
 
@@ -113,13 +114,14 @@ def _loss_shape(input, target, options):
 
 
 def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, denom=None, grads=None,
-           grad_scale=None, kept=None):
+           grad_scale=None, kept=None, token_stats=None):
     """One pass over the chunks (fusedloss/ops/_chunks.py). ``mode`` "write": the row statistics of a
     vocabulary shard into ``stats``; otherwise the loss into ``out(chunk, first_row, rows)`` (from ``stats``
     in mode "read"), and with ``grads`` = [dX (N, H), dW accumulator (C*D, H), db accumulator (C*D,)] (None
     entries: not wanted) the gradient for grad_output 1 (or ``grad_scale`` = (tensor, strides over (N, D)
     rows)) accumulated into them. ``kept``: the logits of a single chunk, already computed. Returns the
-    logits buffer when there was a single chunk, else None."""
+    logits buffer when there was a single chunk, else None. ``token_stats``: a (4, N*D) buffer for the rows'
+    statistics (entropy, log sum p^2, mean logit, is_top1), written in the same launches."""
     t = geo.target
 
     def visit(i, r0, rows, buffers):
@@ -134,6 +136,8 @@ def _sweep(geo, options, weight, *, shard=None, stats=None, mode="", out=None, d
         if grad_scale is not None:
             g, (stride_n, stride_s) = grad_scale
             scale = dict(grad_scale=g[r0:] if stride_n else g, grad_scale_strides=(stride_n, stride_s))
+        if token_stats is not None:
+            scale["token_stats"] = token_stats[:, r0 * geo.d:]
         chunk_out = out(i, r0, rows)
         launch_forward(logits, t[r0:], weight, spec, options, False, reduction="none" if chunk_out.dim() else None,
                        out_dtype=chunk_out.dtype, out=chunk_out, grad=logits if grads is not None else None,
@@ -172,29 +176,37 @@ class LinearCrossEntropy(_scaffold.Family):
                 _vocab_parallel.combine_statistics(stats, options.process_group, per_class_sums(options))
             denom = (mean_denominator(geo.target, weight, options, geo.n * geo.d, shard[1] if shard else geo.c, acc)
                      if options.reduction == "mean" else None)
+            # with token_stats, one flat output [the loss (1 or N*D) | 4 planes of N*D statistics]
+            n_loss = 1 if reduced else geo.n * geo.d
+            flat = input.new_empty(n_loss + (4 * geo.n * geo.d if options.token_stats else 0),
+                                   dtype=options.out_dtype)
+            token_stats = flat[n_loss:].view(4, geo.n * geo.d) if options.token_stats else None
             if reduced:
                 partials = input.new_empty(-(-geo.n // geo.chunk), dtype=acc)  # one per chunk, summed in order
 
                 def out(i, r0, rows):
                     return partials[i]
             else:
-                loss = input.new_empty(geo.n * geo.d, dtype=options.out_dtype)
-
                 def out(i, r0, rows):
-                    return loss[r0 * geo.d:(r0 + rows) * geo.d]
+                    return flat[r0 * geo.d:(r0 + rows) * geo.d]
             _sweep(geo, options, weight, shard=shard, stats=stats, mode="read" if shard else "", out=out,
-                   denom=denom, grads=grads, kept=kept)
+                   denom=denom, grads=grads, kept=kept, token_stats=token_stats)
             if reduced:
                 loss = partials.sum() if geo.n else partials.new_full((), math.nan if denom is not None else 0.0)
                 loss = loss.to(options.out_dtype)
+                if options.token_stats:
+                    flat[0] = loss
+                    loss = flat
             else:
-                loss = loss.view(_loss_shape(input, target, options))
+                loss = flat if options.token_stats else flat.view(_loss_shape(input, target, options))
             finished = _chunks.finish(grads, input, linear_weight, bias) if grads is not None else (None, None, None)
         return loss, (*finished, stats)
 
     @staticmethod
     def backward(options, inputs, state, grad_output, needs_grad, in_place):
         input, linear_weight, target, bias, weight = inputs
+        if options.token_stats:  # the flat output's loss part (the statistics have no gradient)
+            grad_output = grad_output[0] if options.reduction != "none" else grad_output[:grad_output.numel() // 5]
         want = (needs_grad[0], needs_grad[1], needs_grad[3])
         precomputed = state[:3]
         if any(g is not None for g in precomputed):  # written by the forward for grad_output 1
@@ -227,13 +239,23 @@ class LinearCrossEntropy(_scaffold.Family):
 
     @staticmethod
     def reference(options, input, linear_weight, target, bias, weight):
-        return reference_loss(options, linear_logits(input, linear_weight, bias, options.logit_scale), target, weight)
+        logits = linear_logits(input, linear_weight, bias, options.logit_scale)
+        loss = reference_loss(options, logits, target, weight)
+        if not options.token_stats:
+            return loss
+        logits = softcapped(logits.to(options.out_dtype), options.softcap)
+        return torch.cat([loss.reshape(-1), token_statistics(logits, target, options.ignore_index).reshape(-1)])
 
     @staticmethod
     def fake(options, inputs, needs_grad):
         input, linear_weight, target, bias, _ = inputs
         reduced = options.reduction != "none"
-        out = input.new_empty(_loss_shape(input, target, options) if not reduced else (), dtype=options.out_dtype)
+        if options.token_stats:  # [loss | 4 planes of statistics], flat
+            n_rows = math.prod(target.shape)
+            out = input.new_empty((1 if reduced else n_rows) + 4 * n_rows, dtype=options.out_dtype)
+        else:
+            out = input.new_empty(_loss_shape(input, target, options) if not reduced else (),
+                                  dtype=options.out_dtype)
         dx = input.new_empty(input.shape) if reduced and needs_grad[0] else None
         dw = linear_weight.new_empty(linear_weight.shape) if reduced and needs_grad[1] else None
         db = bias.new_empty(bias.shape) if reduced and needs_grad[3] else None
