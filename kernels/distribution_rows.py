@@ -387,8 +387,8 @@ def _write_gradients(
 # the kernels
 # ----------------------------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=["n_state", "out_plane", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi", "beta_lo",
-                               "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
+@triton.jit(do_not_specialize=["n_state", "out_plane", "n_rows", "ignore_index", "inv_t_hi", "inv_t_lo", "beta_hi",
+                               "beta_lo", "log_beta_hi", "log_beta_lo", "log_1mbeta_hi", "log_1mbeta_lo", "soft_w_hi",
                                "soft_w_lo", "hard_w_hi", "hard_w_lo", "soft_mean_hi", "soft_mean_lo", "min_denom",
                                *_CAP_ARGS])
 def _distribution_fwd_kernel(

@@ -504,3 +504,42 @@ def test_grpo_loss_dtype_with_a_float64_item_count():
         compiled = torch.compile(step, fullgraph=True)(d["x"])
     assert eager.dtype == compiled.dtype == torch.float32
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "kto", "orpo", "cpo", "simpo"])
+def test_preference_errors_name_the_callers_arguments(kind):
+    """A preference form's errors name the function called and its arguments, not the inner steps': an
+    out-of-range token as rejected_tokens / kl_tokens (linear_log_probs calls it ``tokens``), a head of the
+    wrong width as ref_weight, an unknown keyword as linear_<kind>_loss()'s, a bad option as the objective's."""
+    x, ref, tokens, w, b, ref_w = _pair(torch.float32)
+    name = f"linear_{kind}_loss"
+    bad = dict(tokens)
+    bad["rejected"] = bad["rejected"].clone()
+    bad["rejected"][1, 2] = V + 3
+    which = "kl_tokens" if kind == "kto" else "rejected_tokens"
+    with pytest.raises(IndexError, match=f"^{name}: {which} holds {V + 3}, outside"):
+        _preference(kind, x, ref, bad, w, b, ref_w, {})
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'bogus'"):
+        _preference(kind, x, ref, tokens, w, b, ref_w, dict(bogus=1))
+    with pytest.raises(ValueError, match=f"^{name}: beta must be"):
+        _preference(kind, x, ref, tokens, w, b, ref_w, dict(beta=-1.0))
+    if kind in ("dpo", "kto"):
+        with pytest.raises(RuntimeError, match=f"^{name}: ref_weight of shape .* for ref_"):
+            _preference(kind, x, ref, tokens, w, b, ref_w[:, :2], {})
+
+
+def test_masks_that_select_ignored_tokens_raise():
+    """A mask selecting a position whose token is ignore_index (log-probability 0 there) raises ValueError naming
+    the mask and the tokens (GRPO's completion_mask, a preference pair's masks), on CPU tensors where the check
+    is free; the default masks (the tokens not ignored) never do."""
+    x, ref, tokens, w, b, ref_w = _pair(torch.float32)
+    full = torch.ones(B, T, dtype=torch.bool)
+    assert (tokens["rejected"] == -100).any()
+    with pytest.raises(ValueError, match="^linear_dpo_loss: rejected_mask selects .* rejected_tokens are ignore_index"):
+        _preference("dpo", x, ref, tokens, w, b, ref_w, dict(rejected_mask=full))
+    old = torch.zeros(B, T)
+    with pytest.raises(ValueError, match="completion_mask selects .* tokens are ignore_index"):
+        linear.linear_grpo_loss(x["rejected"], w, tokens["rejected"], old, torch.ones(B), full)
+    fine = tokens["rejected"] != -100
+    assert torch.isfinite(linear.linear_grpo_loss(x["rejected"], w, tokens["rejected"], old, torch.ones(B),
+                                                  fine).loss)

@@ -20,7 +20,9 @@ The preference forms (DPO, KTO, ORPO, CPO, SimPO) are sequence-level: ``linear_l
 per-token log-probabilities (its forward 1 GEMM per chunk, its backward recomputes the chunk's logits: 4 GEMMs
 per chunk in all), the reference's without a graph (1 GEMM per chunk), then the log-prob objective unchanged.
 """
+import contextlib
 import inspect
+import re
 from typing import NamedTuple, Optional
 
 import torch
@@ -63,6 +65,7 @@ def _check_grpo(hidden, weight, bias, tokens, old, advantages, mask, ref_hidden,
         raise ValueError("tokens must hold at least one sequence (an empty batch has no loss to normalise)")
     if values_checked_here(tokens):  # free on CPU tensors: an IndexError naming tokens, not a NaN loss
         check.check_class_targets(tokens, weight.shape[0], ignore_index, "tokens")
+    _check_mask_covers_tokens(mask, tokens, ignore_index, "completion_mask", "tokens")
     G.check_options(**a)
     if ref_weight is not None or ref_hidden is not None:
         if a["ref_per_token_logps"] is not None:
@@ -109,10 +112,11 @@ def linear_grpo_loss(hidden, weight, tokens, old_per_token_logps, advantages, co
     entropy = bool(compute_entropy) or a["top_entropy_quantile"] < 1.0 or a["entropy_coef"] != 0.0
     head = _Head(temperature, ignore_index, logit_scale, softcap, options)
     if not _op.serves(a):  # two passes: linear_log_probs (4 GEMMs per chunk), then grpo_loss's autograd
-        out = _sequence_logps(head, hidden, weight, bias, tokens, "hidden", with_entropy=entropy)
-        if a["beta"] != 0.0 and ref_hidden is not None:
-            a["ref_per_token_logps"] = _reference_logps(head, ref_hidden, ref_weight, ref_bias, tokens, None,
-                                                        "ref_hidden")
+        with _errors_of("linear_grpo_loss", "grpo_loss"):
+            out = _sequence_logps(head, hidden, weight, bias, tokens, "hidden", with_entropy=entropy)
+            if a["beta"] != 0.0 and ref_hidden is not None:
+                a["ref_per_token_logps"] = _reference_logps(head, ref_hidden, ref_weight, ref_bias, tokens, None,
+                                                            "ref_hidden")
         return G.grpo_loss(out[0] if entropy else out, old_per_token_logps, advantages, completion_mask,
                            entropies=out[1] if entropy else None, **a)
 
@@ -151,44 +155,121 @@ class _Head(NamedTuple):
     options: object = None
 
 
+# ---- errors worded for the function the user called ----------------------------------------------------------
+
+_REWORDED = (TypeError, ValueError, IndexError, RuntimeError)  # these exact types (not OOM, a RuntimeError's child)
+
+
+def _own(error_type, message):
+    """An error of this module's own checks (already worded for the user's arguments)."""
+    error = error_type(message)
+    error.fusedloss_worded = True
+    return error
+
+
+def _reworded(error, message):
+    return _own(type(error), message).with_traceback(error.__traceback__)
+
+
+@contextlib.contextmanager
+def _head_arguments(**names):
+    """An error of linear_log_probs inside, its argument names (input, weight, bias, tokens) replaced by the
+    user's (``names``), e.g. tokens -> chosen_tokens."""
+    try:
+        yield
+    except _REWORDED as error:
+        if type(error) not in _REWORDED:
+            raise
+        message = str(error).removeprefix("linear_log_probs: ")
+        message = re.sub(r"\b(input|weight|bias|tokens)\b", lambda m: names.get(m.group(1), m.group(1)), message)
+        raise _reworded(error, message) from None
+
+
+@contextlib.contextmanager
+def _errors_of(public, objective):
+    """Errors raised inside worded for ``public``, the function the user called: linear_log_probs' with the
+    user's argument names (``_head_arguments``), the log-prob objective's (``objective``, e.g. "dpo_loss") as
+    that step's, an unexpected keyword as ``public``'s."""
+    try:
+        yield
+    except _REWORDED as error:
+        if type(error) not in _REWORDED:
+            raise
+        message = str(error)
+        if getattr(error, "fusedloss_worded", False):
+            message = f"{public}: {message}"
+        elif message.startswith(f"{objective}() "):
+            message = f"{public}() " + message[len(objective) + 3:]
+        else:
+            message = f"{public}: {message} (in {objective}, of the heads' log-probabilities)"
+        raise _reworded(error, message) from None
+
+
 def _split(keywords):
     """(the head's arguments, the objective's keywords)."""
     return _Head(**{k: keywords.pop(k) for k in _Head._fields if k in keywords}), keywords
 
 
-def _sequence_logps(head, hidden, weight, bias, tokens, name, with_entropy=False):
+def _sequence_logps(head, hidden, weight, bias, tokens, name, with_entropy=False, names=None):
     """(B, T) log-probabilities of ``tokens``, float32 for a 16-bit model (with_entropy: (log-probs, entropies)):
-    linear_log_probs, forward 1 GEMM per chunk, backward 3."""
+    linear_log_probs, forward 1 GEMM per chunk, backward 3. ``name``: the hidden states' argument; ``names``:
+    the user's names of (weight, bias, tokens) for its errors (default: the same)."""
     if weight is None:
-        raise ValueError(f"{name} needs its head's weight")
-    return FL.linear_log_probs(hidden, weight, tokens, bias=bias, temperature=head.temperature,
-                               ignore_index=head.ignore_index, options=head.options, logit_scale=head.logit_scale,
-                               softcap=head.softcap, with_entropy=with_entropy, dtype=_compute_dtype(hidden.dtype))
+        raise _own(ValueError, f"{name} needs its head's weight")
+    with _head_arguments(input=name, **dict(names or {})):
+        return FL.linear_log_probs(hidden, weight, tokens, bias=bias, temperature=head.temperature,
+                                   ignore_index=head.ignore_index, options=head.options, logit_scale=head.logit_scale,
+                                   softcap=head.softcap, with_entropy=with_entropy,
+                                   dtype=_compute_dtype(hidden.dtype))
 
 
-def _reference_logps(head, hidden, weight, bias, tokens, given, name):
-    """The reference's log-probabilities: ``given``, or from its hidden states and head without a graph."""
+def _reference_logps(head, hidden, weight, bias, tokens, given, name, names=None):
+    """The reference's log-probabilities: ``given``, or from its hidden states and head without a graph (``name``,
+    ``names``: as ``_sequence_logps``'; the head's default: ref_weight, ref_bias)."""
     if hidden is None:
         return given
     if given is not None:
-        raise ValueError(f"pass the reference's log-probabilities or {name}, not both")
+        raise _own(ValueError, f"pass the reference's log-probabilities or {name}, not both")
     with torch.no_grad():
         return _sequence_logps(head, hidden.detach(), None if weight is None else weight.detach(),
-                               None if bias is None else bias.detach(), tokens, name)
+                               None if bias is None else bias.detach(), tokens, name,
+                               names={"weight": "ref_weight", "bias": "ref_bias", **dict(names or {})})
 
 
-def _mask(mask, tokens, ignore_index):
-    """The completion mask: as given, else the tokens that are not ``ignore_index``."""
-    return (tokens != ignore_index) if mask is None else mask
+def _check_mask_covers_tokens(mask, tokens, ignore_index, mask_name, tokens_name):
+    """A mask that selects a position whose token is ``ignore_index`` (log-probability 0 there, not a token's: a
+    silently wrong ratio, sum or length) raises ValueError naming both, where the check costs nothing (CPU
+    tensors, or FUSEDLOSS_DEBUG=1: ``values_checked_here``); on a GPU it would sync with the host."""
+    if mask is None or not isinstance(tokens, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        return
+    if not (values_checked_here(tokens) and values_checked_here(mask)) or mask.shape != tokens.shape:
+        return
+    selected = int((mask.bool() & (tokens == ignore_index)).sum())
+    if selected:
+        raise _own(ValueError, f"{mask_name} selects {selected} position(s) whose {tokens_name} are ignore_index "
+                               f"({ignore_index}): their log-probability is 0, not a token's; leave them out of "
+                               f"{mask_name} or give their tokens")
+
+
+def _mask(mask, tokens, ignore_index, mask_name="mask", tokens_name="tokens"):
+    """The completion mask: as given (checked against the ignored tokens), else the tokens that are not
+    ``ignore_index``."""
+    if mask is None:
+        return tokens != ignore_index
+    _check_mask_covers_tokens(mask, tokens, ignore_index, mask_name, tokens_name)
+    return mask
 
 
 def _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens, rejected_tokens, chosen_mask,
                  rejected_mask):
     """The policy's chosen and rejected (B, T) log-probabilities, and their masks as keywords."""
-    return (_sequence_logps(head, chosen_hidden, weight, bias, chosen_tokens, "chosen_hidden"),
-            _sequence_logps(head, rejected_hidden, weight, bias, rejected_tokens, "rejected_hidden"),
-            dict(chosen_mask=_mask(chosen_mask, chosen_tokens, head.ignore_index),
-                 rejected_mask=_mask(rejected_mask, rejected_tokens, head.ignore_index)))
+    return (_sequence_logps(head, chosen_hidden, weight, bias, chosen_tokens, "chosen_hidden",
+                            names={"tokens": "chosen_tokens"}),
+            _sequence_logps(head, rejected_hidden, weight, bias, rejected_tokens, "rejected_hidden",
+                            names={"tokens": "rejected_tokens"}),
+            dict(chosen_mask=_mask(chosen_mask, chosen_tokens, head.ignore_index, "chosen_mask", "chosen_tokens"),
+                 rejected_mask=_mask(rejected_mask, rejected_tokens, head.ignore_index, "rejected_mask",
+                                     "rejected_tokens")))
 
 
 def linear_dpo_loss(chosen_hidden, rejected_hidden, weight, chosen_tokens, rejected_tokens, *, bias=None,
@@ -200,14 +281,15 @@ def linear_dpo_loss(chosen_hidden, rejected_hidden, weight, chosen_tokens, rejec
     them, or its hidden states ``ref_chosen_hidden``/``ref_rejected_hidden`` and head ``ref_weight``, ``ref_bias``,
     or ``reference_free=True``. ``keywords``: the head's (section comment) and dpo_loss's (beta, loss_type, ...;
     WPO's ``*_log_sum_sq_probs`` are to be passed: linear_log_probs does not compute them)."""
-    head, keywords = _split(keywords)
-    chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
-                                           rejected_tokens, chosen_mask, rejected_mask)
-    ref_chosen = _reference_logps(head, ref_chosen_hidden, ref_weight, ref_bias, chosen_tokens, ref_chosen_logps,
-                                  "ref_chosen_hidden")
-    ref_rejected = _reference_logps(head, ref_rejected_hidden, ref_weight, ref_bias, rejected_tokens,
-                                    ref_rejected_logps, "ref_rejected_hidden")
-    return P.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, **masks, **keywords)
+    with _errors_of("linear_dpo_loss", "dpo_loss"):
+        head, keywords = _split(keywords)
+        chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
+                                               rejected_tokens, chosen_mask, rejected_mask)
+        ref_chosen = _reference_logps(head, ref_chosen_hidden, ref_weight, ref_bias, chosen_tokens,
+                                      ref_chosen_logps, "ref_chosen_hidden", {"tokens": "chosen_tokens"})
+        ref_rejected = _reference_logps(head, ref_rejected_hidden, ref_weight, ref_bias, rejected_tokens,
+                                        ref_rejected_logps, "ref_rejected_hidden", {"tokens": "rejected_tokens"})
+        return P.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, **masks, **keywords)
 
 
 def linear_kto_loss(hidden, weight, tokens, labels, kl_hidden=None, kl_tokens=None, *, bias=None, ref_hidden=None,
@@ -218,25 +300,29 @@ def linear_kto_loss(hidden, weight, tokens, labels, kl_hidden=None, kl_tokens=No
     policy log-probabilities without a graph, as kto_loss detaches its KL estimate: 1 GEMM per chunk), the
     reference as ``ref_logps``/``ref_kl_logps`` or ``ref_hidden``/``ref_kl_hidden`` with ``ref_weight``,
     ``ref_bias``. ``keywords``: the head's (section comment) and kto_loss's."""
-    head, keywords = _split(keywords)
-    policy_kl = None
-    if kl_hidden is not None:
-        if kl_tokens is None:
-            raise ValueError("kl_hidden needs kl_tokens")
-        policy_kl = _reference_logps(head, kl_hidden, weight, bias, kl_tokens, None, "kl_hidden")
-    ref = _reference_logps(head, ref_hidden, ref_weight, ref_bias, tokens, ref_logps, "ref_hidden")
-    ref_kl = _reference_logps(head, ref_kl_hidden, ref_weight, ref_bias, kl_tokens, ref_kl_logps, "ref_kl_hidden")
-    return P.kto_loss(_sequence_logps(head, hidden, weight, bias, tokens, "hidden"), ref, labels, policy_kl, ref_kl,
-                      mask=_mask(mask, tokens, head.ignore_index),
-                      kl_mask=None if kl_tokens is None else _mask(kl_mask, kl_tokens, head.ignore_index), **keywords)
+    with _errors_of("linear_kto_loss", "kto_loss"):
+        head, keywords = _split(keywords)
+        policy_kl = None
+        if kl_hidden is not None:
+            if kl_tokens is None:
+                raise _own(ValueError, "kl_hidden needs kl_tokens")
+            policy_kl = _reference_logps(head, kl_hidden, weight, bias, kl_tokens, None, "kl_hidden",
+                                         {"tokens": "kl_tokens", "weight": "weight", "bias": "bias"})
+        ref = _reference_logps(head, ref_hidden, ref_weight, ref_bias, tokens, ref_logps, "ref_hidden")
+        ref_kl = _reference_logps(head, ref_kl_hidden, ref_weight, ref_bias, kl_tokens, ref_kl_logps,
+                                  "ref_kl_hidden", {"tokens": "kl_tokens"})
+        kl_mask = None if kl_tokens is None else _mask(kl_mask, kl_tokens, head.ignore_index, "kl_mask", "kl_tokens")
+        return P.kto_loss(_sequence_logps(head, hidden, weight, bias, tokens, "hidden"), ref, labels, policy_kl,
+                          ref_kl, mask=_mask(mask, tokens, head.ignore_index), kl_mask=kl_mask, **keywords)
 
 
 def _without_reference(objective, chosen_hidden, rejected_hidden, weight, chosen_tokens, rejected_tokens, bias,
                        chosen_mask, rejected_mask, keywords):
-    head, keywords = _split(keywords)
-    chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
-                                           rejected_tokens, chosen_mask, rejected_mask)
-    return objective(chosen, rejected, **masks, **keywords)
+    with _errors_of("linear_" + objective.__name__, objective.__name__):
+        head, keywords = _split(keywords)
+        chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
+                                               rejected_tokens, chosen_mask, rejected_mask)
+        return objective(chosen, rejected, **masks, **keywords)
 
 
 def linear_orpo_loss(chosen_hidden, rejected_hidden, weight, chosen_tokens, rejected_tokens, *, bias=None,
