@@ -160,6 +160,16 @@ class _Head(NamedTuple):
 _REWORDED = (TypeError, ValueError, IndexError, RuntimeError)  # these exact types (not OOM, a RuntimeError's child)
 
 
+def _argument_error(error):
+    """Whether ``error`` is about the arguments (worded for them here): not the dispatcher's ("fusedloss: ...",
+    e.g. a forced backend that cannot run) and, for a RuntimeError, linear_log_probs' own check (torch's
+    RuntimeErrors pass unchanged)."""
+    message = str(error)
+    if message.startswith("fusedloss: "):
+        return False
+    return type(error) is not RuntimeError or message.startswith("linear_log_probs: ")
+
+
 def _own(error_type, message):
     """An error of this module's own checks (already worded for the user's arguments)."""
     error = error_type(message)
@@ -178,9 +188,10 @@ def _head_arguments(**names):
     try:
         yield
     except _REWORDED as error:
-        if type(error) not in _REWORDED:
+        message = str(error)
+        if type(error) not in _REWORDED or not _argument_error(error):
             raise
-        message = str(error).removeprefix("linear_log_probs: ")
+        message = message.removeprefix("linear_log_probs: ")
         message = re.sub(r"\b(input|weight|bias|tokens)\b", lambda m: names.get(m.group(1), m.group(1)), message)
         raise _reworded(error, message) from None
 
@@ -193,10 +204,11 @@ def _errors_of(public, objective):
     try:
         yield
     except _REWORDED as error:
-        if type(error) not in _REWORDED:
-            raise
         message = str(error)
-        if getattr(error, "fusedloss_worded", False):
+        worded = getattr(error, "fusedloss_worded", False)
+        if type(error) not in _REWORDED or not (worded or _argument_error(error)):
+            raise
+        if worded:
             message = f"{public}: {message}"
         elif message.startswith(f"{objective}() "):
             message = f"{public}() " + message[len(objective) + 3:]
