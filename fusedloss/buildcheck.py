@@ -309,7 +309,17 @@ def _matmul_rows_cases(FL, group):
          (hidden(), head(v // 2), hidden(False), head(v // 2, grad=False), _labels(n)),
          {"softcap": 30.0, "teacher_softcap": 50.0, "process_group": group(v)}),
     ]
-    return [Case(f"{label} bfloat16 {n}x{h} @ {v}x{h}", fn, args, kwargs) for label, fn, args, kwargs in calls]
+    # a K-dimensional head (torch's out_features: 1000 classes x 8 positions; the chunk's logits class-strided,
+    # 8000-element rows: every row's first element 16-byte aligned, not the class columns)
+    k_dim = [
+        ("linear_cross_entropy K-dimensional", FL.linear_cross_entropy,
+         (hidden(), _meta(1000, 8, h, dtype=bf16, grad=True), _labels(n, 8)), {}),
+        ("linear_cross_entropy K-dimensional stats=all", _present(FL.linear_cross_entropy),
+         (hidden(), _meta(1000, 8, h, dtype=bf16, grad=True), _labels(n, 8)), {"stats": _ALL_STATS}),
+    ]
+    return ([Case(f"{label} bfloat16 {n}x{h} @ {v}x{h}", fn, args, kwargs) for label, fn, args, kwargs in calls]
+            + [Case(f"{label} bfloat16 {n}x{h} @ 1000x8x{h}", fn, args, kwargs, aligned=False)
+               for label, fn, args, kwargs in k_dim])
 
 
 def cases(family, group=None):

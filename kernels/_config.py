@@ -39,7 +39,8 @@ def num_warps_for(tile_elements):
     return 2
 
 
-def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per_class_sums=False, token_stats=False):
+def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per_class_sums=False, token_stats=False,
+                      write_grad=False):
     """(BLOCK_R, BLOCK_C, num_warps) for a [rows x classes] tile of the softmax-rows kernels.
 
     Classes contiguous (n_spatial == 1): one row per program with a wide class block, several rows per
@@ -50,29 +51,37 @@ def softmax_rows_tile(n_classes, n_spatial, element_size, gather_only=False, per
     and grad-in-forward kernels spilled).
     Classes strided by n_spatial (inputs (N, C, d1..dk)): consecutive spatial positions are contiguous,
     so the tile is tall (many rows) and narrow (few classes). ``gather_only`` (the NLL forward reads one
-    element per row): many rows per program. ``token_stats`` (four more running sums): at most 32 elements
-    per thread (fusedloss/buildcheck.py: 64 with a softcap took 145 registers on sm_90). Under the interpreter tiles stop at 4096 elements so that
+    element per row): many rows per program. ``token_stats`` (four more running sums and the target's
+    running values): blocks of at most 8192 classes (2048 float64), 16 elements per thread, 8 with per-class
+    sums, 4 in float64 (fusedloss/buildcheck.py: 64 per thread with a softcap took 145 registers on sm_90; 32 spilled
+    16-104 bytes on sm_100; 16 with smoothing, 24 bytes on sm_100; float64 at 16, 158-227 registers on sm_80).
+    The class-strided layout with a gradient written in the forward (``write_grad``, the LM-head chunks of a
+    K-dimensional head) or token statistics: at most 32 rows at 4 warps (128 x 16 at 2 warps spilled 848-1464
+    bytes, 32 x 16 at 2 warps 8). Under the interpreter tiles stop at 4096 elements so that
     the tests' small odd shapes still cross column blocks.
     """
     if gather_only:
         return 256, 1, 4
-    max_tile = 4096 if interpreting() or per_class_sums else 16384
-    if element_size == 8 and not interpreting():  # float64: half the tile
-        max_tile //= 2
+    max_tile = 4096 if interpreting() or per_class_sums else 8192 if token_stats else 16384
+    if element_size == 8 and not interpreting():  # float64: half the tile (a quarter with token statistics)
+        max_tile //= 4 if token_stats else 2
     classes_pow2 = triton.next_power_of_2(max(n_classes, 1))
     if n_spatial == 1:
         block_c = min(classes_pow2, max_tile)
         block_r = max(1, min(16, 2048 // block_c))
     else:
         block_c = min(classes_pow2, 16)
-        block_r = max(1, min(128, max_tile // (4 * block_c)))
+        block_r = max(1, min(32 if token_stats or write_grad else 128, max_tile // (4 * block_c)))
     tile_bytes = block_r * block_c * element_size
     if per_class_sums:
         num_warps = max(2, min(4, tile_bytes // 2048))
     else:
         num_warps = max(2, min(16, tile_bytes // 4096))
     if token_stats:
-        num_warps = max(num_warps, min(16, block_r * block_c // (32 * 32)))
+        per_thread = 4 if element_size == 8 else 8 if per_class_sums else 16
+        num_warps = max(num_warps, min(16, block_r * block_c // (32 * per_thread)))
+    if n_spatial > 1 and (token_stats or write_grad):
+        num_warps = max(num_warps, 4)
     return block_r, block_c, num_warps
 
 

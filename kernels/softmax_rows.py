@@ -249,9 +249,11 @@ def _softmax_rows_fwd_kernel(
     q = tl.zeros([BLOCK_R], ACC)
     x_sum = tl.zeros([BLOCK_R], ACC)
     max_before = tl.full([BLOCK_R], float("-inf"), ACC)
-    y_first = tl.zeros([BLOCK_R], tl.int64)
+    at_target = tl.full([BLOCK_R], float("-inf"), ACC)  # the target's logit as this sweep compared it
+    y_first = tl.zeros([BLOCK_R], tl.int32)
     if TOKEN_STATS:
         y_first, _, _, _ = _class_targets(target_ptr, t_row, weight_ptr, row_mask, ignore_index, n_total, False, ACC)
+        y_first = tl.where((y_first >= 0) & (y_first < n_classes), y_first, -1).to(tl.int32)
     if STATS == "read":
         m = tl.load(stats_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         d = tl.load(stats_ptr + stats_stride + rows, mask=row_mask, other=1.0).to(ACC)
@@ -271,6 +273,8 @@ def _softmax_rows_fwd_kernel(
                 x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
                 before = mask & (cols[None, :] < y_first[:, None])
                 max_before = tl.maximum(max_before, tl.max(tl.where(before, x, float("-inf")), axis=1))
+                at = mask & (cols[None, :] == y_first[:, None])
+                at_target = tl.maximum(at_target, tl.max(tl.where(at, x, float("-inf")), axis=1))
                 _, d, e, q = online_softmax_stats(m, d, e, q, x, True, True)
             else:
                 d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
@@ -353,7 +357,7 @@ def _softmax_rows_fwd_kernel(
             entropy = tl.where(invalid, float("nan"), tl.where(counted, log_d - div_rn(e, d), 0.0))
             log_sum_sq = tl.where(invalid, float("nan"), tl.where(counted, tl.log(q) - 2.0 * log_d, 0.0))
             mean_logit = tl.where(invalid, float("nan"), tl.where(counted, div_by_count(x_sum, n_classes), 0.0))
-            top1 = tl.where(counted & in_range & (x_y >= m) & (x_y > max_before), 1.0, 0.0)
+            top1 = tl.where(counted & in_range & (at_target >= m) & (at_target > max_before), 1.0, 0.0)
             out_ty = token_stats_ptr.dtype.element_ty
             tl.store(token_stats_ptr + rows, entropy.to(out_ty), mask=row_mask)
             tl.store(token_stats_ptr + token_stats_stride + rows, log_sum_sq.to(out_ty), mask=row_mask)
@@ -502,7 +506,8 @@ BUILD_BUDGET_EXCEPTIONS = tuple(
                 "kernel bound by FP64 throughput on every GPU but A100/H100/B200 (not measured). Softcapped "
                 "float64 logits are a testing configuration, not worth a tile of their own.")
     for kernel in ("_softmax_rows_fwd_kernel", "_softmax_rows_bwd_kernel")) + (
-    dict(kernel="_softmax_rows_fwd_kernel", budget="spills", where={"WRITE_GRAD": True, "ACC": "fp32"},
+    dict(kernel="_softmax_rows_fwd_kernel", budget="spills", where={"WRITE_GRAD": True, "ACC": "fp32",
+                                                                     "TOKEN_STATS": False},
          archs=("sm_80", "sm_100"),
          reason="the forward that also writes the gradient (grad_in_forward, the LM-head chunks): ptxas for sm_80 "
                 "and sm_100 holds it to 64 registers (four 256-thread blocks per SM) and spills 8 bytes per "
@@ -538,7 +543,7 @@ def _fwd_plan(rows, dtype, reduction, ignore_index, smoothing, z_loss, softcap, 
                                                     gather_only=(input_is_logprob and not write_grad
                                                                  or stats_mode == "read" and not write_grad),
                                                     per_class_sums=per_class_sums,
-                                                    token_stats=token_stats_stride > 0)
+                                                    token_stats=token_stats_stride > 0, write_grad=write_grad)
     constexprs = dict(
         BLOCK_R=block_r, BLOCK_C=block_c, RBLOCK=RBLOCK, PROB_TARGET=prob_target,
         INPUT_IS_LOGPROB=input_is_logprob, HAS_WEIGHT=has_weight, HAS_SMOOTHING=smoothing > 0,
