@@ -155,3 +155,18 @@ def test_errors(backend):
         with pytest.raises(TypeError, match="stats"):
             FL.linear_cross_entropy(x, w, y, stats=(1,))
         assert torch.is_tensor(FL.linear_cross_entropy(x, w, y, stats=()))
+
+
+def test_16_bit_softcap_ties_as_the_kernels_see_them():
+    """bfloat16 logits 3.0 and 3.015625 capped at 6 round to one bfloat16 value but not to one float32 one: both
+    backends (and linear_log_probs') cap in float32, as the kernels and TRL's fused head do, so the target 1 is
+    the top class on each."""
+    x = torch.tensor([[3.0, 3.015625, 0.0, 0.0]], dtype=torch.bfloat16, device=DEVICE)
+    w = torch.eye(4, dtype=torch.bfloat16, device=DEVICE)
+    y = torch.tensor([1], device=DEVICE)
+    assert (6.0 * torch.tanh(x / 6.0))[0, 0] == (6.0 * torch.tanh(x / 6.0))[0, 1]  # the 16-bit tie
+    for backend in BACKENDS:
+        with backend_context(backend):
+            _, stats = FL.linear_cross_entropy(x, w, y, softcap=6.0, stats="is_top1")
+            lp_stats = FL.linear_log_probs(x, w, y, softcap=6.0, stats="is_top1")
+        assert stats.is_top1.tolist() == [True] and lp_stats.is_top1.tolist() == [True], backend

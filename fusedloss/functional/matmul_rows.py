@@ -351,8 +351,8 @@ def _eager_linear_log_probs(input, weight, tokens, bias, temperature, ignore_ind
                             process_group, logit_scale, softcap):
     _, out_dtype, group = _linear_log_probs_args(input, weight, tokens, bias, temperature, ignore_index, options,
                                                  dtype, process_group, logit_scale, softcap)
-    logits = _eager.softcapped(_eager.linear_logits(input, weight, bias, float(logit_scale)), softcap)
-    if out_dtype != logits.dtype:
+    logits = _eager.softcapped_wide(_eager.linear_logits(input, weight, bias, float(logit_scale)), softcap)
+    if out_dtype != logits.dtype and softcap is None:  # (capped logits stay in float32: the kernels' ties)
         logits = logits.to(out_dtype)
     return _eager.token_log_probs(logits, tokens, float(temperature), ignore_index, False, group,
                                   stats=stats).to(out_dtype)

@@ -98,6 +98,14 @@ def softcapped(logits, softcap):
     return logits if softcap is None else softcap * torch.tanh(logits / softcap)
 
 
+def softcapped_wide(logits, softcap):
+    """``softcapped`` of 16-bit logits computed and kept in float32, as the kernels (and TRL's fused head) cap
+    them: rounding the capped values back to 16 bits would make ties the kernels do not see (is_top1)."""
+    if softcap is not None and logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    return softcapped(logits, softcap)
+
+
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing,
                          z_loss, softcap, process_group, loss_dtype=None, logit_scale=1.0, token_stats=False):
     """linear_cross_entropy as torch 2.13's reference path computes it (the logits whole), plus the
@@ -113,8 +121,8 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, redu
                                             softcap, process_group)
     loss = eager_cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     if token_stats:
-        stats = token_statistics(softcapped(logits, softcap), target.reshape(()) if logits.dim() == 1 else target,
-                                 ignore_index)
+        stats = token_statistics(softcapped_wide(logits, softcap),
+                                 target.reshape(()) if logits.dim() == 1 else target, ignore_index)
         return loss, stats.to(loss.dtype)
     return loss
 

@@ -45,7 +45,7 @@ from torch import Tensor
 from . import _chunks, _scaffold, _vocab_parallel
 from .. import _validation as check
 from ._scaffold import accumulation_dtype
-from ._eager import linear_logits, softcapped, token_statistics
+from ._eager import linear_logits, softcapped_wide, token_statistics
 from .softmax_rows import unsupported as unsupported_softmax_rows
 from .softmax_rows import launch_forward, mean_denominator, per_class_sums, reference_loss, shard_of
 
@@ -243,8 +243,9 @@ class LinearCrossEntropy(_scaffold.Family):
         loss = reference_loss(options, logits, target, weight)
         if not options.token_stats:
             return loss
-        logits = softcapped(logits.to(options.out_dtype), options.softcap)
-        return torch.cat([loss.reshape(-1), token_statistics(logits, target, options.ignore_index).reshape(-1)])
+        logits = softcapped_wide(logits.to(options.out_dtype), options.softcap)
+        stats = token_statistics(logits, target, options.ignore_index).to(loss.dtype)
+        return torch.cat([loss.reshape(-1), stats.reshape(-1)])
 
     @staticmethod
     def fake(options, inputs, needs_grad):

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import _chunks, _scaffold, _vocab_parallel
 from ._scaffold import accumulation_dtype
-from ._eager import distillation_loss, linear_logits, softcapped, token_log_probs
+from ._eager import distillation_loss, linear_logits, softcapped, softcapped_wide, token_log_probs
 from .distribution_rows import (DistributionOptions, combine_shard_stats, count_rows, kernel_reduction, kernels,
                                 new_shard_state, problem_of, set_shard_terms, shard_rows, token_planes)
 
@@ -389,7 +389,7 @@ class LinearLogProbs(_scaffold.Family):
 
     @staticmethod
     def reference(options, x, w, b, tokens):
-        return token_log_probs(softcapped(linear_logits(x, w, b, options.logit_scale), options.softcap), tokens,
+        return token_log_probs(softcapped_wide(linear_logits(x, w, b, options.logit_scale), options.softcap), tokens,
                                options.temperature, options.ignore_index, options.entropy, options.process_group,
                                stats=token_planes(options)[1:]).to(options.out_dtype)
 

@@ -296,7 +296,7 @@ def _forward(o, t, want):
 def _whole_logits_log_probs(o, x, w, b, tokens, entropy, dtype):
     """The log-probabilities (and entropies) from the whole logits, in torch ops (the eager path and the
     differentiable reference)."""
-    logits = _eager.softcapped(_eager.linear_logits(x, w, b, o.logit_scale), o.softcap).to(dtype)
+    logits = _eager.softcapped(_eager.linear_logits(x, w, b, o.logit_scale).to(dtype), o.softcap)
     return _eager.token_log_probs(logits, tokens, o.temperature, o.ignore_index, entropy).to(dtype)
 
 
