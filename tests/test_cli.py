@@ -227,6 +227,28 @@ def _cli(*argv, cwd=None):
                           text=True, timeout=300)
 
 
+def test_traffic_and_info_as_typed_in_a_shell():
+    """``bench --traffic`` without TRITON_INTERPRET in the environment (the CLI turns the interpreter on itself:
+    nothing it imports first may import Triton, TRL included), and ``info`` and ``--help`` on an install
+    without TRL (a test extra: the objectives' TRL references are built on first use)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "fusedloss", "bench", "--traffic", "--loss", "mse_loss", "--shape",
+                          "101"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "| mse_loss | fusedloss |" in run.stdout, run.stderr[-2000:]
+    without_trl = ("import runpy, sys\n"
+                   "class NoTRL:\n"
+                   "    def find_spec(self, name, path=None, target=None):\n"
+                   "        if name == 'trl' or name.startswith('trl.'):\n"
+                   "            raise ModuleNotFoundError(name)\n"
+                   "sys.meta_path.insert(0, NoTRL())\n"
+                   "sys.argv = ['fusedloss'] + sys.argv[1:]\n"
+                   "runpy.run_module('fusedloss', run_name='__main__')\n")
+    for argv in (["info"], ["--help"], ["bench", "--help"]):
+        run = subprocess.run([sys.executable, "-c", without_trl, *argv], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0 and "Traceback" not in run.stderr, (argv, run.stderr[-2000:])
+
+
 def test_traffic_honours_dtype(tmp_path):
     out = tmp_path / "traffic.json"
     run = _cli("bench", "--traffic", "--loss", "mse_loss", "--dtype", "float32", "--shape", "101", "--out", str(out))

@@ -543,3 +543,25 @@ def test_masks_that_select_ignored_tokens_raise():
     fine = tokens["rejected"] != -100
     assert torch.isfinite(linear.linear_grpo_loss(x["rejected"], w, tokens["rejected"], old, torch.ones(B),
                                                   fine).loss)
+
+
+def test_reference_heads_and_grpo_errors_named_for_the_caller():
+    """A reference head with another class count raises in every form (the tokens index both heads); ORPO's
+    nll_mask is checked like the other masks; linear_grpo_loss's errors start with its name and call the
+    reference head's tensors by their names."""
+    x, ref, tokens, w, b, ref_w = _pair(torch.float32)
+    wide = torch.randn(V + 7, H)
+    with pytest.raises(ValueError, match="^linear_dpo_loss: ref_weight must have the policy's"):
+        _preference("dpo", x, ref, tokens, w, b, wide, {})
+    with pytest.raises(ValueError, match="^linear_kto_loss: ref_weight must have the policy's"):
+        _preference("kto", x, ref, tokens, w, b, wide, {})
+    with pytest.raises(ValueError, match="^linear_orpo_loss: nll_mask selects .* chosen_tokens"):
+        _preference("orpo", x, ref, tokens, w, b, ref_w, dict(nll_mask=torch.ones(B, T, dtype=torch.bool)))
+    y = tokens["rejected"]
+    args = (x["rejected"], w, y, torch.zeros(B, T), torch.ones(B), y != -100)
+    with pytest.raises(RuntimeError, match=r"^linear_grpo_loss: ref_weight of shape .* for ref_hidden"):
+        linear.linear_grpo_loss(*args, beta=0.1, ref_hidden=x["chosen"].detach(), ref_weight=ref_w[:, :2])
+    with pytest.raises(ValueError, match="^linear_grpo_loss: ref_weight must have the policy's"):
+        linear.linear_grpo_loss(*args, beta=0.1, ref_hidden=x["chosen"].detach(), ref_weight=wide)
+    with pytest.raises(IndexError, match="^linear_grpo_loss: tokens holds"):
+        linear.linear_grpo_loss(args[0], w, y + V, *args[3:])

@@ -18,6 +18,7 @@ ends). GRPO with TRL's defaults (loss_type "dapo", beta 0: no reference); DPO "s
 reference head.
 """
 import dataclasses
+import functools
 import math
 import os
 from collections import defaultdict
@@ -227,8 +228,20 @@ def _trl_dpo(log_probs):
     return call
 
 
-trl_grpo_whole_logits = _trl_grpo(_whole_logits_log_probs)
-trl_dpo_whole_logits = _trl_dpo(_whole_logits_log_probs)
+@functools.cache
+def _whole_logits_references():
+    """TRL's GRPO and DPO on the whole logits, built on first use: importing TRL imports torch._dynamo and Triton,
+    which must come after the CLI has set TRITON_INTERPRET (bench --traffic, the demo), and ``info`` or ``--help``
+    must not need TRL (a test extra)."""
+    return _trl_grpo(_whole_logits_log_probs), _trl_dpo(_whole_logits_log_probs)
+
+
+def trl_grpo_whole_logits(*args):
+    return _whole_logits_references()[0](*args)
+
+
+def trl_dpo_whole_logits(*args):
+    return _whole_logits_references()[1](*args)
 
 
 def trl_grpo_fused_lm_head(bench):

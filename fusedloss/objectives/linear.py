@@ -72,10 +72,10 @@ def _check_grpo(hidden, weight, bias, tokens, old, advantages, mask, ref_hidden,
             raise ValueError("pass the reference as ref_per_token_logps or as ref_hidden and ref_weight, not both")
         if ref_weight is None or ref_hidden is None:
             raise ValueError("a reference head needs both ref_hidden and ref_weight")
-        check.check_linear_log_probs(ref_hidden, ref_weight, tokens, ref_bias, temperature, ignore_index,
-                                     op="linear_grpo_loss")
-        if ref_weight.shape[0] != weight.shape[0]:
-            raise ValueError(f"ref_weight must have the policy's {weight.shape[0]} classes, got {ref_weight.shape[0]}")
+        with _head_arguments(input="ref_hidden", weight="ref_weight", bias="ref_bias"):
+            check.check_linear_log_probs(ref_hidden, ref_weight, tokens, ref_bias, temperature, ignore_index,
+                                         op="linear_grpo_loss")
+        _check_reference_head(weight, ref_weight)
     if a["beta"] != 0.0 and ref_weight is None and a["ref_per_token_logps"] is None:
         raise ValueError("a reference (ref_per_token_logps, or ref_hidden and ref_weight) is required when beta != 0")
 
@@ -107,8 +107,9 @@ def linear_grpo_loss(hidden, weight, tokens, old_per_token_logps, advantages, co
     if unknown:
         raise TypeError(f"linear_grpo_loss() got an unexpected keyword argument {unknown[0]!r}")
     a = {**_GRPO_DEFAULTS, **grpo_options}
-    _check_grpo(hidden, weight, bias, tokens, old_per_token_logps, advantages, completion_mask, ref_hidden,
-                ref_weight, ref_bias, temperature, ignore_index, a)
+    with _named("linear_grpo_loss"):
+        _check_grpo(hidden, weight, bias, tokens, old_per_token_logps, advantages, completion_mask, ref_hidden,
+                    ref_weight, ref_bias, temperature, ignore_index, a)
     entropy = bool(compute_entropy) or a["top_entropy_quantile"] < 1.0 or a["entropy_coef"] != 0.0
     head = _Head(temperature, ignore_index, logit_scale, softcap, options)
     if not _op.serves(a):  # two passes: linear_log_probs (4 GEMMs per chunk), then grpo_loss's autograd
@@ -167,7 +168,7 @@ def _argument_error(error):
     message = str(error)
     if message.startswith("fusedloss: "):
         return False
-    return type(error) is not RuntimeError or message.startswith("linear_log_probs: ")
+    return type(error) is not RuntimeError or message.startswith(("linear_log_probs: ", "linear_grpo_loss: "))
 
 
 def _own(error_type, message):
@@ -191,7 +192,7 @@ def _head_arguments(**names):
         message = str(error)
         if type(error) not in _REWORDED or not _argument_error(error):
             raise
-        message = message.removeprefix("linear_log_probs: ")
+        message = message.removeprefix("linear_log_probs: ").removeprefix("linear_grpo_loss: ")
         message = re.sub(r"\b(input|weight|bias|tokens)\b", lambda m: names.get(m.group(1), m.group(1)), message)
         raise _reworded(error, message) from None
 
@@ -215,6 +216,26 @@ def _errors_of(public, objective):
         else:
             message = f"{public}: {message} (in {objective}, of the heads' log-probabilities)"
         raise _reworded(error, message) from None
+
+
+@contextlib.contextmanager
+def _named(public):
+    """Argument errors raised inside (this module's checks, grpo.py's, linear_log_probs') start with ``public``,
+    the function the user called."""
+    try:
+        yield
+    except _REWORDED as error:
+        message = str(error)
+        worded = getattr(error, "fusedloss_worded", False)
+        if type(error) not in _REWORDED or not (worded or _argument_error(error)) or message.startswith(public):
+            raise
+        raise _reworded(error, f"{public}: {message}") from None
+
+
+def _check_reference_head(weight, ref_weight):
+    if weight is not None and ref_weight is not None and ref_weight.shape[0] != weight.shape[0]:
+        raise _own(ValueError, f"ref_weight must have the policy's {weight.shape[0]} classes (the tokens index both "
+                               f"heads), got {ref_weight.shape[0]}")
 
 
 def _split(keywords):
@@ -294,6 +315,7 @@ def linear_dpo_loss(chosen_hidden, rejected_hidden, weight, chosen_tokens, rejec
     or ``reference_free=True``. ``keywords``: the head's (section comment) and dpo_loss's (beta, loss_type, ...;
     WPO's ``*_log_sum_sq_probs`` are to be passed: linear_log_probs does not compute them)."""
     with _errors_of("linear_dpo_loss", "dpo_loss"):
+        _check_reference_head(weight, ref_weight)
         head, keywords = _split(keywords)
         chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
                                                rejected_tokens, chosen_mask, rejected_mask)
@@ -313,6 +335,7 @@ def linear_kto_loss(hidden, weight, tokens, labels, kl_hidden=None, kl_tokens=No
     reference as ``ref_logps``/``ref_kl_logps`` or ``ref_hidden``/``ref_kl_hidden`` with ``ref_weight``,
     ``ref_bias``. ``keywords``: the head's (section comment) and kto_loss's."""
     with _errors_of("linear_kto_loss", "kto_loss"):
+        _check_reference_head(weight, ref_weight)
         head, keywords = _split(keywords)
         policy_kl = None
         if kl_hidden is not None:
@@ -332,6 +355,9 @@ def _without_reference(objective, chosen_hidden, rejected_hidden, weight, chosen
                        chosen_mask, rejected_mask, keywords):
     with _errors_of("linear_" + objective.__name__, objective.__name__):
         head, keywords = _split(keywords)
+        if keywords.get("nll_mask") is not None:  # ORPO's NLL over the chosen tokens
+            _check_mask_covers_tokens(keywords["nll_mask"], chosen_tokens, head.ignore_index, "nll_mask",
+                                      "chosen_tokens")
         chosen, rejected, masks = _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens,
                                                rejected_tokens, chosen_mask, rejected_mask)
         return objective(chosen, rejected, **masks, **keywords)
