@@ -456,8 +456,10 @@ def test_preference_low_precision(dtype):
 
 
 def test_preference_logits_never_whole():
+    """No tensor of B x T x V: at most one chunk of logits (the policy's chosen and rejected rows run as one
+    linear_log_probs call, chunked as 2 B T rows; the reference's as B T each), and the head's gradient."""
     x, ref, tokens, w, b, ref_w = _pair(torch.float32)
-    chunk = _chunks.chunk_rows(B * T, V, 4, 0)
+    chunk = max(_chunks.chunk_rows(2 * B * T, V, 4, 0), _chunks.chunk_rows(B * T, V, 4, 0))
     with fusedloss.backend("triton"), AllocationRecorder() as recorder:
         result = _preference("dpo", x, ref, tokens, w, b, ref_w, dict(beta=0.1))
         torch.autograd.grad(result.loss, (x["chosen"], x["rejected"], w, b))
@@ -565,3 +567,27 @@ def test_reference_heads_and_grpo_errors_named_for_the_caller():
         linear.linear_grpo_loss(*args, beta=0.1, ref_hidden=x["chosen"].detach(), ref_weight=wide)
     with pytest.raises(IndexError, match="^linear_grpo_loss: tokens holds"):
         linear.linear_grpo_loss(args[0], w, y + V, *args[3:])
+
+
+def test_policy_pair_is_one_linear_log_probs_call(monkeypatch):
+    """The policy's chosen and rejected rows run as one linear_log_probs call (one dW, one accumulator) where they
+    can (plain tensors alike in dtype and device), as two otherwise (int32 rejected tokens here), with the same
+    loss and gradients."""
+    calls = []
+    original = linear.FL.linear_log_probs
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear.FL, "linear_log_probs", counting)
+    x, ref, tokens, w, b, ref_w = _pair(torch.float64)
+    results = []
+    for rejected_dtype in (torch.int64, torch.int32):
+        calls.clear()
+        pair = dict(tokens, rejected=tokens["rejected"].to(rejected_dtype))
+        result = _preference("dpo", x, ref, pair, w, b, ref_w, dict(beta=0.1, reference_free=True))
+        results.append((result.loss, *_grads(result.loss, (x["chosen"], x["rejected"], w, b))))
+        assert calls == ([(2 * B * T, H)] if rejected_dtype == torch.int64 else [(B, T, H), (B, T, H)]), calls
+    for joint, separate in zip(*results):
+        torch.testing.assert_close(joint, separate, rtol=1e-12, atol=1e-12)

@@ -295,14 +295,48 @@ def _mask(mask, tokens, ignore_index, mask_name="mask", tokens_name="tokens"):
 
 def _policy_pair(head, chosen_hidden, rejected_hidden, weight, bias, chosen_tokens, rejected_tokens, chosen_mask,
                  rejected_mask):
-    """The policy's chosen and rejected (B, T) log-probabilities, and their masks as keywords."""
-    return (_sequence_logps(head, chosen_hidden, weight, bias, chosen_tokens, "chosen_hidden",
-                            names={"tokens": "chosen_tokens"}),
-            _sequence_logps(head, rejected_hidden, weight, bias, rejected_tokens, "rejected_hidden",
-                            names={"tokens": "rejected_tokens"}),
-            dict(chosen_mask=_mask(chosen_mask, chosen_tokens, head.ignore_index, "chosen_mask", "chosen_tokens"),
+    """The policy's chosen and rejected (B, T) log-probabilities, and their masks as keywords. One
+    linear_log_probs call over both sets' rows (``_joined_logps``) where they can share it, else one each."""
+    masks = dict(chosen_mask=_mask(chosen_mask, chosen_tokens, head.ignore_index, "chosen_mask", "chosen_tokens"),
                  rejected_mask=_mask(rejected_mask, rejected_tokens, head.ignore_index, "rejected_mask",
-                                     "rejected_tokens")))
+                                     "rejected_tokens"))
+    sets = ((chosen_hidden, chosen_tokens, "chosen_hidden", {"tokens": "chosen_tokens"}),
+            (rejected_hidden, rejected_tokens, "rejected_hidden", {"tokens": "rejected_tokens"}))
+    if _joinable(chosen_hidden, rejected_hidden, chosen_tokens, rejected_tokens, weight, bias):
+        return (*_joined_logps(head, sets, weight, bias), masks)
+    chosen, rejected = (_sequence_logps(head, hidden, weight, bias, tokens, name, names=names)
+                        for hidden, tokens, name, names in sets)
+    return chosen, rejected, masks
+
+
+def _joinable(chosen_hidden, rejected_hidden, chosen_tokens, rejected_tokens, weight, bias):
+    """Plain tensors (no DTensor, no tensor subclass) of one dtype and device on each side, the same hidden
+    size: the two sets' rows can be one call's."""
+    tensors = (chosen_hidden, rejected_hidden, chosen_tokens, rejected_tokens, weight)
+    if not all(type(t) is torch.Tensor for t in tensors) or (bias is not None and type(bias) is not torch.Tensor):
+        return False
+    return (chosen_hidden.dim() >= 1 and chosen_hidden.shape[-1:] == rejected_hidden.shape[-1:]
+            and chosen_hidden.dtype == rejected_hidden.dtype and chosen_tokens.dtype == rejected_tokens.dtype
+            and len({t.device for t in tensors}) == 1)
+
+
+def _joined_logps(head, sets, weight, bias):
+    """Both sets' log-probabilities from one linear_log_probs call over their rows concatenated (each set checked
+    first under its own names): one float32 dW accumulator and one dW instead of two summed by autograd (at
+    128256 x 4096 in bf16: 1 GB less at the peak, ~3 GB less traffic); the rows, chunked as one, cost the same
+    GEMMs."""
+    for hidden, tokens, name, names in sets:
+        with _head_arguments(input=name, **names):
+            check.check_linear_log_probs(hidden, weight, tokens, bias, head.temperature, head.ignore_index)
+            if values_checked_here(tokens):
+                check.check_class_targets(tokens, weight.shape[0], head.ignore_index, "tokens")
+    (chosen, chosen_tokens, _, _), (rejected, rejected_tokens, _, _) = sets
+    size = chosen.shape[-1]
+    hidden = torch.cat([chosen.reshape(-1, size), rejected.reshape(-1, size)])
+    tokens = torch.cat([chosen_tokens.reshape(-1), rejected_tokens.reshape(-1)])
+    logps = _sequence_logps(head, hidden, weight, bias, tokens, "chosen_hidden and rejected_hidden")
+    n = chosen_tokens.numel()
+    return logps[:n].view(chosen_tokens.shape), logps[n:].view(rejected_tokens.shape)
 
 
 def linear_dpo_loss(chosen_hidden, rejected_hidden, weight, chosen_tokens, rejected_tokens, *, bias=None,
