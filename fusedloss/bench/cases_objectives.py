@@ -8,8 +8,9 @@ kernel on a GPU, torch ops on the CPU), then the trainer's own loss code (``GRPO
 ``__init__`` sets from the config's defaults, a single-process accelerator and a stub model returning those
 log-probabilities (as tests/test_objectives_grpo.py and tests/test_objectives_preference.py do). On a GPU the
 suite also races TRL 1.16's default path, its fused LM head (``trl.kernels.ChunkedLogProbFunction``: token chunks
-of 4096 around cuBLAS, the backward recomputing the logits), under the same loss code. TRL's loss code reads its
-metrics with ``.item()`` (host syncs, as in training).
+of 4096 around cuBLAS, the backward recomputing the logits), under the same loss code, and Liger-Kernel's chunked
+GRPO and DPO losses where Liger is installed (fusedloss/bench/peers.py). TRL's loss code reads its metrics with
+``.item()`` (host syncs, as in training).
 
 Shapes (N tokens, H hidden, V classes): Llama 3 8B's head at 8192 tokens (8 sequences of 1024; DPO 4 pairs of
 1024), 256 x 128 x 2048 for the CPU fallback, 16 x 32 x 100 for the interpreter's traffic meter (2 sequences of
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
+from . import peers
 from .cases_matmul_rows import linear_cross_entropy_footprint
 from .entry import Inputs, LossBench
 
@@ -282,9 +284,10 @@ _SHAPES = dict(gpu_shapes=[(8192, 4096, 128256)], quick_shapes=[(8192, 4096, 128
 ENTRIES = [
     LossBench(name="linear_grpo_loss", family="objectives", make_inputs=grpo_inputs, implementation=fused_grpo,
               reference=trl_grpo_whole_logits, flops=grpo_flops, footprint=linear_cross_entropy_footprint,
-              peers={"trl (fused LM head)": trl_grpo_fused_lm_head}, **_SHAPES),
+              peers={"trl (fused LM head)": trl_grpo_fused_lm_head, "liger": peers.liger_fused_linear_grpo},
+              **_SHAPES),
     LossBench(name="linear_dpo_loss", family="objectives", make_inputs=dpo_inputs, implementation=fused_dpo,
               fusedloss_kwargs={"beta": 0.1, "loss_type": "sigmoid"}, reference=trl_dpo_whole_logits,
-              flops=dpo_flops, footprint=dpo_footprint, peers={"trl (fused LM head)": trl_dpo_fused_lm_head},
-              **_SHAPES),
+              flops=dpo_flops, footprint=dpo_footprint,
+              peers={"trl (fused LM head)": trl_dpo_fused_lm_head, "liger": peers.liger_fused_linear_dpo}, **_SHAPES),
 ]

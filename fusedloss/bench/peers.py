@@ -55,6 +55,34 @@ def liger_jsd(bench):
     return call
 
 
+def liger_fused_linear_grpo(bench):
+    """Liger-Kernel's chunked GRPO (``LigerFusedLinearGRPOLoss``: the LM head fused, logits per chunk) at the
+    entry's options, TRL's defaults (loss "dapo", beta 0: no reference head). Liger gathers every position's token:
+    the padding's -100 is clamped to class 0 (its mask leaves them out of the loss)."""
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    loss = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, loss_type="dapo")
+
+    def call(hidden, weight, tokens, old, advantages, mask):
+        out = loss(hidden, weight, tokens.clamp(min=0), mask, advantages, None, None, old)
+        return out[0] if isinstance(out, tuple) else out
+    return call
+
+
+def liger_fused_linear_dpo(bench):
+    """Liger-Kernel's chunked DPO (``LigerFusedLinearDPOLoss``, sigmoid) with a frozen reference head: its input is
+    the chosen sequences then the rejected, as the entry's."""
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+    loss = LigerFusedLinearDPOLoss(beta=bench.fusedloss_kwargs.get("beta", 0.1), compute_nll_loss=False,
+                                   use_ref_model=True)
+
+    def call(hidden, weight, tokens, ref_hidden, ref_weight):
+        out = loss(weight, hidden, tokens, None, ref_hidden, ref_weight)
+        return out[0] if isinstance(out, tuple) else out
+    return call
+
+
 def liger_fused_linear_cross_entropy(bench):
     from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
