@@ -267,17 +267,14 @@ def _softmax_rows_fwd_kernel(
             x = tl.load(logits_ptr + x_row[:, None] + cols[None, :].to(tl.int64) * stride_xc,
                         mask=mask, other=float("-inf")).to(ACC)
             x = _softcapped(x, mask, softcap, inv_softcap, HAS_SOFTCAP)
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of only -inf so far
             if TOKEN_STATS:
                 x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
                 before = mask & (cols[None, :] < y_first[:, None])
                 max_before = tl.maximum(max_before, tl.max(tl.where(before, x, float("-inf")), axis=1))
                 at = mask & (cols[None, :] == y_first[:, None])
                 at_target = tl.maximum(at_target, tl.max(tl.where(at, x, float("-inf")), axis=1))
-                _, d, e, q = online_softmax_stats(m, d, e, q, x, True, True)
-            else:
-                d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
+            m_new, d, e, q = online_softmax_stats(m, d, e, q, x, TOKEN_STATS, TOKEN_STATS)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row of only -inf so far
             if PROB_TARGET or HAS_SMOOTHING:
                 if HAS_WEIGHT:
                     a = tl.load(weight_ptr + class_offset + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
